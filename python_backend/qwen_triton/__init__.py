@@ -1,0 +1,7 @@
+"""qwen_triton: a continuous-batching, paged-KV inference engine for Qwen2.5 (and Llama) checkpoints.
+
+Usable on its own (``qwen-engine`` CLI) and hosted by Triton's Python backend (``triton_adapter``).
+See docs/CONTRACTS.md for the module map.
+"""
+
+__version__ = "0.1.0"

