@@ -1,0 +1,225 @@
+"""The synchronous engine: add requests, step, read deltas. One thread owns it (see async_engine)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .block_manager import BlockManager
+from .checkpoint import iter_tensors, load_config, resolve_checkpoint
+from .config import EngineConfig
+from .detokenizer import IncrementalDetokenizer
+from .errors import InvalidRequestError
+from .kv_cache import KVCache, KVCacheSpec, storage_dtype
+from .model import DecoderModel
+from .model_runner import ModelRunner
+from .sampler import Sampler
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence
+from .tokenization import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_LEN = 32768  # cap for checkpoints that advertise more than a default pool holds
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    text: str                       # new text since the previous output
+    token_ids: list[int]            # new tokens since the previous output
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_blocks_total: int
+    kv_blocks_free: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+
+
+@dataclass(eq=False)
+class _Request:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    reported_tokens: int = 0
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device, self.dtype = config.torch_device, config.torch_dtype
+        checkpoint = resolve_checkpoint(config.model)
+        self.hf_config = load_config(checkpoint)
+        self.max_model_len = self._max_model_len()
+        self.tokenizer = PromptTokenizer(checkpoint, self.hf_config, self.max_model_len)
+        self.model = self._load_model(checkpoint)
+        self.kv_cache, num_blocks = self._allocate_kv_cache()
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.runner = ModelRunner(self.model, self.kv_cache, scratch_block=num_blocks,
+                                  max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
+                                  window=config.attention_window, sinks=config.attention_sinks,
+                                  cuda_graphs=config.cuda_graphs)
+        self.sampler = Sampler(self.hf_config.vocab_size)
+        self.requests: dict[str, _Request] = {}
+        self.prompt_tokens_total = self.generation_tokens_total = 0
+        self._seed_source = torch.Generator().manual_seed(config.seed)
+        log.info("engine ready: %s, %s on %s, %d KV blocks of %d tokens", checkpoint, self.dtype, self.device,
+                 num_blocks, config.block_size)
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _max_model_len(self) -> int:
+        limit = getattr(self.hf_config, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN)
+        if self.config.max_model_len:
+            if self.config.max_model_len > limit:
+                raise ValueError(f"max_model_len: {self.config.max_model_len} exceeds the checkpoint's {limit}")
+            return self.config.max_model_len
+        return min(limit, DEFAULT_MAX_MODEL_LEN)
+
+    def _load_model(self, checkpoint) -> DecoderModel:
+        with torch.device("meta"):
+            model = DecoderModel(self.hf_config, self.max_model_len)
+        model = model.to_empty(device=self.device).to(self.dtype)
+        model.rotary = model.rotary.__class__(model.layers[0].self_attn.head_dim, self.max_model_len,
+                                              model.rotary.theta).to(self.device)
+        model.load_weights((name, t.to(self.dtype)) for name, t in iter_tensors(checkpoint))
+        if self.config.quantization not in ("", "none"):
+            from .quantization import quantize_model  # noqa: PLC0415 (optional part)
+
+            quantize_model(model, self.config.quantization)
+        return model.eval()
+
+    def _kv_spec(self) -> KVCacheSpec:
+        attn = self.model.layers[0].self_attn
+        dtype, quantized = storage_dtype(self.config.kv_cache_dtype, self.dtype)
+        return KVCacheSpec(len(self.model.layers), attn.num_kv_heads, attn.head_dim, self.config.block_size,
+                           dtype, quantized)
+
+    def _allocate_kv_cache(self) -> tuple[KVCache, int]:
+        spec = self._kv_spec()
+        num_blocks = self.config.num_kv_blocks or self._blocks_for_budget(spec)
+        if num_blocks < 2:
+            raise ValueError(f"num_kv_blocks: the KV budget holds {num_blocks} blocks; raise kv_memory_fraction "
+                             "or kv_cache_bytes, or lower max_model_len")
+        # One extra block at the end: the scratch target of padding rows in CUDA-graph batches.
+        return KVCache(spec, num_blocks + 1, self.device), num_blocks
+
+    def _blocks_for_budget(self, spec: KVCacheSpec) -> int:
+        if self.config.kv_cache_bytes:
+            budget = self.config.kv_cache_bytes
+        elif self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * self.config.kv_memory_fraction) - 2 * 2**30  # room for activations, graphs
+        else:
+            # CPU: enough for every sequence at full length, bounded to 2 GiB by default.
+            wanted = self.config.max_num_seqs * self.max_model_len * spec.bytes_per_token()
+            budget = int(min(wanted, 2 * 2**30))
+        return max(0, budget // spec.bytes_per_block())
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+        self.validate(prompt_token_ids, params)
+        seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._seed_source))
+        seq = Sequence(request_id, list(prompt_token_ids), params,
+                       generator=torch.Generator(device=self.device).manual_seed(seed))
+        stops = list(params.stop)
+        self.requests[request_id] = _Request(seq, IncrementalDetokenizer(self.tokenizer.tokenizer, stop=stops))
+        self.scheduler.add(seq)
+        self.prompt_tokens_total += len(prompt_token_ids)
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        params.validate(self.max_model_len, len(prompt_token_ids), self.hf_config.vocab_size)
+        if not self.config.attention_window:
+            needed = -(-(len(prompt_token_ids) + params.max_tokens) // self.config.block_size)
+            if needed > self.block_manager.num_blocks:
+                raise InvalidRequestError("max_tokens", f"prompt + max_tokens needs {needed} KV blocks but the pool "
+                                          f"has {self.block_manager.num_blocks}; lower max_tokens")
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        self.scheduler.finish(request.seq, "abort")
+        return self._output(request, final=True)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- stepping --------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return []
+        logits = self.runner.run(scheduled)
+        sampling = [item.seq for item in scheduled if item.samples]
+        for item in scheduled:
+            item.seq.num_computed_tokens += item.num_tokens
+            self.block_manager.register_full_blocks(item.seq)
+        tokens, logprobs = self.sampler(logits, sampling) if sampling else ([], [])
+        now = time.monotonic()
+        outputs = []
+        for seq, token, logprob in zip(sampling, tokens, logprobs):
+            request = self.requests[seq.request_id]
+            seq.first_token_time = seq.first_token_time or now
+            self._append(request, token, logprob)
+            outputs.append(self._output(request, final=seq.is_finished))
+        return outputs
+
+    def _append(self, request: _Request, token: int, logprob: float) -> None:
+        seq = request.seq
+        seq.output_token_ids.append(token)
+        seq.output_logprobs.append(logprob)
+        self.generation_tokens_total += 1
+        request.detokenizer.add([token])
+        reason = self._finish_reason(seq, token, request.detokenizer.stopped)
+        if reason:
+            self.scheduler.finish(seq, reason)
+            del self.requests[seq.request_id]
+        elif self.config.attention_window:
+            self.block_manager.release_outside_window(seq, self.config.attention_sinks, self.config.attention_window)
+
+    def _finish_reason(self, seq: Sequence, token: int, stop_string_seen: bool) -> str | None:
+        params = seq.params
+        if stop_string_seen or token in params.stop_token_ids:
+            return "stop"
+        if not params.ignore_eos and token in self.tokenizer.eos_token_ids:
+            return "stop"
+        if len(seq.output_token_ids) >= params.max_tokens or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _output(self, request: _Request, final: bool) -> RequestOutput:
+        seq = request.seq
+        new_tokens = seq.output_token_ids[request.reported_tokens:]
+        new_logprobs = seq.output_logprobs[request.reported_tokens:] if seq.params.logprobs else []
+        request.reported_tokens = len(seq.output_token_ids)
+        return RequestOutput(seq.request_id, request.detokenizer.take(final), new_tokens, final,
+                             seq.finish_reason if final else None, len(seq.prompt_token_ids),
+                             len(seq.output_token_ids), seq.num_cached_prompt_tokens, new_logprobs)
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.num_blocks,
+                           bm.num_free_blocks, bm.counters.queries, bm.counters.hits, self.scheduler.num_preemptions,
+                           self.prompt_tokens_total, self.generation_tokens_total)

@@ -1,0 +1,194 @@
+"""Qwen2 / Llama decoder forward over a flat batch of tokens and the paged KV cache.
+
+The two architectures differ only in QKV bias (Qwen2 has it) and tied embeddings (small Qwen2.5 and
+SmolLM2 tie them). Q, K and V are one fused matmul, gate and up another: fewer, larger reads of the
+weights. Tokens of all sequences in a step are concatenated ([num_tokens, hidden]); attention splits
+them again by the metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionMetadata, paged_attention, write_kv
+
+SUPPORTED_ARCHITECTURES = {"qwen2", "llama"}
+
+
+def rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    scaling = getattr(config, "rope_scaling", None) or {}
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        raise ValueError(f"rope_type {kind!r} is not supported yet (only the default rotary embedding)")
+    return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In float32 like the reference, then back: bf16 variance loses the small components.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, max_positions: int, theta: float):
+        super().__init__()
+        self.theta = theta
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)   # [tokens, 1, head_dim]
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_index: int):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.layer_index = layer_index
+        bias = getattr(config, "model_type", "") == "qwen2" or getattr(config, "attention_bias", False)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x, positions, rotary: RotaryEmbedding, meta: AttentionMetadata, kv_cache):
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = rotary(positions, q, k)
+        cache_layer = kv_cache.layer(self.layer_index)
+        write_kv(k, v, cache_layer, meta.slot_mapping)
+        out = paged_attention(q, cache_layer, meta, self.scale)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.intermediate = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate, bias=False)
+        self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, layer_index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, positions, rotary, meta, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, meta, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, config, max_positions: int):
+        super().__init__()
+        if config.model_type not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"model_type {config.model_type!r} is not supported; supported: "
+                             f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        head_dim = self.layers[0].self_attn.head_dim
+        self.rotary = RotaryEmbedding(head_dim, max_positions, rope_theta(config))
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+
+    def forward(self, input_ids, positions, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, positions, self.rotary, meta, kv_cache)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load Hugging Face tensor names, fusing q/k/v and gate/up as their parts arrive."""
+        params = dict(self.named_parameters())
+        pending: dict[str, dict[str, torch.Tensor]] = {}
+        loaded: set[str] = set()
+        for name, tensor in tensors:
+            target, part = _map_name(name)
+            if target is None:
+                continue
+            if part is None:
+                self._copy(params, target, tensor)
+                loaded.add(target)
+                continue
+            parts = pending.setdefault(target, {})
+            parts[part] = tensor
+            order = ("q", "k", "v") if "qkv" in target else ("gate", "up")
+            if all(p in parts for p in order):
+                self._copy(params, target, torch.cat([parts[p] for p in order]))
+                loaded.add(target)
+                del pending[target]
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+            loaded.add("lm_head.weight")
+        missing = set(params) - loaded - ({"lm_head.weight"} if self.tie_word_embeddings else set())
+        if missing or pending:
+            raise ValueError(f"checkpoint lacks tensors for: {sorted(missing | set(pending))[:8]}")
+
+    @staticmethod
+    def _copy(params, target: str, tensor: torch.Tensor) -> None:
+        param = params[target]
+        if param.shape != tensor.shape:
+            raise ValueError(f"{target}: checkpoint shape {tuple(tensor.shape)} != model {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(tensor)
+
+
+_FUSED = re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|gate|up)_proj\.(weight|bias)$")
+
+
+def _map_name(name: str) -> tuple[str | None, str | None]:
+    """HF name -> (our parameter name, part of a fused parameter or None)."""
+    if "rotary_emb" in name:
+        return None, None
+    fused = _FUSED.match(name)
+    if fused:
+        layer, block, part, kind = fused.groups()
+        target = "self_attn.qkv_proj" if block == "self_attn" else "mlp.gate_up_proj"
+        return f"layers.{layer}.{target}.{kind}", part
+    if name.startswith("model."):
+        return name[len("model."):], None
+    if name.startswith("lm_head."):
+        return name, None
+    return None, None

@@ -1,0 +1,134 @@
+"""One engine step on the device: batch tensors from the schedule, the forward pass, the logits.
+
+On CUDA, pure-decode steps replay CUDA graphs captured for a ladder of batch sizes (a batch is padded
+up to the next captured size); padding rows write their K/V into a reserved scratch block, so they never
+touch a real sequence's cache. Graphs need the in-place paged decode kernel: without it (CPU, or no
+triton package) every step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from .attention import AttentionMetadata, _cuda_decode_kernel
+from .kv_cache import KVCache
+from .model import DecoderModel
+from .scheduler import ScheduledSequence
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor     # rows of the flat hidden states whose logits are needed
+
+
+class ModelRunner:
+    def __init__(self, model: DecoderModel, kv_cache: KVCache, scratch_block: int, max_model_len: int,
+                 max_num_seqs: int, window: int = 0, sinks: int = 0, cuda_graphs: bool = True):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = kv_cache.spec.block_size
+        self.scratch_block = scratch_block
+        self.max_blocks = -(-max_model_len // self.block_size)
+        self.window, self.sinks = window, sinks
+        self.device = next(model.parameters()).device
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graph_sizes: list[int] = []
+        if cuda_graphs and self.device.type == "cuda" and _cuda_decode_kernel() is not None:
+            self._capture_graphs(max_num_seqs)
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+        """Logits [number of sampling sequences, vocab] in float32."""
+        inputs = self._prepare(scheduled)
+        batch = len(scheduled)
+        if inputs.meta.is_decode and self.graph_sizes and batch <= self.graph_sizes[-1]:
+            hidden = self._replay(inputs, batch)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
+        return self.model.compute_logits(hidden[inputs.sample_rows])
+
+    def _prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
+        input_ids, positions, slots, query_lens, context_lens, sample_rows = [], [], [], [], [], []
+        for item in scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_tokens
+            input_ids += seq.all_token_ids[start:end]
+            positions += range(start, end)
+            slots += [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                      for p in range(start, end)]
+            query_lens.append(item.num_tokens)
+            context_lens.append(end)
+            if item.samples:
+                sample_rows.append(len(input_ids) - 1)
+        # Holes (blocks released by the attention window) and padding point at the scratch block: always
+        # a valid address, and masked out of attention by position.
+        width = max(len(item.seq.block_table) for item in scheduled)
+        tables = [[b if b >= 0 else self.scratch_block for b in item.seq.block_table]
+                  + [self.scratch_block] * (width - len(item.seq.block_table)) for item in scheduled]
+        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
+        meta = AttentionMetadata(
+            slot_mapping=as_tensor(slots, torch.long), block_tables=as_tensor(tables, torch.int32),
+            context_lens=as_tensor(context_lens, torch.int32), is_decode=all(n == 1 for n in query_lens),
+            query_lens=query_lens, context_lens_cpu=context_lens, window=self.window, sinks=self.sinks)
+        return StepInputs(as_tensor(input_ids, torch.long), as_tensor(positions, torch.long), meta,
+                          as_tensor(sample_rows, torch.long))
+
+    # -- CUDA graphs -----------------------------------------------------------------------------
+
+    def _capture_graphs(self, max_num_seqs: int) -> None:
+        sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
+        self.graph_sizes = sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
+        largest = self.graph_sizes[-1]
+        self.static = StepInputs(
+            input_ids=torch.zeros(largest, dtype=torch.long, device=self.device),
+            positions=torch.zeros(largest, dtype=torch.long, device=self.device),
+            meta=AttentionMetadata(
+                slot_mapping=torch.full((largest,), self.scratch_block * self.block_size, dtype=torch.long,
+                                        device=self.device),
+                block_tables=torch.full((largest, self.max_blocks), self.scratch_block, dtype=torch.int32,
+                                        device=self.device),
+                context_lens=torch.ones(largest, dtype=torch.int32, device=self.device),
+                is_decode=True, window=self.window, sinks=self.sinks),
+            sample_rows=torch.arange(largest, device=self.device))
+        pool = None
+        for size in reversed(self.graph_sizes):  # largest first, so smaller graphs reuse its memory pool
+            meta = self._static_meta(size)
+            args = (self.static.input_ids[:size], self.static.positions[:size], meta, self.kv_cache)
+            self.model(*args)  # warm up (kernel compilation, autotuning) outside the capture
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = self.model(*args)
+            self.graphs[size] = (graph, out)
+            pool = graph.pool()
+
+    def _static_meta(self, size: int) -> AttentionMetadata:
+        m = self.static.meta
+        return AttentionMetadata(slot_mapping=m.slot_mapping[:size], block_tables=m.block_tables[:size],
+                                 context_lens=m.context_lens[:size], is_decode=True,
+                                 window=self.window, sinks=self.sinks)
+
+    def _replay(self, inputs: StepInputs, batch: int) -> torch.Tensor:
+        size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]
+        s = self.static
+        s.input_ids[:batch].copy_(inputs.input_ids)
+        s.positions[:batch].copy_(inputs.positions)
+        s.meta.slot_mapping[:batch].copy_(inputs.meta.slot_mapping)
+        s.meta.context_lens[:batch].copy_(inputs.meta.context_lens)
+        width = inputs.meta.block_tables.shape[1]
+        s.meta.block_tables[:batch, :width].copy_(inputs.meta.block_tables)
+        # Padding rows: position 0, one token of context in the scratch block.
+        s.input_ids[batch:size].zero_()
+        s.positions[batch:size].zero_()
+        s.meta.slot_mapping[batch:size].fill_(self.scratch_block * self.block_size)
+        s.meta.context_lens[batch:size].fill_(1)
+        s.meta.block_tables[batch:size].fill_(self.scratch_block)
+        graph, out = self.graphs[size]
+        graph.replay()
+        return out[:batch]

@@ -1,0 +1,611 @@
+"""Weight-only quantization: quantized linear layers, the rules that pick a format per module, presets.
+
+Three storage formats, all applied at load time from a float checkpoint with no calibration data:
+
+- ``int8``  : per-output-channel symmetric int8 (`Int8Linear`): weight int8 [out, in] + scale fp32 [out].
+- ``int4``  : group-wise asymmetric 4-bit (`GroupwiseLinear`, bits=4): two nibbles per uint8, packed along
+              `in` so each output channel is one contiguous row; scales fp16 and zero points uint8, both
+              [out, groups]. The same class holds 8-bit group-wise weights (``int8:g128``, GPTQ-Int8).
+- ``fp8``   : float8 e4m3 with per-output-channel fp32 scales (`Fp8Linear`).
+
+GPTQ and AWQ checkpoints are read into `GroupwiseLinear` too (see gptq.py, awq.py, and
+`load_quantized_linear` here), so one layout serves every source and one GPU kernel serves them all.
+
+Rules (`parse_spec`): ``"mlp=int4,attention=int8,lm_head=none"``, ``"all=int8"``, the shorthand ``"int8"``,
+a group size ``"int4:g64"``, symmetric int4 ``"int4:sym"``, and presets (``"layered"``). Later rules win.
+`quantize_model(model, spec)` swaps the matching nn.Linear modules in place and reports the bytes saved.
+
+Every quantized linear computes ``F.linear(x, dequantized_weight, bias)`` unless a kernel is registered
+for its format and device (`register_kernel`): the GPU kernels in ``kernels/`` plug in there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidRequestError
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel registry: format name -> fn(module, x) -> y, used on CUDA inputs only (CPU always dequantizes).
+# ----------------------------------------------------------------------------------------------------------
+
+_KERNELS: dict[str, Callable[["QuantizedLinear", torch.Tensor], torch.Tensor]] = {}
+
+
+def register_kernel(format_name: str, kernel: Callable[["QuantizedLinear", torch.Tensor], torch.Tensor] | None):
+    """Route `forward` of every quantized linear of `format_name` on CUDA through `kernel` (None removes it)."""
+    if kernel is None:
+        _KERNELS.pop(format_name, None)
+    else:
+        _KERNELS[format_name] = kernel
+
+
+class QuantizedLinear(nn.Module):
+    """Base of the quantized linears: same call signature as nn.Linear (weight [out, in], optional bias)."""
+
+    format_name = "abstract"
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        # Bias stays in the checkpoint's float dtype: it is tiny and adding it is free.
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight [out, in] this module stands for."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _KERNELS.get(self.format_name)
+        if kernel is not None and x.is_cuda:
+            return kernel(self, x)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Dequantize then matmul: exact with respect to the stored weight, slow (the CPU path)."""
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantize_weight(x.dtype), bias)
+
+    def weight_bytes(self) -> int:
+        """Bytes this module keeps resident: quantized weight, scales, zero points, bias, permutation."""
+        return sum(buf.numel() * buf.element_size() for buf in self.buffers())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int8, per output channel, symmetric
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Int8Linear(QuantizedLinear):
+    """weight = qweight[o, i] * scale[o]; qweight in [-127, 127] (symmetric: no zero point to store or add)."""
+
+    format_name = "int8"
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        out_features, in_features = qweight.shape
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1) / 127.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays all zero
+        qweight = torch.round(w / scale[:, None]).clamp(-127, 127)
+        return cls(qweight, scale, bias)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.qweight.float() * self.scale[:, None]).to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Group-wise 4-bit / 8-bit with zero points (our int4, and what GPTQ / AWQ checkpoints become)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] integers 0..15 -> uint8 [out, in/2]; even column in the low nibble, odd in the high one."""
+    if q.shape[-1] % 2:
+        raise ValueError(f"4-bit packing needs an even number of input features, got {q.shape[-1]}")
+    q = q.to(torch.uint8)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [out, in/2] -> uint8 [out, in], inverse of `pack_nibbles`."""
+    low = packed & 0x0F
+    high = packed >> 4
+    return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+def unpack_int32_words(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 [..., n] -> int32 [..., n * 32/bits]: value k of word w lands at w * (32/bits) + k, taken from
+    bits k*bits .. k*bits+bits-1 (the little-endian packing GPTQ and AWQ checkpoints both use)."""
+    per_word = 32 // bits
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=words.device)
+    values = (words.to(torch.int32)[..., None] >> shifts) & (2**bits - 1)  # the mask undoes sign extension
+    return values.flatten(-2) if per_word > 1 else values[..., 0]
+
+
+class GroupwiseLinear(QuantizedLinear):
+    """weight[o, i] = (q[o, i] - zero[o, g]) * scale[o, g] with g = i // group_size.
+
+    Asymmetric (a zero point per group) because: the 16 levels of int4 then cover [min, max] of each group
+    instead of [-amax, amax], which cuts the error on skewed groups; zero points cost 1 byte per group
+    (under 1 % of the weight bytes at group 128); and GPTQ and AWQ checkpoints are asymmetric anyway, so
+    one layout covers all three sources. Symmetric int4 (``int4:sym``) is the special case zero = 8.
+
+    `in_perm` (optional, int64 [in]) serves GPTQ act-order checkpoints: stored column j holds input
+    feature in_perm[j], so that each group is contiguous in storage.
+    """
+
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        bits: int,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+        in_features: int | None = None,
+        in_perm: torch.Tensor | None = None,
+    ):
+        if bits not in (4, 8):
+            raise ValueError(f"group-wise quantization supports 4 or 8 bits, got {bits}")
+        out_features = qweight.shape[0]
+        in_features = in_features or qweight.shape[1] * 8 // bits
+        super().__init__(in_features, out_features, bias)
+        self.bits = bits
+        self.group_size = group_size
+        self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
+        self.register_buffer("scales", scales.contiguous())
+        self.register_buffer("zeros", zeros.to(torch.uint8).contiguous())
+        self.register_buffer("in_perm", None if in_perm is None else in_perm.to(torch.int64).contiguous())
+
+    @property
+    def format_name(self) -> str:  # type: ignore[override]
+        return f"int{self.bits}_groupwise"
+
+    @classmethod
+    def from_float(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        bits: int = 4,
+        group_size: int = 128,
+        symmetric: bool = False,
+        scale_dtype: torch.dtype = torch.float16,
+    ) -> "GroupwiseLinear":
+        out_features, in_features = weight.shape
+        groups = _split_groups(weight.detach().float(), group_size)  # [out, G, group]
+        qmax = 2**bits - 1
+        if symmetric:
+            mid = 2 ** (bits - 1)
+            scale = groups.abs().amax(-1) / (mid - 1)
+            zero = torch.full_like(scale, mid)
+        else:
+            # The range always includes 0: zero is then exactly representable and a group of equal values
+            # cannot produce a degenerate (out of range) zero point.
+            low = groups.amin(-1).clamp(max=0)
+            high = groups.amax(-1).clamp(min=0)
+            scale = (high - low) / qmax
+            zero = None
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        # Never let a scale round to 0 in fp16 (a group of near-zero weights would divide by zero).
+        scale = scale.clamp(min=torch.finfo(scale_dtype).tiny).to(scale_dtype).float()
+        if zero is None:
+            zero = torch.round(-low / scale).clamp(0, qmax)
+        q = torch.round(groups / scale[..., None] + zero[..., None]).clamp(0, qmax)
+        q = q.flatten(1)[:, :in_features]
+        packed = pack_nibbles(q) if bits == 4 else q.to(torch.uint8)
+        return cls(packed, scale.to(scale_dtype), zero.to(torch.uint8), bits, group_size, bias, in_features)
+
+    def unpacked_qweight(self) -> torch.Tensor:
+        """uint8 [out, in] in storage column order."""
+        return unpack_nibbles(self.qweight) if self.bits == 4 else self.qweight
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        q = self.unpacked_qweight().float()
+        expand = lambda t: t.float().repeat_interleave(self.group_size, dim=1)[:, : self.in_features]
+        w = (q - expand(self.zeros)) * expand(self.scales)
+        if self.in_perm is not None:
+            w = torch.empty_like(w).index_copy_(1, self.in_perm, w)
+        return w.to(dtype)
+
+
+def _split_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[out, in] -> [out, ceil(in/group), group]; a short last group is padded with zeros (which the
+    range already includes, so padding never changes a scale)."""
+    if group_size <= 0:
+        raise ValueError(f"group size must be positive, got {group_size}")
+    out_features, in_features = w.shape
+    pad = (-in_features) % group_size
+    if pad:
+        w = F.pad(w, (0, pad))
+    return w.view(out_features, -1, group_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fp8 e4m3, per output channel
+# ----------------------------------------------------------------------------------------------------------
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+class Fp8Linear(QuantizedLinear):
+    """weight = qweight[o, i] (float8_e4m3fn) * scale[o].
+
+    CPU: dequantize then matmul (weight-only numerics). CUDA with compute capability >= 8.9 (Ada/Hopper)
+    and in/out multiples of 16: torch._scaled_mm with the activations quantized to fp8 per token on the
+    fly (W8A8, so results differ slightly from the CPU path). A kernel registered for "fp8" wins over both.
+    """
+
+    format_name = "fp8"
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        out_features, in_features = qweight.shape
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("qweight", qweight.to(torch.float8_e4m3fn).contiguous())
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Fp8Linear":
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1) / FP8_MAX
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        qweight = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return cls(qweight, scale, bias)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.qweight.float() * self.scale[:, None]).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and "fp8" not in _KERNELS and self._scaled_mm_fits(x):
+            return self._scaled_mm_forward(x)
+        return super().forward(x)
+
+    def _scaled_mm_fits(self, x: torch.Tensor) -> bool:
+        return (
+            torch.cuda.get_device_capability(x.device) >= (8, 9)
+            and self.in_features % 16 == 0
+            and self.out_features % 16 == 0
+            and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        )
+
+    def _scaled_mm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        x_scale = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+        x_fp8 = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        # Row-wise scales need a bf16 output; the second operand must be column-major, which .t() of the
+        # row-major [out, in] weight is.
+        y = torch._scaled_mm(
+            x_fp8, self.qweight.t(), scale_a=x_scale, scale_b=self.scale.view(1, -1), out_dtype=torch.bfloat16
+        )
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Formats and rules
+# ----------------------------------------------------------------------------------------------------------
+
+DEFAULT_GROUP_SIZE = 128
+ROLES = ("attention", "mlp", "lm_head", "embed")
+ALL_ROLES = ("attention", "mlp", "lm_head")  # what "all" and a bare format cover; embeddings stay float
+
+PRESETS = {
+    # The seed's "layered" scheme: FFN 4-bit, attention 8-bit, lm_head and embeddings left in float.
+    "layered": "attention=int8,mlp=int4,lm_head=none",
+    "none": "",
+}
+
+# Leaf module name -> role, for our DecoderModel (fused qkv_proj / gate_up_proj) and for Hugging Face
+# Llama/Qwen2 modules (separate q/k/v and gate/up), so the same rules apply to both.
+DEFAULT_MODULE_ROLES: dict[str, str] = {
+    "qkv_proj": "attention",
+    "q_proj": "attention",
+    "k_proj": "attention",
+    "v_proj": "attention",
+    "o_proj": "attention",
+    "gate_up_proj": "mlp",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+    "lm_head": "lm_head",
+}
+
+SPEC_HELP = (
+    "write comma-separated ROLE=FORMAT rules (roles: all, attention, mlp, lm_head, embed; formats: none, "
+    "int8, int8:gN, int4, int4:gN, int4:sym, fp8), a bare FORMAT for all, or a preset: " + ", ".join(PRESETS)
+)
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """One storage format: kind none/int8/int4/fp8; group_size None means per output channel."""
+
+    kind: str = "none"
+    group_size: int | None = None
+    symmetric: bool = False
+
+    def __str__(self) -> str:
+        text = self.kind
+        if self.group_size is not None:
+            text += f":g{self.group_size}"
+        if self.symmetric and self.kind == "int4":
+            text += ":sym"
+        return text
+
+
+def parse_format(text: str, rule: str) -> QuantFormat:
+    """``int4:g64:sym`` -> QuantFormat('int4', 64, True). `rule` is quoted in errors."""
+    kind, *options = [part.strip() for part in text.strip().lower().split(":")]
+    if kind in ("none", "float", "fp16", "bf16", "fp32"):
+        kind = "none"
+    if kind not in ("none", "int8", "int4", "fp8"):
+        raise InvalidRequestError("quantization", f"rule {rule!r}: unknown format {kind!r}; {SPEC_HELP}")
+    group_size = DEFAULT_GROUP_SIZE if kind == "int4" else None
+    symmetric = False
+    for option in options:
+        if option == "sym" and kind == "int4":
+            symmetric = True
+        elif option.startswith("g") and option[1:].isdigit() and int(option[1:]) > 0 and kind in ("int4", "int8"):
+            group_size = int(option[1:])
+        else:
+            raise InvalidRequestError(
+                "quantization", f"rule {rule!r}: option {option!r} does not apply to {kind}; {SPEC_HELP}"
+            )
+    return QuantFormat(kind, group_size, symmetric)
+
+
+def parse_spec(spec: str | Mapping[str, str] | None) -> dict[str, QuantFormat]:
+    """Rules -> {role: QuantFormat} for every role in ROLES (unnamed roles get 'none')."""
+    formats = {role: QuantFormat() for role in ROLES}
+    if spec is None:
+        return formats
+    items = list(spec.items()) if isinstance(spec, Mapping) else _spec_items(spec)
+    for role, text in items:
+        rule = f"{role}={text}" if role else text
+        if not role:
+            if text.strip().lower() in PRESETS:
+                formats.update(parse_spec(PRESETS[text.strip().lower()]))
+                continue
+            role = "all"
+        role = role.strip().lower()
+        fmt = parse_format(text, rule)
+        if role == "all":
+            formats.update({r: fmt for r in ALL_ROLES})
+        elif role == "embed":
+            if fmt.kind != "none":
+                raise InvalidRequestError(
+                    "quantization", f"rule {rule!r}: quantized embeddings are not supported; use embed=none"
+                )
+        elif role in ROLES:
+            formats[role] = fmt
+        else:
+            raise InvalidRequestError("quantization", f"rule {rule!r}: unknown role {role!r}; {SPEC_HELP}")
+    return formats
+
+
+def _spec_items(spec: str) -> list[tuple[str, str]]:
+    items = []
+    for raw in spec.replace(";", ",").split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        role, sep, text = raw.partition("=")
+        if not sep:
+            items.append(("", raw))
+        elif not role.strip() or not text.strip():
+            raise InvalidRequestError("quantization", f"rule {raw!r} is incomplete; {SPEC_HELP}")
+        else:
+            items.append((role, text))
+    return items
+
+
+def quantize_linear(linear: nn.Linear, fmt: QuantFormat) -> nn.Module:
+    """One nn.Linear -> its quantized replacement (the module itself for 'none')."""
+    weight, bias = linear.weight, linear.bias
+    if fmt.kind == "none":
+        return linear
+    if fmt.kind == "int8" and fmt.group_size is None:
+        return Int8Linear.from_float(weight, bias)
+    if fmt.kind == "fp8":
+        return Fp8Linear.from_float(weight, bias)
+    bits = 4 if fmt.kind == "int4" else 8
+    return GroupwiseLinear.from_float(weight, bias, bits=bits, group_size=fmt.group_size, symmetric=fmt.symmetric)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Swapping a model's modules
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModuleReport:
+    name: str
+    role: str
+    format: str
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass
+class QuantizationReport:
+    """What `quantize_model` did. model_bytes_* count every distinct parameter and buffer once (a tied
+    lm_head shares the embedding's storage until it is quantized into a copy of its own)."""
+
+    modules: list[ModuleReport] = field(default_factory=list)
+    model_bytes_before: int = 0
+    model_bytes_after: int = 0
+
+    @property
+    def linear_bytes_before(self) -> int:
+        return sum(m.bytes_before for m in self.modules)
+
+    @property
+    def linear_bytes_after(self) -> int:
+        return sum(m.bytes_after for m in self.modules)
+
+    def __str__(self) -> str:
+        saved = 1 - self.model_bytes_after / max(self.model_bytes_before, 1)
+        return (
+            f"quantized {sum(m.format != 'none' for m in self.modules)} of {len(self.modules)} linears; "
+            f"model {self.model_bytes_before / 2**20:.1f} MiB -> {self.model_bytes_after / 2**20:.1f} MiB "
+            f"({saved:.1%} less)"
+        )
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every distinct tensor storage among parameters and buffers."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = (tensor.device, tensor.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def quantize_model(
+    model: nn.Module,
+    spec: str | Mapping[str, str] | None,
+    module_roles: Mapping[str, str] | Callable[[str], str | None] | None = None,
+) -> QuantizationReport:
+    """Replace, in place, each nn.Linear whose role has a format by its quantized version.
+
+    `module_roles` maps a module's leaf name (``"q_proj"``) to a role, or is a function of the full dotted
+    name returning a role or None; the default knows our DecoderModel and Hugging Face Llama/Qwen2 names.
+    """
+    formats = parse_spec(spec)
+    role_of = _role_lookup(module_roles)
+    report = QuantizationReport(model_bytes_before=model_bytes(model))
+    targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    for name, linear in targets:
+        role = role_of(name)
+        if role is None:
+            continue
+        fmt = formats[role]
+        bytes_before = sum(t.numel() * t.element_size() for t in linear.parameters())
+        replacement = quantize_linear(linear, fmt)
+        if replacement is not linear:
+            _set_submodule(model, name, replacement.to(linear.weight.device))
+        bytes_after = replacement.weight_bytes() if isinstance(replacement, QuantizedLinear) else bytes_before
+        report.modules.append(ModuleReport(name, role, str(fmt), bytes_before, bytes_after))
+    report.model_bytes_after = model_bytes(model)
+    return report
+
+
+def _role_lookup(module_roles) -> Callable[[str], str | None]:
+    if callable(module_roles):
+        return module_roles
+    table = DEFAULT_MODULE_ROLES if module_roles is None else dict(module_roles)
+    return lambda name: table.get(name.rsplit(".", 1)[-1])
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, module)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Byte accounting without building anything (for the Qwen2.5 size table and the engine's memory planner)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def linear_weight_bytes(in_features: int, out_features: int, fmt: QuantFormat, float_bytes: int = 2) -> int:
+    """Resident bytes of one linear's weight in `fmt`: weight_bytes() of the module minus its bias."""
+    if fmt.kind == "none":
+        return in_features * out_features * float_bytes
+    if fmt.kind in ("int8", "fp8") and fmt.group_size is None:
+        return in_features * out_features + out_features * 4
+    bits = 4 if fmt.kind == "int4" else 8
+    groups = -(-in_features // fmt.group_size)
+    return in_features * out_features * bits // 8 + out_features * groups * (2 + 1)  # fp16 scale + u8 zero
+
+
+def concat_out_features(linears: list[nn.Module]) -> nn.Module:
+    """Stack linears that read the same input into one (q,k,v -> qkv_proj; gate,up -> gate_up_proj).
+
+    Works for nn.Linear and for quantized linears of one format: every quantization here is per output
+    row, so stacking rows of the stored tensors is exact.
+    """
+    first = linears[0]
+    cat = lambda attr: None if getattr(first, attr) is None else torch.cat([getattr(m, attr) for m in linears])
+    if any(type(m) is not type(first) for m in linears):
+        raise ValueError(f"cannot fuse linears of different types: {[type(m).__name__ for m in linears]}")
+    if isinstance(first, nn.Linear):
+        fused = nn.Linear(first.in_features, sum(m.out_features for m in linears), bias=first.bias is not None)
+        fused = fused.to(device=first.weight.device, dtype=first.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(cat("weight"))
+            if first.bias is not None:
+                fused.bias.copy_(cat("bias"))
+        return fused
+    if isinstance(first, (Int8Linear, Fp8Linear)):
+        return type(first)(cat("qweight"), cat("scale"), cat("bias"))
+    if isinstance(first, GroupwiseLinear):
+        same = all(
+            m.bits == first.bits
+            and m.group_size == first.group_size
+            and (m.in_perm is None) == (first.in_perm is None)
+            and (m.in_perm is None or torch.equal(m.in_perm, first.in_perm))
+            for m in linears
+        )
+        if not same:
+            raise ValueError("cannot fuse group-wise linears with different bits, group size or act-order")
+        return GroupwiseLinear(
+            cat("qweight"), cat("scales"), cat("zeros"), first.bits, first.group_size, cat("bias"),
+            first.in_features, first.in_perm,
+        )
+    raise ValueError(f"cannot fuse {type(first).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pre-quantized checkpoints
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_quantized_linear(
+    tensors: Mapping[str, torch.Tensor], prefix: str, quant_config: Mapping | None
+) -> nn.Module:
+    """Build the module stored under `prefix` (e.g. ``model.layers.0.self_attn.q_proj``) of a checkpoint.
+
+    `quant_config` is config.json's ``quantization_config`` (None for a float checkpoint). A module the
+    quantizer left in float (Qwen's GPTQ/AWQ checkpoints keep lm_head so) comes back as nn.Linear.
+    """
+    if f"{prefix}.qweight" not in tensors:
+        if f"{prefix}.weight" not in tensors:
+            raise KeyError(f"checkpoint has neither {prefix}.qweight nor {prefix}.weight")
+        weight = tensors[f"{prefix}.weight"]
+        bias = tensors.get(f"{prefix}.bias")
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            linear.bias = nn.Parameter(bias, requires_grad=False)
+        return linear
+    method = str((quant_config or {}).get("quant_method", "")).lower()
+    if method == "gptq":
+        from .gptq import read_gptq_linear
+
+        return read_gptq_linear(tensors, prefix, quant_config)
+    if method == "awq":
+        from .awq import read_awq_linear
+
+        return read_awq_linear(tensors, prefix, quant_config)
+    raise ValueError(
+        f"{prefix}.qweight found but quantization_config.quant_method is {method or 'missing'!r}; "
+        "supported: gptq, awq"
+    )

@@ -1,0 +1,105 @@
+"""Iteration-level scheduling: which sequences compute which tokens in the next step.
+
+Every step: running sequences first (oldest first), each asking for its remaining prompt chunk or one
+decode token; then waiting sequences join while the token budget, the sequence limit and free KV
+blocks allow. Long prompts are cut into chunks so decodes keep flowing. When the pool runs dry, the
+newest running sequence is preempted: its blocks are freed and it goes back to the front of the queue,
+to be recomputed later (its full blocks usually still sit in the prefix cache, which makes that cheap).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSequence:
+    seq: Sequence
+    num_tokens: int  # tokens computed for it in this step
+
+    @property
+    def samples(self) -> bool:
+        """The chunk reaches the sequence's last token, so the step yields its next token."""
+        return self.seq.num_computed_tokens + self.num_tokens == len(self.seq)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager):
+        self.config = config
+        self.block_manager = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def find(self, request_id: str) -> Sequence | None:
+        for seq in (*self.running, *self.waiting):
+            if seq.request_id == request_id:
+                return seq
+        return None
+
+    def schedule(self) -> list[ScheduledSequence]:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledSequence] = []
+        preempted = False
+        for seq in list(self.running):
+            if seq.status is not SequenceStatus.RUNNING or budget == 0:
+                continue  # preempted below as a victim, or no budget left this step
+            num_tokens = min(seq.num_uncomputed_tokens, budget)
+            while not self.block_manager.can_append(seq, num_tokens):
+                self._preempt(self.running[-1])
+                preempted = True
+                if seq.status is not SequenceStatus.RUNNING:
+                    break
+            if seq.status is SequenceStatus.RUNNING:
+                self.block_manager.append_slots(seq, num_tokens)
+                scheduled.append(ScheduledSequence(seq, num_tokens))
+                budget -= num_tokens
+        # Admitting new work right after a preemption would only preempt again.
+        while not preempted and self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if not seq.block_table:
+                self.block_manager.match_prefix(seq)
+            num_tokens = min(seq.num_uncomputed_tokens, budget, self._fitting_tokens(seq))
+            if num_tokens <= 0:
+                self.block_manager.free(seq)  # give back the prefix-cache references until it fits
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            self.block_manager.append_slots(seq, num_tokens)
+            scheduled.append(ScheduledSequence(seq, num_tokens))
+            budget -= num_tokens
+        return scheduled
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.block_manager.free(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def _fitting_tokens(self, seq: Sequence) -> int:
+        """How many more tokens of `seq` fit in its blocks plus the free pool."""
+        bm = self.block_manager
+        return (len(seq.block_table) + bm.num_free_blocks) * bm.block_size - seq.num_computed_tokens
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
