@@ -2,12 +2,11 @@
 
 Works on plain numpy arrays (name -> array) so it needs neither Triton nor the engine to be tested. Triton
 already enforces the dtypes declared in config.pbtxt; the checks here catch what it cannot: a missing or
-doubled prompt, values that are not one scalar, text that is not UTF-8, malformed chat messages, prompts
-far too long to fit the model.
+doubled prompt, values that are not one scalar, text that is not UTF-8, prompts far too long to fit the
+model. Chat messages stay a JSON string: the engine's tokenizer checks them.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,6 @@ PROMPT_INPUTS = ("text_input", "messages", "input_ids")
 # A token rarely spans more than a few bytes; this generous ratio lets the adapter refuse a prompt that can
 # never fit the model before spending time tokenizing megabytes of text.
 MAX_BYTES_PER_TOKEN = 32
-CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 # Triton input name -> (SamplingParams field, kind of scalar)
 SCALAR_INPUTS = {
@@ -95,24 +93,8 @@ def _parse_prompt(arrays: dict[str, np.ndarray], max_prompt_bytes: int) -> dict:
         if not text:
             raise InvalidRequestError(name, "is empty; send a non-empty prompt")
         return {"prompt": text}
-    return {"messages": _parse_messages(text)}
-
-
-def _parse_messages(text: str) -> list[dict]:
-    try:
-        messages = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidRequestError("messages", f"is not valid JSON ({error.msg} at char {error.pos}); expected "
-                                              '[{"role": "user", "content": "..."}]') from None
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError("messages", 'must be a non-empty JSON list like [{"role": "user", "content": "Hi"}]')
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise InvalidRequestError("messages", f"item {index} must be an object with a string 'content'")
-        if message.get("role") not in CHAT_ROLES:
-            raise InvalidRequestError("messages", f"item {index} has role {message.get('role')!r}; "
-                                                  f"use one of {', '.join(CHAT_ROLES)}")
-    return messages
+    # The engine's tokenizer parses and checks the JSON chat list (one place for the chat rules).
+    return {"messages": text}
 
 
 def _one_bytes_item(name: str, array: np.ndarray) -> bytes:
@@ -157,3 +139,15 @@ def _int_list(name: str, array: np.ndarray) -> list[int]:
     if not np.issubdtype(array.dtype, np.integer):
         raise InvalidRequestError(name, f"expected INT64 token ids, got {array.dtype}")
     return [int(v) for v in array.reshape(-1)]
+
+
+# Engine-side names that differ from the Triton input a client sets.
+_INPUT_FOR_ENGINE_FIELD = {"prompt": "text_input", "prompt_token_ids": "input_ids",
+                           **{field: name for name, (field, _kind) in SCALAR_INPUTS.items() if field != name}}
+
+
+def client_error_message(error: InvalidRequestError) -> str:
+    """The engine's message, with its field renamed to the Triton input the client actually sent."""
+    name = _INPUT_FOR_ENGINE_FIELD.get(error.field, error.field)
+    detail = str(error).removeprefix(f"{error.field}: ")
+    return f"{name}: {detail}"

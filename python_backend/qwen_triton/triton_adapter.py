@@ -24,7 +24,7 @@ from .async_engine import AsyncLLMEngine
 from .config import EngineConfig
 from .errors import InvalidRequestError
 from .metrics import EngineMetrics, MetricsReporter
-from .request_parsing import SCALAR_INPUTS, parse_request
+from .request_parsing import SCALAR_INPUTS, client_error_message, parse_request
 from .sampling_params import SamplingParams
 
 INPUT_NAMES = ("text_input", "messages", "input_ids", "stream", "stop", "stop_token_ids", *SCALAR_INPUTS)
@@ -70,7 +70,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"qwen: starting the engine for {config.model} on {config.device}")
         self.loop = EventLoopThread()
         self.engine = AsyncLLMEngine(config)
-        self.max_model_len = self.engine.max_model_len
+        self.max_model_len = self.engine.engine.max_model_len
         labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         self.metrics = EngineMetrics(pb_utils, labels)
         self.reporter = MetricsReporter(self.metrics, self.engine.stats)
@@ -106,7 +106,7 @@ class TritonPythonModel:
             parsed = parse_request(_input_arrays(request), self.max_model_len)
             await self._generate(request, sender, request_id, parsed)
         except InvalidRequestError as error:
-            _send_error(sender, str(error), pb_utils.TritonError.INVALID_ARG)
+            _send_error(sender, client_error_message(error), pb_utils.TritonError.INVALID_ARG)
         except Exception as error:  # the server must keep serving others: report, never raise to Triton
             pb_utils.Logger.log_error(f"qwen: request {request_id} failed: {error!r}")
             self.engine.abort(request_id)
