@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Container entrypoint: render the model repository's engine settings, then exec tritonserver.
+
+The image's model repository is read-only (read-only root filesystem). This copies it to a scratch
+volume, writes `--model` and each `--param key=value` into the copy's config.pbtxt `parameters`
+(the same rendering scripts/serve.py does for `make serve`), sets the Triton model's instance_group
+(kind and count), and replaces itself with tritonserver, so that tritonserver is PID 1 and receives
+the kubelet's SIGTERM directly (graceful drain with --exit-timeout-secs).
+
+Usage (the Helm chart writes these arguments):
+  entrypoint.py --source-repository /opt/qwen/model_repository --run-dir /run/qwen \
+      --model-name qwen --model Qwen/Qwen2.5-7B-Instruct --param dtype=bfloat16 ... \
+      --instance-kind gpu --instance-count 1 --tritonserver /opt/tritonserver/bin/tritonserver \
+      -- <tritonserver flags>
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+# In the image this file is /opt/qwen/deploy/entrypoint.py and the launcher /opt/qwen/scripts/serve.py,
+# as in the repository: reuse its config.pbtxt rendering instead of keeping a second copy.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import serve  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    own, server_flags = split_at_double_dash(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    image_repository = os.environ.get("QWEN_MODEL_REPOSITORY")  # set by deploy/Dockerfile
+    parser.add_argument("--source-repository", type=Path, default=image_repository, required=not image_repository,
+                        help="the image's model repository (default: $QWEN_MODEL_REPOSITORY)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="writable scratch for the rendered copy")
+    parser.add_argument("--model-name", default="qwen", help="the Triton model whose instance_group is set")
+    parser.add_argument("--model", required=True, help="checkpoint directory or hub id (the `model` parameter)")
+    parser.add_argument("--param", action="append", type=serve.parse_param, default=[], metavar="KEY=VALUE")
+    parser.add_argument("--instance-kind", choices=["cpu", "gpu"], default="gpu")
+    parser.add_argument("--instance-count", type=int, default=1)
+    parser.add_argument("--tritonserver", default="/opt/tritonserver/bin/tritonserver")
+    parser.add_argument("--restricted-apis", default="",
+                        help="comma-separated Triton API groups that need the admin header (HTTP and gRPC)")
+    parser.add_argument("--restricted-header", default="triton-admin-key", help="the admin header's name")
+    parser.add_argument("--admin-key-file", type=Path,
+                        help="file holding the admin header's value (a mounted Secret); default: $TRITON_ADMIN_KEY")
+    parser.add_argument("--dry-run", action="store_true", help="render, print the command as JSON, do not exec")
+    args = parser.parse_args(own)
+    if args.instance_count < 1:
+        parser.error(f"--instance-count must be >= 1, got {args.instance_count} (gpu.instancesPerPod in the chart)")
+    return args, server_flags
+
+
+def split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
+def set_instance_count(repository: Path, model_name: str, count: int) -> None:
+    """Several engines in one pod (Triton instance_group count); each gets its own KV budget."""
+    config_path = repository / model_name / "config.pbtxt"
+    if not config_path.exists():
+        sys.exit(f"entrypoint: no {config_path}; --model-name must name a model of {repository}")
+    config = serve.load_config(config_path)
+    if not config.instance_group:
+        config.instance_group.add()
+    for group in config.instance_group:
+        group.count = count
+    serve.save_config(config, config_path)
+
+
+def admin_key(args: argparse.Namespace) -> str:
+    if args.admin_key_file:
+        key = args.admin_key_file.read_text().strip()
+        source = str(args.admin_key_file)
+    else:
+        key = os.environ.get("TRITON_ADMIN_KEY", "").strip()
+        source = "$TRITON_ADMIN_KEY"
+    if not key:
+        sys.exit(f"entrypoint: --restricted-apis needs an admin key, but {source} is empty; "
+                 "set --admin-key-file or TRITON_ADMIN_KEY (the chart uses the pod UID by default)")
+    return key
+
+
+def restricted_api_flags(args: argparse.Namespace) -> list[str]:
+    """Triton's --{http,grpc}-restricted-api=<apis>:<header>=<value>; the value never enters the pod spec."""
+    if not args.restricted_apis:
+        return []
+    rule = f"{args.restricted_apis}:{args.restricted_header}={admin_key(args)}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-api={rule}"]
+
+
+def render_repository(args: argparse.Namespace) -> Path:
+    destination = args.run_dir / "model_repository"
+    # The scratch volume outlives a container restart within the pod: start from a clean copy.
+    shutil.rmtree(destination, ignore_errors=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {serve.CHECKPOINT_PARAM: args.model, **dict(args.param)}
+    serve.prepare_model_repository(args.source_repository, destination, overrides, args.instance_kind)
+    set_instance_count(destination, args.model_name, args.instance_count)
+    return destination
+
+
+def redact(command: list[str]) -> list[str]:
+    """The restricted-API flags carry the admin header's value: keep it out of the pod log."""
+    return [flag.rsplit("=", 1)[0] + "=***" if "-restricted-api=" in flag else flag for flag in command]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, server_flags = parse_args(sys.argv[1:] if argv is None else argv)
+    repository = render_repository(args)
+    command = [args.tritonserver, f"--model-repository={repository}", *server_flags, *restricted_api_flags(args)]
+    if args.dry_run:
+        print(json.dumps({"command": redact(command), "repository": str(repository)}))
+        return 0
+    print("entrypoint: exec " + " ".join(redact(command)), flush=True)
+    os.execv(args.tritonserver, command)
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
