@@ -1,0 +1,61 @@
+"""What QwenClient and AsyncQwenClient share: settings, their checks, and turning a call into model inputs."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from . import retry
+from .errors import InvalidParameterError
+from .params import GenerationParams
+from .request import build_inputs, resolve_params
+from .server_info import Health
+from .target import Target
+
+DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
+NOT_LIVE = Health(live=False, ready=False, model_ready=False)
+
+
+def check_settings(protocol: str, timeout: float, retries: int) -> None:
+    """Client settings, checked with the same care as generation parameters."""
+    if protocol not in DEFAULT_URLS:
+        raise InvalidParameterError("protocol", f"must be 'grpc' or 'http', got {protocol!r}")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise InvalidParameterError("timeout", f"must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidParameterError("retries", f"must be an integer >= 0, got {retries!r}")
+
+
+class ClientBase:
+    """Holds the settings; subclasses pick the transport classes (sync or async) in `_transports`.
+
+    timeout: seconds to wait for the server's next answer (connection, first token, next token).
+    retries: extra attempts when the server cannot be reached; an answered request is never retried.
+    params: default GenerationParams for every call; keyword arguments of a call override them.
+    """
+
+    _transports: Dict[str, type] = {}
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        protocol: str = "grpc",
+        model: str = "qwen",
+        timeout: float = 60.0,
+        retries: int = 2,
+        params: Optional[GenerationParams] = None,
+    ):
+        check_settings(protocol, timeout, retries)
+        self.protocol = protocol
+        self.url = url or DEFAULT_URLS[protocol]
+        self.model = model
+        self._transport = self._transports[protocol](Target.parse(self.url, model, timeout))
+        self._retry = retry.RetryPolicy(retries=retries)
+        self._params = params
+
+    def _inputs(
+        self, prompt_part: Dict[str, Any], params: Optional[GenerationParams], overrides: Dict[str, Any], stream: bool
+    ) -> Dict[str, Any]:
+        # Validated here, in the caller's frame, rather than at the first next() of a generator.
+        return build_inputs(prompt_part, resolve_params(params or self._params, overrides), stream)
+
+    def _not_ready_error_message(self, timeout: float, health: Health) -> str:
+        return f"model {self.model!r} at {self.url} not ready after {timeout}s: {health}"

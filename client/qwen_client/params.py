@@ -1,0 +1,227 @@
+"""`GenerationParams`: the optional inputs of the Triton model `qwen`, checked before anything is sent.
+
+Field names are the Triton input names (docs/CONTRACTS.md), so a field maps one to one onto a tensor
+(gRPC) or a JSON key (HTTP generate). `None` means "not sent": the server's default applies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from .errors import InvalidParameterError
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How one input travels: its Triton datatype and whether it is a list (dims [-1]) or a scalar ([1])."""
+
+    datatype: str
+    is_list: bool = False
+
+
+# Every input of the model, prompt inputs included. `stream` is set by the method called, not by params.
+INPUT_SPECS: Dict[str, InputSpec] = {
+    "text_input": InputSpec("BYTES"),
+    "messages": InputSpec("BYTES"),
+    "input_ids": InputSpec("INT64", is_list=True),
+    "stream": InputSpec("BOOL"),
+    "max_tokens": InputSpec("INT32"),
+    "temperature": InputSpec("FP32"),
+    "top_p": InputSpec("FP32"),
+    "top_k": InputSpec("INT32"),
+    "min_p": InputSpec("FP32"),
+    "repetition_penalty": InputSpec("FP32"),
+    "presence_penalty": InputSpec("FP32"),
+    "frequency_penalty": InputSpec("FP32"),
+    "seed": InputSpec("INT64"),
+    "stop": InputSpec("BYTES", is_list=True),
+    "stop_token_ids": InputSpec("INT64", is_list=True),
+    "ignore_eos": InputSpec("BOOL"),
+    "return_logprobs": InputSpec("BOOL"),
+    "dynamic_temperature": InputSpec("BOOL"),
+    "min_temperature": InputSpec("FP32"),
+    "max_temperature": InputSpec("FP32"),
+}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling and stopping settings for one request; invalid values raise `InvalidParameterError`."""
+
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    stop: Optional[Union[str, Sequence[str]]] = None
+    stop_token_ids: Optional[Sequence[int]] = None
+    ignore_eos: Optional[bool] = None
+    return_logprobs: Optional[bool] = None
+    dynamic_temperature: Optional[bool] = None
+    min_temperature: Optional[float] = None
+    max_temperature: Optional[float] = None
+
+    def __post_init__(self):
+        # Normalise first (a single stop string becomes a list), then check every field.
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", [self.stop])
+        for name, check in _CHECKS.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check(name, value))
+        _check_temperature_bounds(self.min_temperature, self.max_temperature)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "GenerationParams":
+        """Build from keyword arguments, naming any unknown one (with the closest known name)."""
+        for name in kwargs:
+            if name not in _FIELD_NAMES:
+                raise InvalidParameterError(name, _unknown_field_hint(name))
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "GenerationParams":
+        """A copy with some fields changed (validated like a new instance)."""
+        for name in changes:
+            if name not in _FIELD_NAMES:
+                raise InvalidParameterError(name, _unknown_field_hint(name))
+        return dataclasses.replace(self, **changes)
+
+    def to_inputs(self) -> Dict[str, Any]:
+        """The fields that are set, by Triton input name, as plain Python values (lists for list inputs)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(GenerationParams))
+
+
+def _unknown_field_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, _FIELD_NAMES, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown generation parameter; {hint}known ones: {', '.join(_FIELD_NAMES)}"
+
+
+# --- per-field checks: each returns the value normalised (e.g. int -> float) or raises, naming the field.
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterError(name, f"must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise InvalidParameterError(name, f"must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidParameterError(name, f"must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise InvalidParameterError(name, f"must be a finite number, got {value}")
+    return float(value)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParameterError(name, f"must be true or false, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _max_tokens(name, value):
+    return _int(name, value, 1, INT32_MAX)
+
+
+def _non_negative(name, value):
+    value = _float(name, value)
+    if value < 0:
+        raise InvalidParameterError(name, f"must be >= 0, got {value} (0 means greedy for temperature)")
+    return value
+
+
+def _top_p(name, value):
+    value = _float(name, value)
+    if not 0 < value <= 1:
+        raise InvalidParameterError(name, f"must be in (0, 1], got {value} (1 disables top-p)")
+    return value
+
+
+def _top_k(name, value):
+    return _int(name, value, 0, INT32_MAX)  # 0 disables top-k
+
+
+def _probability(name, value):
+    value = _float(name, value)
+    if not 0 <= value <= 1:
+        raise InvalidParameterError(name, f"must be in [0, 1], got {value}")
+    return value
+
+
+def _repetition_penalty(name, value):
+    value = _float(name, value)
+    if value <= 0:
+        raise InvalidParameterError(name, f"must be > 0, got {value} (1 disables it)")
+    return value
+
+
+def _additive_penalty(name, value):
+    value = _float(name, value)
+    if not -2 <= value <= 2:
+        raise InvalidParameterError(name, f"must be in [-2, 2], got {value} (0 disables it)")
+    return value
+
+
+def _seed(name, value):
+    return _int(name, value, 0, INT64_MAX)
+
+
+def _stop(name, value) -> List[str]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidParameterError(name, f"must be a string or a list of strings, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise InvalidParameterError(name, f"every stop string must be a non-empty string, got {item!r}")
+    return list(value)
+
+
+def _token_ids(name, value) -> List[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise InvalidParameterError(name, f"must be a list of token ids, got {type(value).__name__}")
+    return [_int(name, item, 0, INT64_MAX) for item in value]
+
+
+def _check_temperature_bounds(low: Optional[float], high: Optional[float]) -> None:
+    if low is not None and high is not None and low > high:
+        raise InvalidParameterError("min_temperature", f"must be <= max_temperature ({low} > {high})")
+
+
+_CHECKS = {
+    "max_tokens": _max_tokens,
+    "temperature": _non_negative,
+    "top_p": _top_p,
+    "top_k": _top_k,
+    "min_p": _probability,
+    "repetition_penalty": _repetition_penalty,
+    "presence_penalty": _additive_penalty,
+    "frequency_penalty": _additive_penalty,
+    "seed": _seed,
+    "stop": _stop,
+    "stop_token_ids": _token_ids,
+    "ignore_eos": _bool,
+    "return_logprobs": _bool,
+    "dynamic_temperature": _bool,
+    "min_temperature": _non_negative,
+    "max_temperature": _non_negative,
+}
+assert set(_CHECKS) == set(_FIELD_NAMES), "every GenerationParams field needs a check"

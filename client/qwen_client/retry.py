@@ -1,0 +1,95 @@
+"""Retries on connection errors only.
+
+A server that answered (even with a 400) is never asked again: the same request would fail the same way,
+and a generation that already streamed tokens must not be replayed. Only "could not reach the server"
+(`ConnectionFailedError` raised by a transport before any response) is retried, with capped backoff.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+
+from .errors import ConnectionFailedError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 2  # attempts = retries + 1
+    backoff_s: float = 0.1  # first pause, doubled each retry
+    max_backoff_s: float = 2.0
+
+    def __post_init__(self):
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+    def pause(self, retry_index: int) -> float:
+        return min(self.backoff_s * (2**retry_index), self.max_backoff_s)
+
+
+def _final_error(error: ConnectionFailedError, attempts: int) -> ConnectionFailedError:
+    return ConnectionFailedError(f"{error} (gave up after {attempts} attempt{'s' * (attempts > 1)})")
+
+
+def call(policy: RetryPolicy, attempt: Callable[[], T]) -> T:
+    for retry in range(policy.retries + 1):
+        try:
+            return attempt()
+        except ConnectionFailedError as error:
+            if retry == policy.retries:
+                raise _final_error(error, retry + 1) from error
+            time.sleep(policy.pause(retry))
+    raise AssertionError("unreachable")
+
+
+async def acall(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
+    for retry in range(policy.retries + 1):
+        try:
+            return await attempt()
+        except ConnectionFailedError as error:
+            if retry == policy.retries:
+                raise _final_error(error, retry + 1) from error
+            await asyncio.sleep(policy.pause(retry))
+    raise AssertionError("unreachable")
+
+
+def stream(policy: RetryPolicy, open_stream: Callable[[], Iterator[T]]) -> Iterator[T]:
+    """Yields from a fresh stream per attempt; retries only while nothing has been yielded yet."""
+    for retry in range(policy.retries + 1):
+        started = False
+        items = open_stream()
+        try:
+            for item in items:
+                started = True
+                yield item
+            return
+        except ConnectionFailedError as error:
+            if started:
+                raise
+            if retry == policy.retries:
+                raise _final_error(error, retry + 1) from error
+            time.sleep(policy.pause(retry))
+        finally:
+            items.close()  # a caller that stops early cancels the request on the server
+
+
+async def astream(policy: RetryPolicy, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    for retry in range(policy.retries + 1):
+        started = False
+        items = open_stream()
+        try:
+            async for item in items:
+                started = True
+                yield item
+            return
+        except ConnectionFailedError as error:
+            if started:
+                raise
+            if retry == policy.retries:
+                raise _final_error(error, retry + 1) from error
+            await asyncio.sleep(policy.pause(retry))
+        finally:
+            await items.aclose()
