@@ -27,6 +27,8 @@ class IncrementalDetokenizer:
 
     def add(self, new_token_ids: list[int]) -> None:
         """Append tokens and extend `text`; sets `stopped` when a stop string shows up."""
+        if self.stopped:
+            return  # the text ended at the stop string; later tokens add nothing
         self.token_ids.extend(new_token_ids)
         prefix = self._decode(self.token_ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.token_ids[self.prefix_offset:])

@@ -1,0 +1,63 @@
+"""Our forward against Hugging Face transformers, the reference: greedy tokens and prefill logits."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from qwen_triton.attention import AttentionMetadata
+
+from engine_helpers import greedy, make_engine, run_all
+
+PROMPTS = ["The quick brown fox", "In 1905, Albert Einstein published", "def fibonacci(n):"]
+
+
+def hf_greedy(model_dir, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_tiny_qwen2_greedy_matches_transformers(tiny_qwen2):
+    engine = make_engine(tiny_qwen2)
+    assert engine.model.layers[0].self_attn.qkv_proj.bias is not None  # Qwen2: QKV bias
+    assert engine.model.lm_head.weight is engine.model.embed_tokens.weight  # tied
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    prompts = {f"p{i}": tokenizer.encode(p) for i, p in enumerate(PROMPTS)}
+    ours = run_all(engine, {rid: (ids, greedy(24, ignore_eos=True)) for rid, ids in prompts.items()})
+    for rid, ids in prompts.items():
+        assert ours[rid]["tokens"] == hf_greedy(tiny_qwen2, ids, 24), rid
+
+
+def test_smollm2_greedy_matches_transformers(demo_model):
+    engine = make_engine(demo_model)
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    prompts = {f"p{i}": tokenizer.encode(p) for i, p in enumerate(PROMPTS)}
+    ours = run_all(engine, {rid: (ids, greedy(16, ignore_eos=True)) for rid, ids in prompts.items()})
+    for rid, ids in prompts.items():
+        assert ours[rid]["tokens"] == hf_greedy(demo_model, ids, 16), rid
+
+
+def test_prefill_logits_close_to_transformers(tiny_qwen2):
+    engine = make_engine(tiny_qwen2)
+    ids = AutoTokenizer.from_pretrained(tiny_qwen2).encode(PROMPTS[1])
+    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32)
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0]
+    n = len(ids)
+    meta = AttentionMetadata(slot_mapping=torch.arange(n), block_tables=torch.arange(-(-n // 16)).unsqueeze(0).int(),
+                             context_lens=torch.tensor([n], dtype=torch.int32), is_decode=False, query_lens=[n],
+                             context_lens_cpu=[n])
+    with torch.inference_mode():
+        hidden = engine.model(torch.tensor(ids), torch.arange(n), meta, engine.kv_cache)
+        ours = engine.model.compute_logits(hidden)
+    assert torch.allclose(ours, expected, atol=1e-4, rtol=1e-4), (ours - expected).abs().max()
+
+
+def test_chat_answer_from_the_real_model(demo_model):
+    engine = make_engine(demo_model)
+    ids = engine.tokenizer.encode(messages=[{"role": "user", "content": "What is the capital of France?"}])
+    result = run_all(engine, {"q": (ids, greedy(24))})["q"]
+    assert "Paris" in result["text"]
+    assert result["reason"] == "stop"  # ended on <|im_end|>, an EOS of the checkpoint
