@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "models/smollm2-135m-instruct"
 BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+# Triton 2.51's HTTP frontend copies a request body spread over many buffers onto the thread's stack, so
+# a body over ~4 MB overflows the default 8 MB stack and kills the server (upstream issue #5840, fixed after
+# 2.51). Threads take their stack size from RLIMIT_STACK: 512 MB of address space (touched only as used)
+# lets bodies up to ~500 MB reach the model, which then refuses oversized prompts with a clear error.
+SERVER_STACK_BYTES = 512 * 2**20
 # Parameters that name a checkpoint; `--model` sets them in every model of the repository.
 CHECKPOINT_PARAM = "model"
 
@@ -177,6 +183,13 @@ def server_command(root: Path, backend_dir: Path, repository: Path, args) -> lis
     ]
 
 
+def raise_stack_limit() -> None:
+    """Runs in the child before exec (see SERVER_STACK_BYTES)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    wanted = SERVER_STACK_BYTES if hard == resource.RLIM_INFINITY else min(SERVER_STACK_BYTES, hard)
+    resource.setrlimit(resource.RLIMIT_STACK, (wanted, hard))
+
+
 def is_ready(http_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as reply:
@@ -262,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                                           args.instance_kind)
     command = server_command(root, backend_dir, repository, args)
     print("serve.py: " + " ".join(command), flush=True)
-    process = subprocess.Popen(command, env=server_env(root))
+    process = subprocess.Popen(command, env=server_env(root), preexec_fn=raise_stack_limit)
     forward_signals(process)
     wait_ready(process, args.http_port, args.ready_timeout)
     print(usage_banner(args), flush=True)
