@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -19,24 +20,19 @@ def hf_greedy(model_dir, prompt_ids: list[int], max_new_tokens: int) -> list[int
     return out[0, len(prompt_ids):].tolist()
 
 
-def test_tiny_qwen2_greedy_matches_transformers(tiny_qwen2):
-    engine = make_engine(tiny_qwen2)
-    assert engine.model.layers[0].self_attn.qkv_proj.bias is not None  # Qwen2: QKV bias
-    assert engine.model.lm_head.weight is engine.model.embed_tokens.weight  # tied
-    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+@pytest.mark.parametrize("checkpoint", ["tiny_qwen2", "demo_model"])
+def test_greedy_matches_transformers(checkpoint, request):
+    model_dir = request.getfixturevalue(checkpoint)
+    engine = make_engine(model_dir)
+    if checkpoint == "tiny_qwen2":
+        assert engine.model.layers[0].self_attn.qkv_proj.bias is not None  # Qwen2: QKV bias
+        assert engine.model.lm_head.weight is engine.model.embed_tokens.weight  # tied
+        assert engine.model.layers[0].self_attn.num_kv_heads < engine.model.layers[0].self_attn.num_heads  # GQA
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = {f"p{i}": tokenizer.encode(p) for i, p in enumerate(PROMPTS)}
-    ours = run_all(engine, {rid: (ids, greedy(24, ignore_eos=True)) for rid, ids in prompts.items()})
+    ours = run_all(engine, {rid: (ids, greedy(20, ignore_eos=True)) for rid, ids in prompts.items()})
     for rid, ids in prompts.items():
-        assert ours[rid]["tokens"] == hf_greedy(tiny_qwen2, ids, 24), rid
-
-
-def test_smollm2_greedy_matches_transformers(demo_model):
-    engine = make_engine(demo_model)
-    tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    prompts = {f"p{i}": tokenizer.encode(p) for i, p in enumerate(PROMPTS)}
-    ours = run_all(engine, {rid: (ids, greedy(16, ignore_eos=True)) for rid, ids in prompts.items()})
-    for rid, ids in prompts.items():
-        assert ours[rid]["tokens"] == hf_greedy(demo_model, ids, 16), rid
+        assert ours[rid]["tokens"] == hf_greedy(model_dir, ids, 20), rid
 
 
 def test_prefill_logits_close_to_transformers(tiny_qwen2):
