@@ -26,16 +26,20 @@ class ServerError(QwenClientError):
     `field` is the request input the message names, when it names one.
     """
 
+    _what = "server error"
+
     def __init__(self, message: str, status: Optional[str] = None, field: Optional[str] = None):
         self.message = message
         self.status = status
         self.field = field
-        prefix = f"server error ({status})" if status else "server error"
+        prefix = f"{self._what} ({status})" if status else self._what
         super().__init__(f"{prefix}: {message}")
 
 
 class BadRequestError(ServerError):
-    """The server rejected the request itself (HTTP 4xx, gRPC INVALID_ARGUMENT, or a per-request error)."""
+    """The server rejected the request itself (HTTP 4xx, gRPC INVALID_ARGUMENT, or an error naming an input)."""
+
+    _what = "request rejected"
 
 
 class ConnectionFailedError(QwenClientError, ConnectionError):

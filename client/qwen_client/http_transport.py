@@ -34,6 +34,11 @@ def classify_status(status: int, message: str) -> QwenClientError:
 
 
 def _error_message(body: str) -> str:
+    """The `error` of an error answer: plain JSON, or (from generate_stream) JSON inside an SSE event."""
+    if body.startswith("data:"):
+        decoder = SseDecoder()
+        events = [decoder.feed(line) for line in body.splitlines()] + [decoder.flush()]
+        body = next((event for event in events if event is not None), body)
     try:
         return str(json.loads(body).get("error", body))
     except (ValueError, AttributeError):

@@ -146,7 +146,7 @@ def _max_tokens(name, value):
 def _non_negative(name, value):
     value = _float(name, value)
     if value < 0:
-        raise InvalidParameterError(name, f"must be >= 0, got {value} (0 means greedy for temperature)")
+        raise InvalidParameterError(name, f"must be >= 0, got {value}")
     return value
 
 
