@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,12 @@ def test_generate_is_the_same_over_both_protocols(client, reference):
     assert completion.text.strip() and len(completion.token_ids) == 8
     assert completion.finish_reason == "length"
     assert completion.usage.completion_tokens == 8 and completion.usage.prompt_tokens > 0
+
+
+def test_one_client_serves_several_threads(client, reference):
+    with ThreadPoolExecutor(3) as pool:
+        completions = list(pool.map(lambda _: client.generate(PROMPT, GREEDY), range(3)))
+    assert all(c == reference for c in completions)
 
 
 def test_stream_deltas_join_to_the_generate_text(client, reference):
