@@ -37,7 +37,8 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, cache_layer, slot_mapping: torch.
         return
     for src, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
         values, scales = quantize_kv(src, cache.dtype)
-        cache.view(-1, *src.shape[1:]).index_copy_(0, slot_mapping, values)
+        # Copy as bytes: index_copy_ has no float8 kernel on every device, and bytes are bytes.
+        cache.view(torch.uint8).view(-1, *src.shape[1:]).index_copy_(0, slot_mapping, values.view(torch.uint8))
         scale.view(-1, src.shape[1]).index_copy_(0, slot_mapping, scales)
 
 

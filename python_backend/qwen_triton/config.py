@@ -14,6 +14,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 @dataclass
 class EngineConfig:
     model: str = "models/smollm2-135m-instruct"  # checkpoint directory or hub id
+    load_format: str = "auto"                    # auto: the checkpoint's safetensors; random: random weights of
+                                                 # the config's shapes (benchmarks: true timings, no true text)
     dtype: str = "auto"                          # auto: bfloat16 on CUDA, float32 on CPU
     device: str = "auto"                         # auto: cuda when available, else cpu
     quantization: str = "none"                   # weight rules, e.g. "int8", "layered", "mlp=int4,attention=int8"
@@ -37,6 +39,8 @@ class EngineConfig:
     def validate(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+        if self.load_format not in ("auto", "random"):
+            raise ValueError(f"load_format: {self.load_format!r} is not one of auto, random")
         if self.kv_cache_dtype not in ("auto", "int8", "fp8"):
             raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype!r} is not one of auto, int8, fp8")
         if not 0.0 < self.kv_memory_fraction <= 1.0:

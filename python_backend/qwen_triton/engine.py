@@ -96,10 +96,14 @@ class LLMEngine:
     def _load_model(self, checkpoint) -> DecoderModel:
         with torch.device("meta"):
             model = DecoderModel(self.hf_config, self.max_model_len)
-        model = model.to_empty(device=self.device).to(self.dtype)
+        # dtype first, on meta (free), so the device never holds a float32 copy of the weights.
+        model = model.to(self.dtype).to_empty(device=self.device)
         model.rotary = model.rotary.__class__(model.layers[0].self_attn.head_dim, self.max_model_len,
                                               model.rotary.theta).to(self.device)
-        model.load_weights((name, t.to(self.dtype)) for name, t in iter_tensors(checkpoint))
+        if self.config.load_format == "random":
+            model.init_random_weights()
+        else:
+            model.load_weights((name, t.to(self.dtype)) for name, t in iter_tensors(checkpoint))
         if self.config.quantization not in ("", "none"):
             from .quantization import quantize_model  # noqa: PLC0415 (optional part)
 

@@ -166,6 +166,20 @@ class DecoderModel(nn.Module):
         if missing or pending:
             raise ValueError(f"checkpoint lacks tensors for: {sorted(missing | set(pending))[:8]}")
 
+    @torch.no_grad()
+    def init_random_weights(self, std: float = 0.02, seed: int = 0) -> None:
+        """Weights of the right shapes without a checkpoint: for timing, where the text does not matter."""
+        generator = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
+            else:
+                param.normal_(0.0, std, generator=generator)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
     @staticmethod
     def _copy(params, target: str, tensor: torch.Tensor) -> None:
         param = params[target]

@@ -1,0 +1,309 @@
+"""The GPU benchmark of issue 6: engine decode and throughput next to the hardware bound and HF eager.
+
+Runs on one CUDA GPU (the device machine), random weights at real Qwen2.5 shapes. In one run:
+  1. the two ceilings: device-to-device copy bandwidth, bf16 matmul rate;
+  2. a correctness gate: tiny Qwen2 on CUDA, greedy tokens of the engine (CUDA graphs + paged kernel)
+     equal to transformers, and CUDA-graph decode equal to eager decode;
+  3. per shape: batch-1 decode tok/s per weight format beside its bandwidth bound and HF eager bf16;
+     throughput at 16/64/256 concurrent requests (512 prompt, 256 generated): output tok/s, TTFT and
+     inter-token latency p50/p99 beside the bound that counts weights + KV bytes per step; TTFT of one
+     512-token prompt; weight and KV memory.
+Prints markdown tables last and writes JSON.
+
+  python benchmarks/gpu_bench.py --tokenizer DIR --shapes 0.5b,7b --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
+
+from qwen_triton.config import EngineConfig  # noqa: E402
+from qwen_triton.engine import LLMEngine  # noqa: E402
+from qwen_triton.sampling_params import SamplingParams  # noqa: E402
+
+# Public Qwen2.5 config.json values (hidden, intermediate, layers, heads, kv heads, vocab, tied).
+SHAPES = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+FORMATS = ["none", "int8", "int4", "fp8", "layered"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def log(*parts) -> None:
+    print(*parts, flush=True)
+
+
+def cuda_time(fn, repeat: int = 20) -> float:
+    """Median seconds of fn() by CUDA events, after a warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def ceilings() -> dict:
+    n = 2 * 2**30
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = cuda_time(lambda: dst.copy_(src))
+    del src, dst
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    mm_s = cuda_time(lambda: a @ b)
+    del a, b
+    torch.cuda.empty_cache()
+    return {"copy_bytes_per_s": 2 * n / copy_s, "bf16_flops_per_s": 2 * 8192**3 / mm_s}
+
+
+def make_checkpoint(shape: str, tokenizer_dir: Path, root: Path) -> Path:
+    from transformers import Qwen2Config
+
+    out = root / f"qwen2.5-{shape}-random"
+    out.mkdir(parents=True, exist_ok=True)
+    Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                bos_token_id=151643, eos_token_id=151645).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+def engine_for(checkpoint: Path, quantization: str = "none", **extra) -> LLMEngine:
+    settings = dict(model=str(checkpoint), load_format="random", dtype="bfloat16", device="cuda",
+                    quantization=quantization, max_model_len=2048, max_num_seqs=256,
+                    max_num_batched_tokens=8192, kv_cache_bytes=24 * 2**30, enable_prefix_caching=False)
+    settings.update(extra)
+    return LLMEngine(EngineConfig(**settings))
+
+
+def free(*objects) -> None:
+    del objects
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def bytes_read_per_step(engine: LLMEngine) -> int:
+    """Weights a decode step reads: every parameter/buffer but the embedding table (one row per token),
+    which is read whole only when it doubles as the tied LM head."""
+    from qwen_triton.quantization import model_bytes
+
+    total = model_bytes(engine.model)
+    if not engine.model.tie_word_embeddings:
+        emb = engine.model.embed_tokens.weight
+        total -= emb.numel() * emb.element_size()
+    return total
+
+
+def prompt_ids(vocab: int, n: int, length: int) -> list[list[int]]:
+    return [[(7919 * (i + 1) * (j + 3) + i) % min(vocab, 49152) for j in range(length)] for i in range(n)]
+
+
+def run_requests(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> dict:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    for i, ids in enumerate(prompts):
+        engine.add_request(f"r{i}", ids, params)
+    first, last, gaps, generated = {}, {}, [], 0
+    while engine.has_unfinished():
+        outputs = engine.step()
+        now = time.perf_counter()
+        for out in outputs:
+            generated += len(out.token_ids)
+            if out.request_id in last:
+                gaps.append(now - last[out.request_id])
+            else:
+                first[out.request_id] = now - start
+            last[out.request_id] = now
+    elapsed = time.perf_counter() - start
+    return {"elapsed_s": elapsed, "output_tokens": generated, "output_tok_per_s": generated / elapsed,
+            "ttft_s": sorted(first.values()), "itl_s": sorted(gaps)}
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def decode_batch1(engine: LLMEngine, max_tokens: int = 256) -> float:
+    """Decode tok/s of one sequence: time from its first token to its last."""
+    run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, 16), 8)  # warm-up
+    result = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, 128), max_tokens)
+    decode_time = result["elapsed_s"] - result["ttft_s"][0]
+    return (result["output_tokens"] - 1) / decode_time
+
+
+def hf_eager(checkpoint: Path, batch: int, new_tokens: int = 128) -> float:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="eager").eval()
+    ids = torch.tensor(prompt_ids(config.vocab_size, batch, 128), device="cuda")
+    kwargs = dict(do_sample=False, min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=0)
+    model.generate(ids[:, :16], **{**kwargs, "min_new_tokens": 4, "max_new_tokens": 4})
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.generate(ids, **kwargs)
+    torch.cuda.synchronize()
+    tok_s = batch * new_tokens / (time.perf_counter() - start)
+    free(model)
+    return tok_s
+
+
+def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
+    """Tiny Qwen2 on CUDA: engine greedy == transformers greedy (fp32); graphs == eager (bf16)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tiny = root / "tiny-qwen2"
+    Qwen2Config(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                tie_word_embeddings=True, initializer_range=0.2).save_pretrained(tiny)
+    Qwen2ForCausalLM(Qwen2Config.from_pretrained(tiny)).save_pretrained(tiny)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, tiny / name)
+    prompts = prompt_ids(49152, 6, 40)
+    reference = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).cuda()
+    expected = [reference.generate(torch.tensor([p], device="cuda"), max_new_tokens=24, do_sample=False,
+                                   pad_token_id=0)[0, 40:].tolist() for p in prompts]
+    free(reference)
+    results = {}
+    for name, settings in {"fp32_graphs": dict(dtype="float32"), "fp32_eager": dict(dtype="float32", cuda_graphs=False),
+                           "bf16_graphs": dict(dtype="bfloat16"), "bf16_eager": dict(dtype="bfloat16", cuda_graphs=False)
+                           }.items():
+        engine = LLMEngine(EngineConfig(model=str(tiny), device="cuda", max_model_len=512, max_num_seqs=16,
+                                        kv_cache_bytes=2**28, **settings))
+        out = {}
+        for i, p in enumerate(prompts):
+            engine.add_request(f"p{i}", p, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
+        while engine.has_unfinished():
+            for o in engine.step():
+                out.setdefault(o.request_id, []).extend(o.token_ids)
+        results[name] = [out[f"p{i}"] for i in range(len(prompts))]
+        results[name + "_graphs_captured"] = len(engine.runner.graphs)
+        free(engine)
+    gate = {"fp32_graphs_eq_hf": results["fp32_graphs"] == expected, "fp32_eager_eq_hf": results["fp32_eager"] == expected,
+            "bf16_graphs_eq_eager": results["bf16_graphs"] == results["bf16_eager"],
+            "graphs_captured": results["fp32_graphs_graphs_captured"]}
+    log("correctness gate:", gate)
+    return gate
+
+
+def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], concurrency: list[int]) -> dict:
+    bw = bounds["copy_bytes_per_s"]
+    result = {"shape": shape, "decode": {}, "throughput": {}}
+    for fmt in formats:
+        try:
+            engine = engine_for(checkpoint, fmt, max_num_seqs=8)
+        except Exception as error:  # a format the GPU cannot do is reported, not fatal
+            result["decode"][fmt] = {"error": repr(error)}
+            log(shape, fmt, "failed:", repr(error))
+            continue
+        weight_bytes = bytes_read_per_step(engine)
+        tok_s = decode_batch1(engine)
+        bound = bw / weight_bytes
+        result["decode"][fmt] = {"tok_per_s": tok_s, "bound_tok_per_s": bound, "fraction": tok_s / bound,
+                                 "weight_bytes": weight_bytes}
+        log(f"{shape} {fmt}: {tok_s:.1f} tok/s, bound {bound:.1f} ({100 * tok_s / bound:.0f} %)")
+        free(engine)
+    engine = engine_for(checkpoint)
+    weight_bytes = bytes_read_per_step(engine)
+    kv_token = engine.kv_cache.spec.bytes_per_token()
+    result["weight_bytes"] = weight_bytes
+    result["kv_bytes_per_token"] = kv_token
+    result["kv_pool_bytes"] = engine.kv_cache.spec.bytes_per_block() * engine.kv_cache.num_blocks
+    one = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, 512), 1)
+    one = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, 512), 1)
+    result["ttft_512_s"] = one["ttft_s"][0]
+    for n in concurrency:
+        r = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, n, 512), 256)
+        mean_context = 512 + 128
+        step_bytes = weight_bytes + n * mean_context * kv_token
+        step_flops = 2 * n * weight_bytes / 2  # bf16: 2 flops per weight element per token
+        step_s = max(step_bytes / bw, step_flops / bounds["bf16_flops_per_s"])
+        bound = n / step_s
+        result["throughput"][n] = {"output_tok_per_s": r["output_tok_per_s"], "bound_tok_per_s": bound,
+                                   "fraction": r["output_tok_per_s"] / bound,
+                                   "ttft_p50_ms": 1e3 * pct(r["ttft_s"], 0.5), "ttft_p99_ms": 1e3 * pct(r["ttft_s"], 0.99),
+                                   "itl_p50_ms": 1e3 * pct(r["itl_s"], 0.5), "itl_p99_ms": 1e3 * pct(r["itl_s"], 0.99)}
+        log(shape, n, result["throughput"][n])
+    free(engine)
+    result["hf_eager_bf16_batch1_tok_per_s"] = hf_eager(checkpoint, 1)
+    log(shape, "HF eager batch 1:", result["hf_eager_bf16_batch1_tok_per_s"])
+    return result
+
+
+def print_tables(report: dict) -> None:
+    c = report["ceilings"]
+    log(f"\nDevice: {report['device']}; copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+        f"bf16 matmul {c['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    log("\n| shape | format | weights GB | decode tok/s (batch 1) | bound tok/s | % of bound | HF eager bf16 |")
+    log("|---|---|---|---|---|---|---|")
+    for s in report["shapes"]:
+        for fmt, d in s["decode"].items():
+            if "error" in d:
+                log(f"| {s['shape']} | {fmt} | - | failed: {d['error'][:60]} | | | |")
+                continue
+            log(f"| {s['shape']} | {fmt} | {d['weight_bytes'] / 1e9:.2f} | {d['tok_per_s']:.1f} | "
+                f"{d['bound_tok_per_s']:.1f} | {100 * d['fraction']:.0f} % | {s['hf_eager_bf16_batch1_tok_per_s']:.1f} |")
+    log("\n| shape | concurrent | output tok/s | bound tok/s | % | TTFT p50/p99 ms | ITL p50/p99 ms |")
+    log("|---|---|---|---|---|---|---|")
+    for s in report["shapes"]:
+        for n, t in s["throughput"].items():
+            log(f"| {s['shape']} | {n} | {t['output_tok_per_s']:.0f} | {t['bound_tok_per_s']:.0f} | "
+                f"{100 * t['fraction']:.0f} % | {t['ttft_p50_ms']:.0f} / {t['ttft_p99_ms']:.0f} | "
+                f"{t['itl_p50_ms']:.1f} / {t['itl_p99_ms']:.1f} |")
+        log(f"| {s['shape']} | TTFT of one 512-token prompt: {1e3 * s['ttft_512_s']:.1f} ms | weights "
+            f"{s['weight_bytes'] / 1e9:.2f} GB | KV {s['kv_bytes_per_token'] / 1e3:.1f} kB/token | | | |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="directory with tokenizer.json")
+    parser.add_argument("--shapes", default="0.5b,7b")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--concurrency", default="16,64,256")
+    parser.add_argument("--skip-gate", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "ceilings": ceilings(), "shapes": []}
+    log("ceilings:", report["ceilings"])
+    if not args.skip_gate:
+        report["gate"] = correctness_gate(args.tokenizer, root)
+    for shape in args.shapes.split(","):
+        checkpoint = make_checkpoint(shape, args.tokenizer, root)
+        report["shapes"].append(bench_shape(shape, checkpoint, report["ceilings"], args.formats.split(","),
+                                            [int(n) for n in args.concurrency.split(",")]))
+        args.out.write_text(json.dumps(report, indent=1))
+    print_tables(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
