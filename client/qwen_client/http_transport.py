@@ -6,6 +6,7 @@ the model's inputs, through urllib (sync) and aiohttp (async).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import urllib.error
@@ -170,7 +171,7 @@ class AsyncHttpTransport:
             raise classify_status(int(error.status() or 500), error.message() or str(error)) from None
         except aiohttp.ClientConnectionError as error:
             raise _unreachable(self.url, error) from None
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise _timed_out(self.url, self.timeout) from None
 
     async def health(self) -> Health:
@@ -202,7 +203,7 @@ class AsyncHttpTransport:
                         response.close()  # drop the connection so Triton cancels the request
         except aiohttp.ClientConnectionError as error:
             raise _unreachable(self.url, error) from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             raise _timed_out(self.url, self.timeout) from None
 
 

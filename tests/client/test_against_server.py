@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_client import AsyncQwenClient, BadRequestError, GenerationParams, QwenClient
+from qwen_client import AsyncQwenClient, BadRequestError, GenerationParams, QwenClient, RequestTimeoutError
 from qwen_client.bench import run_bench
 
 pytestmark = pytest.mark.timeout(300)
@@ -106,6 +106,14 @@ def test_a_rejected_request_names_the_field_and_is_not_retried(urls, bad, field)
                     list(request) if stream else None
                 assert caught.value.field == field and field in str(caught.value)
             assert attempts == [1, 1], f"{protocol}: a rejected request was sent again"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_slow_answer_times_out(urls, protocol):
+    # 64 tokens take seconds on this CPU; 50 ms is far too short for the whole (non-streamed) answer.
+    with QwenClient(urls[protocol], protocol=protocol, timeout=0.05) as client:
+        with pytest.raises(RequestTimeoutError):
+            client.generate(PROMPT, max_tokens=64, ignore_eos=True)
 
 
 def _count_attempts(client: QwenClient) -> list:
