@@ -1,0 +1,414 @@
+"""GPU kernel benchmark: paged decode attention and weight-only quantized linears on one GPU.
+
+Run on a CUDA machine from the repository root:
+
+    PYTHONPATH=python_backend python3 benchmarks/kernel_bench.py --out /tmp/kernel_bench.json
+
+One run measures the device-to-device copy bandwidth (bytes read + written), checks every kernel
+against a float32 reference, then times (CUDA graphs, rotating over enough input copies to defeat
+the L2 cache, median of replays):
+- decode attention at Qwen2.5-7B shape (28 heads, 4 kv heads, head_dim 128, page 16), batch
+  1/16/64/256 x context 512..4096, bf16 / int8 / fp8 KV, beside the bandwidth bound (KV bytes /
+  copy bandwidth) and a gather + SDPA baseline;
+- int8 / int4 (group 128) linears at Qwen2.5-7B shapes, rows 1/16/64, beside bf16 torch matmul,
+  fp8 torch._scaled_mm (quantization.Fp8Linear) and the bound (weight bytes / copy bandwidth);
+- small sweeps of launch settings, so the defaults in the kernels can be chosen from data.
+It prints one table last and writes every number to the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+from qwen_triton.kernels import paged_attention as pa
+from qwen_triton.kernels import quant_matmul as qm
+from qwen_triton.kernels import reference as ref
+
+# Qwen2.5-7B attention and linear shapes.
+HEADS, KV_HEADS, HEAD_DIM, PAGE = 28, 4, 128, 16
+LINEAR_SHAPES = {            # name: (out_features, in_features)
+    "qkv 4608x3584": (4608, 3584),
+    "o 3584x3584": (3584, 3584),
+    "up 18944x3584": (18944, 3584),
+    "down 3584x18944": (3584, 18944),
+}
+GROUP = 128
+DEVICE = "cuda"     # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+
+def time_calls(calls, replays=20, min_calls=16):
+    """Median microseconds per call: the calls (one per input copy) captured in a CUDA graph,
+    repeated to at least ``min_calls``, replayed ``replays`` times. Returns (median, min, max)."""
+    sequence = list(calls) * max(1, math.ceil(min_calls / len(calls)))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:           # compile + warm up outside the graph
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in sequence:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) * 1e3 / len(sequence))
+    del graph
+    return statistics.median(per_call), min(per_call), max(per_call)
+
+
+def copy_bandwidth():
+    """Bytes read + written per second by a large device-to-device copy (rate the bounds use)."""
+    src = torch.randn(512 * 2**20, device=DEVICE, dtype=torch.bfloat16)   # 1 GiB
+    dst = torch.empty_like(src)
+    us, lo, hi = time_calls([lambda: dst.copy_(src)], replays=10, min_calls=4)
+    bytes_moved = 2 * src.numel() * src.element_size()
+    del src, dst
+    return bytes_moved / (us * 1e-6), us
+
+
+def rel_error(out, expected):
+    out, expected = out.double(), expected.double()
+    if not torch.isfinite(out).all():
+        return float("nan")
+    return ((out - expected).norm() / expected.norm()).item()
+
+
+def copies_needed(bytes_per_copy, l2_bytes, cap=32):
+    """Input copies to rotate through so one pass over them is >= 4x the L2 cache."""
+    return int(min(cap, max(1, math.ceil(4 * l2_bytes / bytes_per_copy))))
+
+
+# ------------------------------------------------------------------------------------------------
+# Decode attention
+# ------------------------------------------------------------------------------------------------
+
+def quantize_cache(cache, kind):
+    """bf16 cache -> (int8 | fp8 cache, float32 scales [num_blocks, kv_heads]) by per-block absmax."""
+    qmax = 127.0 if kind == "int8" else 448.0
+    scale = cache.float().abs().amax(dim=(1, 3)).clamp(min=1e-6) / qmax
+    scaled = cache.float() / scale[:, None, :, None]
+    quant = scaled.round().clamp(-127, 127).to(torch.int8) if kind == "int8" else scaled.to(torch.float8_e4m3fn)
+    return quant, scale
+
+
+def make_caches(num_blocks, kinds):
+    k = torch.randn(num_blocks, PAGE, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    caches = {"bf16": (k, v, None, None)}
+    for kind in kinds:
+        if kind != "bf16":
+            kq, ks = quantize_cache(k, kind)
+            vq, vs = quantize_cache(v, kind)
+            caches[kind] = (kq, vq, ks, vs)
+    return caches
+
+
+def check_attention(results):
+    """Variable context lengths, GQA, windows, splits, every KV format vs the float32 reference."""
+    torch.manual_seed(1)
+    batch, blocks_per_seq = 6, 200
+    caches = make_caches(batch * blocks_per_seq + 7, ["bf16", "int8", "fp8"])
+    tables = torch.randperm(batch * blocks_per_seq + 7, device=DEVICE)[: batch * blocks_per_seq]
+    tables = tables.view(batch, blocks_per_seq).int()
+    lens = torch.tensor([1, 17, 700, 1500, 3000, 3200], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(batch, HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bfloat16)
+    for kind, (k, v, ks, vs) in caches.items():
+        for window, sinks, splits in ((0, 0, None), (0, 0, 1), (0, 0, 7), (512, 4, None), (64, 0, 3)):
+            expected = ref.paged_decode_attention_reference(q, k, v, tables, lens, HEAD_DIM ** -0.5, ks, vs,
+                                                            window=window, sinks=sinks)
+            out = pa.paged_decode_attention(q, k, v, tables, lens, HEAD_DIM ** -0.5, ks, vs,
+                                            window=window, sinks=sinks, num_splits=splits)
+            err = rel_error(out.cpu(), expected)
+            results.append(dict(kind=kind, window=window, sinks=sinks, splits=splits, rel_error=err,
+                                ok=err < 2e-2))
+    del caches
+
+
+def sdpa_baseline(q, k_cache, v_cache, tables, context):
+    """Gather the whole cache of each sequence, then SDPA (what a non-paged kernel has to do)."""
+    batch = q.shape[0]
+    k = k_cache[tables.long()].view(batch, context, KV_HEADS, HEAD_DIM).transpose(1, 2)
+    v = v_cache[tables.long()].view(batch, context, KV_HEADS, HEAD_DIM).transpose(1, 2)
+    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, enable_gqa=True).squeeze(2)
+
+
+def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, sweeps):
+    for batch in batches:
+        for context in contexts:
+            blocks_per_seq = context // PAGE
+            kv_bytes = {"bf16": 2 * batch * context * KV_HEADS * HEAD_DIM * 2}
+            for kind in ("int8", "fp8"):
+                kv_bytes[kind] = kv_bytes["bf16"] // 2 + 2 * batch * blocks_per_seq * KV_HEADS * 4
+            copies = copies_needed(kv_bytes["bf16"], l2_bytes, cap=16)
+            num_blocks = copies * batch * blocks_per_seq
+            caches = make_caches(num_blocks, ["bf16", "int8", "fp8"])
+            perm = torch.randperm(num_blocks, device=DEVICE).int()
+            tables = [perm[i * batch * blocks_per_seq:(i + 1) * batch * blocks_per_seq].view(batch, blocks_per_seq)
+                      for i in range(copies)]
+            lens = torch.full((batch,), context, dtype=torch.int32, device=DEVICE)
+            q = torch.randn(batch, HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bfloat16)
+            splits = pa.choose_num_splits(batch, KV_HEADS, blocks_per_seq * PAGE, q.device)
+            row = dict(batch=batch, context=context, splits=splits, copies=copies)
+            for kind, (k, v, ks, vs) in caches.items():
+                calls = [lambda t=t, k=k, v=v, ks=ks, vs=vs: pa.paged_decode_attention(
+                    q, k, v, t, lens, HEAD_DIM ** -0.5, ks, vs) for t in tables]
+                us = time_calls(calls)[0]
+                bound_us = kv_bytes[kind] / bandwidth * 1e6
+                row[kind] = dict(us=us, bound_us=bound_us, pct_of_bound=100 * bound_us / us,
+                                 gbps=kv_bytes[kind] / us / 1e3)
+            try:
+                k, v = caches["bf16"][:2]
+                calls = [lambda t=t: sdpa_baseline(q, k, v, t, context) for t in tables[:4]]
+                row["sdpa_gather_us"] = time_calls(calls, replays=10, min_calls=4)[0]
+            except Exception as exc:   # noqa: BLE001 - report, keep benchmarking
+                row["sdpa_gather_us"] = None
+                row["sdpa_error"] = repr(exc)[:200]
+            rows.append(row)
+            print(f"attention b={batch} ctx={context}: " + ", ".join(
+                f"{kind} {row[kind]['us']:.1f}us ({row[kind]['pct_of_bound']:.0f}%)" for kind in caches)
+                + f", sdpa {row['sdpa_gather_us']}", flush=True)
+            if (batch, context) in sweep_shapes:
+                k, v = caches["bf16"][:2]
+                for block_n, warps, stages, split_choice in ((32, 4, 2, None), (64, 4, 3, None), (64, 8, 2, None),
+                                                             (128, 8, 2, None), (128, 4, 2, None),
+                                                             (64, 4, 2, max(1, splits // 2)),
+                                                             (64, 4, 2, splits * 2)):
+                    calls = [lambda t=t: pa.paged_decode_attention(
+                        q, k, v, t, lens, HEAD_DIM ** -0.5, block_n=block_n, num_warps=warps,
+                        num_stages=stages, num_splits=split_choice) for t in tables]
+                    try:
+                        us = time_calls(calls)[0]
+                    except Exception as exc:  # noqa: BLE001
+                        us = None
+                        print("sweep failed", block_n, warps, stages, repr(exc)[:200])
+                    sweeps.append(dict(batch=batch, context=context, block_n=block_n, num_warps=warps,
+                                       num_stages=stages, num_splits=split_choice or splits, us=us,
+                                       pct_of_bound=None if us is None else
+                                       100 * kv_bytes["bf16"] / bandwidth * 1e6 / us))
+            del caches, tables, perm
+            torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantized linears
+# ------------------------------------------------------------------------------------------------
+
+def make_weights(out_f, in_f):
+    """One random bf16 weight and its int8 / int4 (asymmetric, group 128) / fp8 forms."""
+    from qwen_triton import quantization as quant
+
+    w = torch.randn(out_f, in_f, device=DEVICE, dtype=torch.bfloat16) * 0.02
+    int8 = quant.Int8Linear.from_float(w)
+    int4 = quant.GroupwiseLinear.from_float(w, bits=4, group_size=GROUP)
+    fp8 = quant.Fp8Linear.from_float(w)
+    return dict(bf16=w, int8=int8, int4=int4, fp8=fp8)
+
+
+def weight_bytes(forms, fmt):
+    if fmt == "bf16":
+        return forms["bf16"].numel() * 2
+    return forms[fmt].weight_bytes()
+
+
+def linear_call(fmt, forms, x, config=None, path=None):
+    if fmt == "bf16":
+        return lambda: F.linear(x, forms["bf16"])
+    if fmt == "int8":
+        m = forms["int8"]
+        return lambda: qm.int8_linear(x, m.qweight, m.scale, config=config, path=path)
+    if fmt == "int4":
+        m = forms["int4"]
+        return lambda: qm.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path)
+    if fmt == "fp8":
+        m = forms["fp8"]
+        return lambda: m(x)
+    if fmt == "fp8_mm_only":   # _scaled_mm alone, activations already fp8 (kernel time without the quant ops)
+        m = forms["fp8"]
+        x8, xs = qm_fp8_activation(x)
+        return lambda: torch._scaled_mm(x8, m.qweight.t(), scale_a=xs, scale_b=m.scale.view(1, -1),
+                                        out_dtype=torch.bfloat16)
+    raise ValueError(fmt)
+
+
+def qm_fp8_activation(x):
+    scale = (x.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def check_linears(results):
+    torch.manual_seed(2)
+    for out_f, in_f in ((4608, 3584), (1000, 3000)):    # 3000: a K that is not a multiple of the tile
+        forms = make_weights(out_f, in_f)
+        for rows in (1, 2, 3, 16, 64):
+            x = torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16)
+            for fmt in ("int8", "int4"):
+                expected = x.float() @ forms[fmt].dequantize_weight(torch.float32).T
+                for path in ("gemv", "gemm"):
+                    out = linear_call(fmt, forms, x, path=path)()
+                    err = rel_error(out, expected)
+                    results.append(dict(fmt=fmt, shape=[out_f, in_f], rows=rows, path=path, rel_error=err,
+                                        ok=err < 1e-2))
+
+
+def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
+    for name, (out_f, in_f) in LINEAR_SHAPES.items():
+        base = make_weights(out_f, in_f)
+        copies = copies_needed(weight_bytes(base, "int4"), l2_bytes, cap=24)
+        sets = [base] + [make_weights(out_f, in_f) for _ in range(copies - 1)]
+        for rows in rows_list:
+            xs = [torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16) for _ in sets]
+            row = dict(shape=name, rows=rows, copies=copies)
+            for fmt in ("bf16", "int8", "int4", "fp8", "fp8_mm_only"):
+                size_fmt = "fp8" if fmt.startswith("fp8") else fmt
+                moved = weight_bytes(base, size_fmt) + rows * (in_f + out_f) * 2
+                try:
+                    us = time_calls([linear_call(fmt, s, x) for s, x in zip(sets, xs)])[0]
+                except Exception as exc:  # noqa: BLE001
+                    row[fmt] = dict(error=repr(exc)[:200])
+                    continue
+                bound = moved / bandwidth * 1e6
+                row[fmt] = dict(us=us, bound_us=bound, pct_of_bound=100 * bound / us, gbps=moved / us / 1e3)
+            rows_out.append(row)
+            print(f"linear {name} rows={rows}: " + ", ".join(
+                f"{f} {row[f]['us']:.1f}us ({row[f]['pct_of_bound']:.0f}%)" if "us" in row[f] else f"{f} err"
+                for f in ("bf16", "int8", "int4", "fp8", "fp8_mm_only")), flush=True)
+            sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps)
+        del sets, base
+        torch.cuda.empty_cache()
+
+
+GEMV_SWEEP = {
+    "int8": [dict(BLOCK_N=16, BLOCK_K=256, num_warps=4), dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
+             dict(BLOCK_N=16, BLOCK_K=512, num_warps=4), dict(BLOCK_N=32, BLOCK_K=512, num_warps=8),
+             dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, FAST_CVT=False),
+             dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=1)],
+    "int4": [dict(BLOCK_N=64, BLOCK_K=128, num_warps=4), dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
+             dict(BLOCK_N=128, BLOCK_K=128, num_warps=8), dict(BLOCK_N=16, BLOCK_K=128, num_warps=4),
+             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, FAST_CVT=False),
+             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=1)],
+}
+GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
+              dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4),
+              dict(BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3),
+              dict(BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4)]
+
+
+def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
+    for fmt in ("int8", "int4"):
+        configs = GEMV_SWEEP[fmt] if rows <= qm.GEMV_MAX_ROWS else GEMM_SWEEP
+        moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
+        for config in configs:
+            try:
+                us = time_calls([linear_call(fmt, s, x, config=config) for s, x in zip(sets, xs)])[0]
+            except Exception as exc:  # noqa: BLE001
+                print("sweep failed", fmt, config, repr(exc)[:300])
+                us = None
+            sweeps.append(dict(fmt=fmt, shape=name, rows=rows, config=config, us=us,
+                               pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
+        if rows == 4 or rows == 16:   # where is the GEMV / GEMM crossover?
+            for path in ("gemv", "gemm"):
+                us = time_calls([linear_call(fmt, s, x, path=path) for s, x in zip(sets, xs)])[0]
+                sweeps.append(dict(fmt=fmt, shape=name, rows=rows, path=path, us=us))
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+def print_table(report):
+    print("\n== GPU kernels:", report["device"], "| copy bandwidth %.0f GB/s" % (report["copy_bandwidth"] / 1e9))
+    checks = report["checks"]
+    bad = [c for c in checks if not c["ok"]]
+    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks pass; worst rel error "
+          f"{max((c['rel_error'] for c in checks), default=0):.2e}")
+    for c in bad[:10]:
+        print("  FAIL", c)
+    print("\nDecode attention, Qwen2.5-7B shape (28/4 heads, d128), us per layer call, % of bandwidth bound")
+    print(f"{'batch':>5} {'ctx':>5} {'splits':>6} | {'bf16':>14} | {'int8 KV':>14} | {'fp8 KV':>14} | {'gather+SDPA':>11}")
+    for row in report["attention"]:
+        cells = [f"{row[k]['us']:8.1f} {row[k]['pct_of_bound']:4.0f}%" for k in ("bf16", "int8", "fp8")]
+        sdpa = row.get("sdpa_gather_us")
+        print(f"{row['batch']:>5} {row['context']:>5} {row['splits']:>6} | " + " | ".join(cells)
+              + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}")
+    print("\nWeight-only linears (rows = batch), us per call, % of bandwidth bound")
+    fmts = ("bf16", "int8", "int4", "fp8", "fp8_mm_only")
+    print(f"{'shape':>16} {'rows':>4} | " + " | ".join(f"{f:>14}" for f in fmts))
+    for row in report["linears"]:
+        cells = [f"{row[f]['us']:8.1f} {row[f]['pct_of_bound']:4.0f}%" if "us" in row[f] else f"{'error':>14}"
+                 for f in fmts]
+        print(f"{row['shape']:>16} {row['rows']:>4} | " + " | ".join(cells))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="kernel_bench.json")
+    parser.add_argument("--batches", default="1,16,64,256")
+    parser.add_argument("--contexts", default="512,1024,2048,4096")
+    parser.add_argument("--rows", default="1,4,16,64")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: attention,linears,sweeps")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("kernel_bench needs a CUDA GPU")
+    import triton
+
+    skip = set(filter(None, args.skip.split(",")))
+    props = torch.cuda.get_device_properties(0)
+    report = dict(date=time.strftime("%Y-%m-%d"), device=props.name, sms=props.multi_processor_count,
+                  l2_bytes=props.L2_cache_size, torch=torch.__version__, triton=triton.__version__,
+                  command=" ".join(sys.argv), checks=[], attention=[], attention_sweep=[], linears=[],
+                  linear_sweep=[], errors=[])
+    bandwidth, copy_us = copy_bandwidth()
+    report["copy_bandwidth"] = bandwidth
+    print(f"{props.name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (1 GiB copy in {copy_us:.0f} us)", flush=True)
+
+    def section(name, fn, *fn_args):
+        started = time.time()
+        try:
+            fn(*fn_args)
+        except Exception:  # noqa: BLE001 - one broken section must not lose the others' numbers
+            report["errors"].append(dict(section=name, traceback=traceback.format_exc()[-2000:]))
+            print(f"section {name} failed:\n{traceback.format_exc()[-2000:]}", flush=True)
+        print(f"[{name}: {time.time() - started:.0f} s]", flush=True)
+        with open(args.out, "w") as fh:
+            json.dump(report, fh, indent=1)
+
+    section("check_attention", check_attention, report["checks"])
+    section("check_linears", check_linears, report["checks"])
+    batches = [int(b) for b in args.batches.split(",")]
+    contexts = [int(c) for c in args.contexts.split(",")]
+    sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (64, 2048), (256, 4096)}
+    if "attention" not in skip:
+        section("attention", bench_attention, batches, contexts, bandwidth, props.L2_cache_size,
+                sweep_shapes, report["attention"], report["attention_sweep"])
+    if "linears" not in skip:
+        section("linears", bench_linears, [int(r) for r in args.rows.split(",")], bandwidth,
+                props.L2_cache_size, report["linears"], report["linear_sweep"])
+    print_table(report)
+    with open(args.out, "w") as fh:
+        json.dump(report, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""GPU fast-path kernels (Triton language): paged decode attention and weight-only quantized linears.
+
+Importing this package never imports ``triton``: CPU-only code (and CI) can import it freely, ask
+``kernels_usable(device)`` and fall back to the torch paths. The kernel functions themselves are
+loaded on first attribute access (PEP 562), which is when ``triton`` gets imported.
+
+    from qwen_triton import kernels
+    if kernels.kernels_usable(q.device):
+        out = kernels.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+On CPU the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1``, set before the
+kernel modules are imported), which the tests use for correctness; it is far too slow for serving.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import torch
+
+# Public name -> the submodule that defines it.
+_LAZY_ATTRIBUTES = {
+    "paged_decode_attention": "paged_attention",
+    "choose_num_splits": "paged_attention",
+    "int8_linear": "quant_matmul",
+    "int4_linear": "quant_matmul",
+}
+
+
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run on CPU tensors through the interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def kernels_usable(device: torch.device | str) -> bool:
+    """Whether the Triton kernels can run on tensors of ``device``.
+
+    CUDA tensors need triton and a CUDA build of torch; CPU tensors need the interpreter.
+    """
+    if not triton_available():
+        return False
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and interpreter_enabled()
+
+
+def __getattr__(name: str):
+    module_name = _LAZY_ATTRIBUTES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, name)
+
+
+__all__ = ["triton_available", "interpreter_enabled", "kernels_usable", *_LAZY_ATTRIBUTES]
