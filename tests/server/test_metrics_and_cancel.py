@@ -3,6 +3,7 @@ import re
 import time
 
 import pytest
+import requests
 
 from serving_helpers import GrpcStream, generate
 
@@ -64,3 +65,17 @@ def test_cancelled_stream_frees_its_kv_blocks(triton_server):
 def test_latency_histograms_observe_requests(triton_server, name):
     generate(triton_server, {"text_input": "One two", "max_tokens": 4, "ignore_eos": True, "temperature": 0.0})
     assert metric(triton_server, f"{name}_count") >= 1
+
+
+def test_http_client_disconnect_aborts_the_request(triton_server):
+    assert wait_for(lambda: metric(triton_server, "qwen_num_requests_running") == 0)
+    free_before = metric(triton_server, "qwen_kv_cache_blocks_free")
+    reply = requests.post(f"{triton_server.http_url}/v2/models/qwen/generate_stream", stream=True, timeout=60,
+                          json={"text_input": "Tell me a long story.", "max_tokens": 1500, "ignore_eos": True,
+                                "stream": True})
+    events = reply.iter_lines()
+    for _ in range(10):
+        next(events)
+    reply.close()  # drop the connection mid-stream
+    assert wait_for(lambda: metric(triton_server, "qwen_num_requests_running") == 0), "request not aborted"
+    assert wait_for(lambda: metric(triton_server, "qwen_kv_cache_blocks_free") == free_before)
