@@ -16,7 +16,12 @@ new scale first. Why this and not the alternatives:
 - Grow-and-requantize keeps the contract's per-(block, head) scale and never clips. Its cost: a requantize
   of at most one block per head when the range grows (frequent in the first tokens of a block, rare
   later), and a second rounding of the entries already there (error <= half a step of the old scale plus
-  half a step of the new one). A prefill writes whole blocks at once and rounds only once.
+  half a step of the new one, per growth: measured on Gaussian keys written one token at a time, int8
+  relative error 0.9-1.1 % against 0.8 % for a one-shot write). A prefill writes whole blocks at once
+  and rounds only once.
+- fp8 scales are powers of two: a floating-point format loses no precision by that (only the top of its
+  range goes unused), and requantizing by a power of two only shifts exponents, so a growing fp8 block
+  is rescaled exactly (bar values that sink into fp8's subnormals).
 
 A write at offset 0 of a block starts that block afresh (its scale is reset): blocks are filled in order,
 so offset 0 is always the first write of a new occupant, whoever held the block before.
@@ -71,7 +76,10 @@ def write_quantized_kv(
         0, token_block[:, None].expand(-1, num_heads), token_amax, reduce="amax"
     )
     old_scale = scale[touched]
-    new_scale = torch.maximum(old_scale, block_amax / qmax)
+    needed = block_amax / qmax
+    if cache.dtype == torch.float8_e4m3fn:
+        needed = torch.exp2(torch.ceil(torch.log2(needed.clamp(min=2.0**-126))))
+    new_scale = torch.maximum(old_scale, needed)
 
     grown = (new_scale > old_scale) & (old_scale > 0)
     regrown_blocks = grown.any(dim=1)
