@@ -27,6 +27,12 @@ class AttentionMetadata:
     context_lens_cpu: list[int] = field(default_factory=list)
     window: int = 0
     sinks: int = 0
+    _plan: "MixedPlan | None" = None
+
+    def plan(self) -> "MixedPlan":
+        if self._plan is None:
+            self._plan = build_plan(self)
+        return self._plan
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, cache_layer, slot_mapping: torch.Tensor) -> None:
@@ -57,17 +63,21 @@ def dequantize_kv(values: torch.Tensor, scales: torch.Tensor | None, dtype: torc
     return (values.float() * scales.unsqueeze(-1)).to(dtype)
 
 
-def paged_attention(q: torch.Tensor, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """q: [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads, head_dim]."""
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_layer, meta: AttentionMetadata,
+                    scale: float) -> torch.Tensor:
+    """q: [num_tokens, num_heads, head_dim], k/v: the same tokens' new keys/values (already in the cache)."""
     if meta.is_decode:
-        kernel = _cuda_decode_kernel() if q.is_cuda else None
-        if kernel is not None:
-            k_cache, v_cache, k_scale, v_scale = cache_layer
-            return kernel(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
-                                                  k_scale=k_scale, v_scale=v_scale,
-                                                  window=meta.window, sinks=meta.sinks)
-        return _decode_gather(q, cache_layer, meta, scale)
-    return _prefill(q, cache_layer, meta, scale)
+        return _decode(q, cache_layer, meta, scale)
+    return _mixed(q, k, v, cache_layer, meta, scale)
+
+
+def _decode(q, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    kernel = _cuda_decode_kernel() if q.is_cuda else None
+    if kernel is not None:
+        k_cache, v_cache, k_scale, v_scale = cache_layer
+        return kernel(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
+                      k_scale=k_scale, v_scale=v_scale, window=meta.window, sinks=meta.sinks)
+    return _decode_gather(q, cache_layer, meta, scale)
 
 
 @functools.cache
@@ -112,18 +122,79 @@ def _gather(cache: torch.Tensor, scales: torch.Tensor | None, tables: torch.Tens
     return out.flatten(1, 2)
 
 
-def _prefill(q, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    k_cache, v_cache, k_scale, v_scale = cache_layer
-    outputs = []
+def _mixed(q, k, v, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """A step with prompt chunks. Rows are served in three groups, each batched where it can be:
+    one-token rows by the decode path; whole fresh prompts by one padded causal SDPA over their own
+    K/V (no cache read at all); continuing chunks (after a cached prefix or an earlier chunk) one by one
+    over their gathered context."""
+    plan = meta.plan()
+    out = torch.empty_like(q)
+    if plan.decode_tokens is not None:
+        tokens = plan.decode_tokens
+        out[tokens] = _decode(q[tokens].contiguous(), cache_layer, plan.decode_meta, scale)
+    if plan.fresh_tokens is not None:
+        out[plan.fresh_tokens] = _fresh_prompts(q, k, v, plan, scale)
+    for start, query_len, context_len, row in plan.chunks:
+        table = meta.block_tables[row, : -(-context_len // cache_layer[0].shape[1])].long()
+        k_ctx = _gather(cache_layer[0], cache_layer[2], table.unsqueeze(0), q.dtype)[0, :context_len]
+        v_ctx = _gather(cache_layer[1], cache_layer[3], table.unsqueeze(0), q.dtype)[0, :context_len]
+        out[start:start + query_len] = _sdpa(q[start:start + query_len], k_ctx, v_ctx, context_len, meta, scale)
+    return out
+
+
+def _fresh_prompts(q, k, v, plan: "MixedPlan", scale: float) -> torch.Tensor:
+    """Whole prompts, padded at the end into one batch: under a causal mask no real query sees padding."""
+    batch, width = plan.fresh_shape
+
+    def padded(x):
+        buffer = x.new_zeros(batch * width, *x.shape[1:])
+        buffer[plan.fresh_slots] = x[plan.fresh_tokens]
+        return buffer.view(batch, width, *x.shape[1:]).transpose(1, 2)
+
+    result = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), is_causal=True, scale=scale,
+                                            enable_gqa=True)
+    return result.transpose(1, 2).reshape(batch * width, *q.shape[1:])[plan.fresh_slots]
+
+
+@dataclass
+class MixedPlan:
+    """How a mixed step's rows are grouped; built once per step, used by every layer."""
+    decode_tokens: torch.Tensor | None = None
+    decode_meta: AttentionMetadata | None = None
+    fresh_tokens: torch.Tensor | None = None     # flat token index of each fresh-prompt token
+    fresh_slots: torch.Tensor | None = None      # its index in the padded [batch * width] layout
+    fresh_shape: tuple[int, int] = (0, 0)
+    chunks: list[tuple[int, int, int, int]] = field(default_factory=list)  # (start, query_len, context, row)
+
+
+def build_plan(meta: AttentionMetadata) -> MixedPlan:
+    plan = MixedPlan()
+    device = meta.slot_mapping.device
     start = 0
-    for i, (query_len, context_len) in enumerate(zip(meta.query_lens, meta.context_lens_cpu)):
-        table = meta.block_tables[i, : -(-context_len // k_cache.shape[1])].long()
-        k = _gather(k_cache, k_scale, table.unsqueeze(0), q.dtype)[0, :context_len]
-        v = _gather(v_cache, v_scale, table.unsqueeze(0), q.dtype)[0, :context_len]
-        qs = q[start:start + query_len]
-        outputs.append(_sdpa(qs, k, v, context_len, meta, scale))
-        start += query_len
-    return torch.cat(outputs)
+    decode_rows, decode_tokens, fresh = [], [], []
+    for row, (n, context) in enumerate(zip(meta.query_lens, meta.context_lens_cpu)):
+        if n == 1:
+            decode_rows.append(row)
+            decode_tokens.append(start)
+        elif n == context and not meta.window:
+            fresh.append((start, n))
+        else:
+            plan.chunks.append((start, n, context, row))
+        start += n
+    if decode_rows:
+        rows = torch.tensor(decode_rows, device=device)
+        plan.decode_tokens = torch.tensor(decode_tokens, device=device)
+        plan.decode_meta = AttentionMetadata(
+            slot_mapping=meta.slot_mapping, block_tables=meta.block_tables[rows].contiguous(),
+            context_lens=meta.context_lens[rows].contiguous(), is_decode=True, window=meta.window, sinks=meta.sinks)
+    if fresh:
+        width = max(n for _, n in fresh)
+        tokens = [s + i for s, n in fresh for i in range(n)]
+        slots = [row * width + i for row, (_, n) in enumerate(fresh) for i in range(n)]
+        plan.fresh_tokens = torch.tensor(tokens, device=device)
+        plan.fresh_slots = torch.tensor(slots, device=device)
+        plan.fresh_shape = (len(fresh), width)
+    return plan
 
 
 def _sdpa(q, k, v, context_len: int, meta: AttentionMetadata, scale: float) -> torch.Tensor:

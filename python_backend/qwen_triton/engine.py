@@ -192,8 +192,7 @@ class LLMEngine:
 
     def _append(self, request: _Request, token: int, logprob: float) -> None:
         seq = request.seq
-        seq.output_token_ids.append(token)
-        seq.output_logprobs.append(logprob)
+        seq.append_token(token, logprob)
         self.generation_tokens_total += 1
         request.detokenizer.add([token])
         reason = self._finish_reason(seq, token, request.detokenizer.stopped)

@@ -84,7 +84,7 @@ class Attention(nn.Module):
         q, k = rotary(positions, q, k)
         cache_layer = kv_cache.layer(self.layer_index)
         write_kv(k, v, cache_layer, meta.slot_mapping)
-        out = paged_attention(q, cache_layer, meta, self.scale)
+        out = paged_attention(q, k, v, cache_layer, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 

@@ -22,14 +22,16 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
         """logits: [len(seqs), vocab] float32 -> (token ids, log-probabilities of those tokens)."""
         logits = logits[:, : self.vocab_size]
-        logprobs_all = torch.log_softmax(logits, dim=-1)
+        raw_logits = logits
         logits = self._apply_penalties(logits, seqs)
-        greedy = torch.tensor([s.params.greedy for s in seqs], device=logits.device)
+        greedy = [s.params.greedy for s in seqs]
         tokens = logits.argmax(dim=-1)
-        if not bool(greedy.all()):
+        if not all(greedy):
             sampled = self._sample(logits, seqs)
-            tokens = torch.where(greedy, tokens, sampled)
-        chosen = logprobs_all.gather(1, tokens.unsqueeze(1)).squeeze(1)
+            tokens = torch.where(torch.tensor(greedy, device=logits.device), tokens, sampled)
+        if not any(s.params.logprobs for s in seqs):
+            return tokens.tolist(), [0.0] * len(seqs)  # a full-vocabulary log-softmax nobody asked for
+        chosen = torch.log_softmax(raw_logits, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
         return tokens.tolist(), chosen.tolist()
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

@@ -37,12 +37,22 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
 
+    def __post_init__(self):
+        # Prompt and output in one list, kept up to date by append_token: the hot loop reads it every
+        # step and must not rebuild it.
+        self.token_ids: list[int] = self.prompt_token_ids + self.output_token_ids
+
+    def append_token(self, token: int, logprob: float) -> None:
+        self.token_ids.append(token)
+        self.output_token_ids.append(token)
+        self.output_logprobs.append(logprob)
+
     @property
     def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
+        return self.token_ids
 
     def __len__(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self.token_ids)
 
     @property
     def num_uncomputed_tokens(self) -> int:
