@@ -100,8 +100,8 @@ def engine_for(checkpoint: Path, quantization: str = "none", **extra) -> LLMEngi
     return LLMEngine(EngineConfig(**settings))
 
 
-def free(*objects) -> None:
-    del objects
+def release() -> None:
+    """Return the GPU memory of engines the caller has already dropped (`del engine` first)."""
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -169,7 +169,8 @@ def hf_eager(checkpoint: Path, batch: int, new_tokens: int = 128) -> float:
     model.generate(ids, **kwargs)
     torch.cuda.synchronize()
     tok_s = batch * new_tokens / (time.perf_counter() - start)
-    free(model)
+    del model
+    release()
     return tok_s
 
 
@@ -190,7 +191,8 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
     reference = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).cuda()
     expected = [reference.generate(torch.tensor([p], device="cuda"), max_new_tokens=24, do_sample=False,
                                    pad_token_id=0)[0, 40:].tolist() for p in prompts]
-    free(reference)
+    del reference
+    release()
     results = {}
     for name, settings in {"fp32_graphs": dict(dtype="float32"), "fp32_eager": dict(dtype="float32", cuda_graphs=False),
                            "bf16_graphs": dict(dtype="bfloat16"), "bf16_eager": dict(dtype="bfloat16", cuda_graphs=False)
@@ -205,7 +207,8 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
                 out.setdefault(o.request_id, []).extend(o.token_ids)
         results[name] = [out[f"p{i}"] for i in range(len(prompts))]
         results[name + "_graphs_captured"] = len(engine.runner.graphs)
-        free(engine)
+        del engine
+        release()
     gate = {"fp32_graphs_eq_hf": results["fp32_graphs"] == expected, "fp32_eager_eq_hf": results["fp32_eager"] == expected,
             "bf16_graphs_eq_eager": results["bf16_graphs"] == results["bf16_eager"],
             "graphs_captured": results["fp32_graphs_graphs_captured"]}
@@ -229,7 +232,8 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
         result["decode"][fmt] = {"tok_per_s": tok_s, "bound_tok_per_s": bound, "fraction": tok_s / bound,
                                  "weight_bytes": weight_bytes}
         log(f"{shape} {fmt}: {tok_s:.1f} tok/s, bound {bound:.1f} ({100 * tok_s / bound:.0f} %)")
-        free(engine)
+        del engine
+        release()
     engine = engine_for(checkpoint)
     weight_bytes = bytes_read_per_step(engine)
     kv_token = engine.kv_cache.spec.bytes_per_token()
@@ -251,7 +255,8 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
                                    "ttft_p50_ms": 1e3 * pct(r["ttft_s"], 0.5), "ttft_p99_ms": 1e3 * pct(r["ttft_s"], 0.99),
                                    "itl_p50_ms": 1e3 * pct(r["itl_s"], 0.5), "itl_p99_ms": 1e3 * pct(r["itl_s"], 0.99)}
         log(shape, n, result["throughput"][n])
-    free(engine)
+    del engine
+    release()
     result["hf_eager_bf16_batch1_tok_per_s"] = hf_eager(checkpoint, 1)
     log(shape, "HF eager batch 1:", result["hf_eager_bf16_batch1_tok_per_s"])
     return result

@@ -105,9 +105,11 @@ class LLMEngine:
         else:
             model.load_weights((name, t.to(self.dtype)) for name, t in iter_tensors(checkpoint))
         if self.config.quantization not in ("", "none"):
-            from .quantization import quantize_model  # noqa: PLC0415 (optional part)
+            from .quantization import enable_gpu_kernels, quantize_model
 
             quantize_model(model, self.config.quantization)
+            if self.device.type == "cuda":
+                enable_gpu_kernels()  # Triton GEMV/GEMM for int8/int4 instead of dequantize + matmul
         return model.eval()
 
     def _kv_spec(self) -> KVCacheSpec:
