@@ -45,6 +45,34 @@ def register_kernel(format_name: str, kernel: Callable[["QuantizedLinear", torch
         _KERNELS[format_name] = kernel
 
 
+def enable_gpu_kernels() -> bool:
+    """Register the Triton kernels of ``kernels/quant_matmul.py`` for int8 and int4 group-wise linears on
+    CUDA (a no-op, returning False, where triton or CUDA is missing). fp8 needs none: Fp8Linear uses
+    torch._scaled_mm."""
+    from . import kernels
+
+    if not (kernels.triton_available() and torch.cuda.is_available()):
+        return False
+    register_kernel("int8", lambda m, x: kernels.int8_linear(x, m.qweight, m.scale, _bias_for(m, x)))
+    register_kernel("int4_groupwise", _int4_kernel_forward)
+    return True
+
+
+def _bias_for(module: "QuantizedLinear", x: torch.Tensor):
+    return None if module.bias is None else module.bias.to(x.dtype)
+
+
+def _int4_kernel_forward(module: "GroupwiseLinear", x: torch.Tensor) -> torch.Tensor:
+    from . import kernels
+
+    g = module.group_size
+    if g < 32 or g & (g - 1):  # the kernel tiles K by powers of two that divide the group
+        return module.reference_forward(x)
+    if module.in_perm is not None:  # act-order: feed inputs in storage order instead of moving weights
+        x = x.index_select(-1, module.in_perm)
+    return kernels.int4_linear(x, module.qweight, module.scales, module.zeros, g, _bias_for(module, x))
+
+
 class QuantizedLinear(nn.Module):
     """Base of the quantized linears: same call signature as nn.Linear (weight [out, in], optional bias)."""
 

@@ -1,0 +1,68 @@
+"""CUDA paths (run on a GPU machine; CI has none, so they skip there): fp8 through torch._scaled_mm,
+int8 / int4 through the Triton kernels once enable_gpu_kernels() registered them, KV writes on CUDA."""
+
+import pytest
+import torch
+from torch import nn
+
+from qwen_triton.kv_quant import allocate_quantized_kv, gather_dequantized, write_quantized_kv
+from qwen_triton.quantization import (
+    GroupwiseLinear,
+    enable_gpu_kernels,
+    parse_format,
+    quantize_linear,
+    register_kernel,
+)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def kernels_on():
+    assert enable_gpu_kernels()
+    yield
+    register_kernel("int8", None)
+    register_kernel("int4_groupwise", None)
+
+
+def relative(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def cuda_linear(spec, out_features=1024, in_features=2048):
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features)
+    nn.init.normal_(linear.weight, std=0.02)
+    return quantize_linear(linear, parse_format(spec, spec)).cuda()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("spec", ["int8", "int4", "int4:g64", "fp8"])
+def test_cuda_forward_matches_the_reference(kernels_on, spec, rows):
+    module = cuda_linear(spec)
+    x = torch.randn(rows, 2048, device="cuda", dtype=torch.bfloat16)
+    reference = module.reference_forward(x.float())
+    y = module(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, 1024)
+    # bf16 output rounding (~0.4 %); fp8 also quantizes the activations per token (W8A8): ~3 %
+    assert relative(y, reference) < (0.05 if spec == "fp8" else 0.01)
+
+
+def test_act_order_int4_through_the_kernel(kernels_on):
+    module = cuda_linear("int4:g128")
+    perm = torch.randperm(2048, device="cuda")
+    permuted = GroupwiseLinear(module.qweight, module.scales, module.zeros, 4, 128, module.bias, 2048, perm)
+    x = torch.randn(3, 2048, device="cuda", dtype=torch.bfloat16)
+    assert relative(permuted(x), permuted.reference_forward(x.float())) < 0.01
+
+
+def test_kv_writes_on_cuda_match_cpu():
+    values = torch.randn(40, 2, 64)
+    for kind in ("int8", "fp8"):
+        reads = []
+        for device in ("cpu", "cuda"):
+            cache, scale = allocate_quantized_kv(4, 16, 2, 64, kind, device)
+            for t in range(40):
+                write_quantized_kv(cache, scale, values[t : t + 1].to(device), torch.tensor([t], device=device))
+            reads.append(gather_dequantized(cache, scale, torch.arange(3, device=device), 40).cpu())
+        torch.testing.assert_close(reads[0], reads[1], rtol=0, atol=1e-6)
