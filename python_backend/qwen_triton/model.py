@@ -12,10 +12,10 @@ import re
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionMetadata, paged_attention, write_kv
+from .fused_ops import FusedOps, fused_ops
 
 SUPPORTED_ARCHITECTURES = {"qwen2", "llama"}
 
@@ -35,11 +35,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In float32 like the reference, then back: bf16 variance loses the small components.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, ops: FusedOps):
+        """(norm(x + residual), x + residual): the residual add rides along with the norm."""
+        if residual is None:
+            return ops.rms_norm(x, self.weight, self.eps), x
+        return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -52,15 +52,8 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)   # [tokens, 1, head_dim]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, ops: FusedOps):
+        return ops.rotary(q, k, self.cos, self.sin, positions)
 
 
 class Attention(nn.Module):
@@ -76,12 +69,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
         self.scale = self.head_dim ** -0.5
 
-    def forward(self, x, positions, rotary: RotaryEmbedding, meta: AttentionMetadata, kv_cache):
+    def forward(self, x, positions, rotary: RotaryEmbedding, meta: AttentionMetadata, kv_cache, ops: FusedOps):
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k)
+        q, k = rotary(positions, q, k, ops)
         cache_layer = kv_cache.layer(self.layer_index)
         write_kv(k, v, cache_layer, meta.slot_mapping)
         out = paged_attention(q, k, v, cache_layer, meta, self.scale)
@@ -95,9 +88,8 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate, bias=False)
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=False)
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x, ops: FusedOps):
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -108,9 +100,12 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions, rotary, meta, kv_cache):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, meta, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rotary, meta, kv_cache, ops: FusedOps):
+        """Pre-norm block; returns (this layer's MLP output, the residual stream before it)."""
+        h, residual = self.input_layernorm(x, residual, ops)
+        h = self.self_attn(h, positions, rotary, meta, kv_cache, ops)
+        h, residual = self.post_attention_layernorm(h, residual, ops)
+        return self.mlp(h, ops), residual
 
 
 class DecoderModel(nn.Module):
@@ -129,10 +124,11 @@ class DecoderModel(nn.Module):
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        ops = fused_ops(input_ids.device)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(x, positions, self.rotary, meta, kv_cache)
-        return self.norm(x)
+            x, residual = layer(x, residual, positions, self.rotary, meta, kv_cache, ops)
+        return self.norm(x, residual, ops)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
