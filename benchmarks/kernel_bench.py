@@ -42,6 +42,8 @@ LINEAR_SHAPES = {            # name: (out_features, in_features)
     "down 3584x18944": (3584, 18944),
 }
 GROUP = 128
+SAVE_PROGRESS = lambda: None   # main() replaces it: write the JSON so far (a killed run keeps its numbers)
+LINEAR_COLUMNS = ("bf16", "int8", "int8_best", "int4", "int4_best", "fp8", "fp8_mm_only")
 DEVICE = "cuda"     # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
 
 
@@ -78,14 +80,27 @@ def time_calls(calls, replays=20, min_calls=16):
     return statistics.median(per_call), min(per_call), max(per_call)
 
 
-def copy_bandwidth():
-    """Bytes read + written per second by a large device-to-device copy (rate the bounds use)."""
+def warm_up_clocks(seconds=1.0):
+    """Keep the GPU busy until its clocks have ramped up (an idle H100 sits at a few hundred MHz)."""
+    a = torch.randn(4096, 4096, device=DEVICE, dtype=torch.bfloat16)
+    started = time.time()
+    while time.time() - started < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def memory_bandwidths():
+    """(copy, read) bytes per second: a large device-to-device copy counting bytes read + written
+    (the rate the bounds use), and a large sum (bytes read only), for reference."""
     src = torch.randn(512 * 2**20, device=DEVICE, dtype=torch.bfloat16)   # 1 GiB
     dst = torch.empty_like(src)
-    us, lo, hi = time_calls([lambda: dst.copy_(src)], replays=10, min_calls=4)
-    bytes_moved = 2 * src.numel() * src.element_size()
+    total = torch.empty((), device=DEVICE, dtype=torch.float32)
+    nbytes = src.numel() * src.element_size()
+    copy_us = time_calls([lambda: dst.copy_(src)], replays=10, min_calls=4)[0]
+    read_us = time_calls([lambda: torch.sum(src, dim=0, dtype=torch.float32, out=total)], replays=10, min_calls=4)[0]
     del src, dst
-    return bytes_moved / (us * 1e-6), us
+    return 2 * nbytes / (copy_us * 1e-6), nbytes / (read_us * 1e-6)
 
 
 def rel_error(out, expected):
@@ -191,10 +206,8 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
                 + f", sdpa {row['sdpa_gather_us']}", flush=True)
             if (batch, context) in sweep_shapes:
                 k, v = caches["bf16"][:2]
-                for block_n, warps, stages, split_choice in ((32, 4, 2, None), (64, 4, 3, None), (64, 8, 2, None),
-                                                             (128, 8, 2, None), (128, 4, 2, None),
-                                                             (64, 4, 2, max(1, splits // 2)),
-                                                             (64, 4, 2, splits * 2)):
+                for block_n, warps, stages, split_choice in ((64, 4, 3, None), (128, 4, 2, None),
+                                                             (64, 4, 2, splits * 2), (32, 4, 2, splits * 4)):
                     calls = [lambda t=t: pa.paged_decode_attention(
                         q, k, v, t, lens, HEAD_DIM ** -0.5, block_n=block_n, num_warps=warps,
                         num_stages=stages, num_splits=split_choice) for t in tables]
@@ -209,6 +222,7 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
                                        100 * kv_bytes["bf16"] / bandwidth * 1e6 / us))
             del caches, tables, perm
             torch.cuda.empty_cache()
+            SAVE_PROGRESS()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,15 +246,16 @@ def weight_bytes(forms, fmt):
     return forms[fmt].weight_bytes()
 
 
-def linear_call(fmt, forms, x, config=None, path=None):
+def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
     if fmt == "bf16":
         return lambda: F.linear(x, forms["bf16"])
     if fmt == "int8":
         m = forms["int8"]
-        return lambda: qm.int8_linear(x, m.qweight, m.scale, config=config, path=path)
+        return lambda: qm.int8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
     if fmt == "int4":
         m = forms["int4"]
-        return lambda: qm.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path)
+        return lambda: qm.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path,
+                                         split_k=split_k)
     if fmt == "fp8":
         m = forms["fp8"]
         return lambda: m(x)
@@ -266,10 +281,11 @@ def check_linears(results):
             for fmt in ("int8", "int4"):
                 expected = x.float() @ forms[fmt].dequantize_weight(torch.float32).T
                 for path in ("gemv", "gemm"):
-                    out = linear_call(fmt, forms, x, path=path)()
-                    err = rel_error(out, expected)
-                    results.append(dict(fmt=fmt, shape=[out_f, in_f], rows=rows, path=path, rel_error=err,
-                                        ok=err < 1e-2))
+                    for split_k in (None, 1, 3):
+                        out = linear_call(fmt, forms, x, path=path, split_k=split_k)()
+                        err = rel_error(out, expected)
+                        results.append(dict(fmt=fmt, shape=[out_f, in_f], rows=rows, path=path, split_k=split_k,
+                                            rel_error=err, ok=err < 1e-2))
 
 
 def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
@@ -291,46 +307,57 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
                 bound = moved / bandwidth * 1e6
                 row[fmt] = dict(us=us, bound_us=bound, pct_of_bound=100 * bound / us, gbps=moved / us / 1e3)
             rows_out.append(row)
+            sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps)
+            for fmt in ("int8", "int4"):
+                tried = [s for s in sweeps if s["shape"] == name and s["rows"] == rows and s["fmt"] == fmt
+                         and s.get("us") and "config" in s]
+                if tried:
+                    best = min(tried, key=lambda s: s["us"])
+                    row[fmt + "_best"] = dict(us=best["us"], pct_of_bound=best["pct_of_bound"],
+                                              config=best["config"], split_k=best["split_k"], path=best.get("path"))
             print(f"linear {name} rows={rows}: " + ", ".join(
                 f"{f} {row[f]['us']:.1f}us ({row[f]['pct_of_bound']:.0f}%)" if "us" in row[f] else f"{f} err"
-                for f in ("bf16", "int8", "int4", "fp8", "fp8_mm_only")), flush=True)
-            sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps)
+                for f in LINEAR_COLUMNS if f in row), flush=True)
         del sets, base
         torch.cuda.empty_cache()
+        SAVE_PROGRESS()
 
 
 GEMV_SWEEP = {
-    "int8": [dict(BLOCK_N=16, BLOCK_K=256, num_warps=4), dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
-             dict(BLOCK_N=16, BLOCK_K=512, num_warps=4), dict(BLOCK_N=32, BLOCK_K=512, num_warps=8),
-             dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, FAST_CVT=False),
-             dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=1)],
-    "int4": [dict(BLOCK_N=64, BLOCK_K=128, num_warps=4), dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
-             dict(BLOCK_N=128, BLOCK_K=128, num_warps=8), dict(BLOCK_N=16, BLOCK_K=128, num_warps=4),
-             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, FAST_CVT=False),
-             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=1)],
+    "int8": [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+             dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4),
+             dict(BLOCK_N=8, BLOCK_K=512, num_warps=4, FAST_CVT=False)],
+    "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
+             dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
+             dict(BLOCK_N=128, BLOCK_K=128, num_warps=8), dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, FAST_CVT=False)],
 }
 GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-              dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4),
-              dict(BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3),
-              dict(BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4)]
+              dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+              dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4),
+              dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=3)]
 
 
 def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
+    def timed(fmt, **overrides):
+        try:
+            return time_calls([linear_call(fmt, s, x, **overrides) for s, x in zip(sets, xs)])[0]
+        except Exception as exc:  # noqa: BLE001
+            print("sweep failed", fmt, overrides, repr(exc)[:300])
+            return None
+
     for fmt in ("int8", "int4"):
         configs = GEMV_SWEEP[fmt] if rows <= qm.GEMV_MAX_ROWS else GEMM_SWEEP
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
         for config in configs:
-            try:
-                us = time_calls([linear_call(fmt, s, x, config=config) for s, x in zip(sets, xs)])[0]
-            except Exception as exc:  # noqa: BLE001
-                print("sweep failed", fmt, config, repr(exc)[:300])
-                us = None
-            sweeps.append(dict(fmt=fmt, shape=name, rows=rows, config=config, us=us,
-                               pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
-        if rows == 4 or rows == 16:   # where is the GEMV / GEMM crossover?
+            for split_k in (None, 1):
+                us = timed(fmt, config=config, split_k=split_k)
+                sweeps.append(dict(fmt=fmt, shape=name, rows=rows, config=config, split_k=split_k, us=us,
+                                   pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
+        if rows in (1, 2, 4):   # where is the GEMV / GEMM crossover?
             for path in ("gemv", "gemm"):
-                us = time_calls([linear_call(fmt, s, x, path=path) for s, x in zip(sets, xs)])[0]
-                sweeps.append(dict(fmt=fmt, shape=name, rows=rows, path=path, us=us))
+                us = timed(fmt, path=path)
+                sweeps.append(dict(fmt=fmt, shape=name, rows=rows, path=path, config=None, split_k=None, us=us,
+                                   pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,7 +365,8 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
 # ------------------------------------------------------------------------------------------------
 
 def print_table(report):
-    print("\n== GPU kernels:", report["device"], "| copy bandwidth %.0f GB/s" % (report["copy_bandwidth"] / 1e9))
+    print("\n== GPU kernels:", report["device"], "| copy bandwidth %.0f GB/s, read-only %.0f GB/s"
+          % (report["copy_bandwidth"] / 1e9, report.get("read_bandwidth", 0) / 1e9))
     checks = report["checks"]
     bad = [c for c in checks if not c["ok"]]
     print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks pass; worst rel error "
@@ -353,10 +381,11 @@ def print_table(report):
         print(f"{row['batch']:>5} {row['context']:>5} {row['splits']:>6} | " + " | ".join(cells)
               + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}")
     print("\nWeight-only linears (rows = batch), us per call, % of bandwidth bound")
-    fmts = ("bf16", "int8", "int4", "fp8", "fp8_mm_only")
+    print("(int8/int4: default launch settings; *_best: best of the sweep, see linear_sweep in the JSON)")
+    fmts = LINEAR_COLUMNS
     print(f"{'shape':>16} {'rows':>4} | " + " | ".join(f"{f:>14}" for f in fmts))
     for row in report["linears"]:
-        cells = [f"{row[f]['us']:8.1f} {row[f]['pct_of_bound']:4.0f}%" if "us" in row[f] else f"{'error':>14}"
+        cells = [f"{row[f]['us']:8.1f} {row[f]['pct_of_bound']:4.0f}%" if "us" in row.get(f, {}) else f"{'-':>14}"
                  for f in fmts]
         print(f"{row['shape']:>16} {row['rows']:>4} | " + " | ".join(cells))
 
@@ -366,7 +395,7 @@ def main(argv=None):
     parser.add_argument("--out", default="kernel_bench.json")
     parser.add_argument("--batches", default="1,16,64,256")
     parser.add_argument("--contexts", default="512,1024,2048,4096")
-    parser.add_argument("--rows", default="1,4,16,64")
+    parser.add_argument("--rows", default="1,2,4,16,64")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: attention,linears,sweeps")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -379,9 +408,18 @@ def main(argv=None):
                   l2_bytes=props.L2_cache_size, torch=torch.__version__, triton=triton.__version__,
                   command=" ".join(sys.argv), checks=[], attention=[], attention_sweep=[], linears=[],
                   linear_sweep=[], errors=[])
-    bandwidth, copy_us = copy_bandwidth()
-    report["copy_bandwidth"] = bandwidth
-    print(f"{props.name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (1 GiB copy in {copy_us:.0f} us)", flush=True)
+    warm_up_clocks()
+    bandwidth, read_bandwidth = memory_bandwidths()
+    report["copy_bandwidth"], report["read_bandwidth"] = bandwidth, read_bandwidth
+    print(f"{props.name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write), "
+          f"read-only {read_bandwidth / 1e9:.0f} GB/s", flush=True)
+
+    def save():
+        with open(args.out, "w") as fh:
+            json.dump(report, fh, indent=1)
+
+    global SAVE_PROGRESS
+    SAVE_PROGRESS = save
 
     def section(name, fn, *fn_args):
         started = time.time()
@@ -398,7 +436,7 @@ def main(argv=None):
     section("check_linears", check_linears, report["checks"])
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
-    sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (64, 2048), (256, 4096)}
+    sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (16, 4096), (256, 4096)}
     if "attention" not in skip:
         section("attention", bench_attention, batches, contexts, bandwidth, props.L2_cache_size,
                 sweep_shapes, report["attention"], report["attention_sweep"])

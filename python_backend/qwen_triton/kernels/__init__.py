@@ -14,6 +14,7 @@ kernel modules are imported), which the tests use for correctness; it is far too
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -52,6 +53,12 @@ def kernels_usable(device: torch.device | str) -> bool:
     return device.type == "cpu" and interpreter_enabled()
 
 
+@functools.lru_cache(maxsize=None)
+def multiprocessor_count(device_index: int) -> int:
+    """Streaming multiprocessors of a CUDA device (cached: launch heuristics ask on every call)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def __getattr__(name: str):
     module_name = _LAZY_ATTRIBUTES.get(name)
     if module_name is None:
@@ -60,4 +67,4 @@ def __getattr__(name: str):
     return getattr(module, name)
 
 
-__all__ = ["triton_available", "interpreter_enabled", "kernels_usable", *_LAZY_ATTRIBUTES]
+__all__ = ["triton_available", "interpreter_enabled", "kernels_usable", "multiprocessor_count", *_LAZY_ATTRIBUTES]

@@ -23,18 +23,19 @@ fp8 weights need no kernel here: quantization.Fp8Linear runs them through torch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
+
+from . import multiprocessor_count
 
 # Up to this many rows of x, the GEMV kernels (one program column per row) beat the tensor-core
 # GEMM, which pads the rows to 16. Measured in benchmarks/kernel_bench.py.
 GEMV_MAX_ROWS = 2
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAGIC = 8388608.0          # 2**23: float32 whose mantissa holds an integer OR-ed into it exactly
-
-
 @triton.jit
 def _int8_to_float(w_u8, FAST_CVT: tl.constexpr):
     """uint8 view of int8 weights -> float32 values -128..127."""
@@ -47,187 +48,174 @@ def _int8_to_float(w_u8, FAST_CVT: tl.constexpr):
 
 
 @triton.jit
-def _int8_gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, N, K,
-    stride_xm, stride_wn, stride_ym,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr,
+def _int8_tile(w_ptr, cols, col_ok, k0, K, stride_wn, EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """int8 weights [BLOCK_N, BLOCK_K] of rows ``cols``, inputs k0.., as float32 integers (the
+    per-channel scale is applied to the output)."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (k < K)[None, :]
+    w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + k[None, :], mask=mask, other=0)
+    return _int8_to_float(w, FAST_CVT)
+
+
+@triton.jit
+def _int4_tile(w_ptr, scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn, stride_zn,
+               GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """int4 weights as (q - zero) [BLOCK_N, BLOCK_K] float32 (small exact integers) and the
+    group's scale [BLOCK_N]; BLOCK_K divides GROUP, so one scale and zero point per row."""
+    half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (2 * half < K)[None, :]
+    packed = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + half[None, :], mask=mask, other=0)
+    packed = packed.to(tl.int32)
+    group = k0 // GROUP
+    scale = tl.load(scales_ptr + cols * stride_sn + group, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + cols * stride_zn + group, mask=col_ok, other=0).to(tl.float32)
+    else:
+        zero = tl.full(scale.shape, 8.0, tl.float32)
+    if FAST_CVT:
+        # Nibble OR-ed under the exponent of 2**23 (a logic op), minus 2**23 + zero (one add),
+        # instead of an integer -> float conversion (a quarter-rate instruction).
+        offset = (8388608.0 + zero)[:, None]
+        low = ((packed & 0x0F) | 0x4B000000).to(tl.float32, bitcast=True) - offset
+        high = ((packed >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - offset
+    else:
+        low = (packed & 0x0F).to(tl.float32) - zero[:, None]
+        high = (packed >> 4).to(tl.float32) - zero[:, None]
+    return tl.interleave(low, high), scale
+
+
+@triton.jit
+def _store_output(y, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr, stride_ym,
+                  INT4: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """y [R, BLOCK_N] float32 -> the output, or this split's float32 partial [splits, M, N]."""
+    if not INT4:
+        y = y * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    mask = row_ok[:, None] & col_ok[None, :]
+    if SPLIT:
+        tl.store(part_ptr + (split * M + rows[:, None]).to(tl.int64) * N + cols[None, :], y, mask=mask)
+    else:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
+    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FAST_CVT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
+    reduce once at the end (no per-iteration cross-thread reduction)."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
+    split = tl.program_id(2)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
-    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
     x_row = x_ptr + row * stride_xm
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + ks
+    k_start = split * k_per_split
+    for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
         if EVEN_K:
-            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None], other=0)
-            x = tl.load(x_row + k)
+            x = tl.load(x_row + k0 + ks).to(tl.float32)
         else:
-            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & (k < K)[None, :], other=0)
-            x = tl.load(x_row + k, mask=k < K, other=0.0)
-        acc += _int8_to_float(w, FAST_CVT) * x.to(tl.float32)[None, :]
-    y = tl.sum(acc, axis=1) * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + cols, y.to(y_ptr.dtype.element_ty), mask=col_ok)
+            x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0).to(tl.float32)
+        if INT4:
+            w, scale = _int4_tile(w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
+                                  stride_zn, GROUP, HAS_ZEROS, EVEN_K, FAST_CVT, BLOCK_K)
+            acc += (w * x[None, :]) * scale[:, None]
+        else:
+            acc += _int8_tile(w_ptr, cols, col_ok, k0, K, stride_wn, EVEN_K, FAST_CVT, BLOCK_K) * x[None, :]
+    y = tl.sum(acc, axis=1)[None, :]
+    rows = row + tl.arange(0, 1)
+    _store_output(y, rows, cols, rows < M, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr,
+                  stride_ym, INT4, HAS_BIAS, SPLIT)
 
 
 @triton.jit
-def _int8_gemm_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K,
-    stride_xm, stride_wn, stride_ym,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+def _gemm_kernel(
+    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
+    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FAST_CVT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """Tensor-core dots on weight tiles converted to x's dtype (int8 values and int4 q - zero are
+    exact in bf16/fp16); scales multiply the dots' float32 results."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
+    split = tl.program_id(2)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + rows[:, None] * stride_xm
-    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + ks
+    k_start = split * k_per_split
+    for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)
         if EVEN_K:
-            x = tl.load(x_rows + k[None, :], mask=row_ok[:, None], other=0.0)
-            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None], other=0)
+            x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None], other=0.0)
         else:
-            x = tl.load(x_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
-            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & (k < K)[None, :], other=0)
-        acc += tl.dot(x, tl.trans(_int8_to_float(w, True).to(x.dtype)))
-    y = acc * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+            x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
+        if INT4:
+            # (q - zero) is exact in x's dtype; the group scale multiplies the tile's dot.
+            w, scale = _int4_tile(w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
+                                  stride_zn, GROUP, HAS_ZEROS, EVEN_K, FAST_CVT, BLOCK_K)
+            acc += tl.dot(x, tl.trans(w.to(x.dtype))) * scale[None, :]
+        else:
+            w = _int8_tile(w_ptr, cols, col_ok, k0, K, stride_wn, EVEN_K, FAST_CVT, BLOCK_K)
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+    _store_output(acc, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr,
+                  stride_ym, INT4, HAS_BIAS, SPLIT)
 
 
 @triton.jit
-def _nibbles_to_float(packed, zero, FAST_CVT: tl.constexpr):
-    """uint8 [n, k/2] and zero points [n] -> (low - zero) and 16 * (high - zero), float32.
-
-    The high nibble is left in place (x16) to save a shift; the caller divides x by 16 instead.
-    """
-    p = packed.to(tl.int32)
-    if FAST_CVT:
-        low = ((p & 0x0F) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + zero)[:, None]
-        high = ((p & 0xF0) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + 16.0 * zero)[:, None]
-    else:
-        low = (p & 0x0F).to(tl.float32) - zero[:, None]
-        high = (p & 0xF0).to(tl.float32) - 16.0 * zero[:, None]
-    return low, high
-
-
-@triton.jit
-def _int4_gemv_kernel(
-    x_ptr, w_ptr, scales_ptr, zeros_ptr, bias_ptr, y_ptr, N, K,
-    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    FAST_CVT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # BLOCK_K divides GROUP: one scale and zero point per row and iteration.
-    pid_n = tl.program_id(0)
-    row = tl.program_id(1)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    half = tl.arange(0, BLOCK_K // 2)
-    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
-    x_row = x_ptr + row * stride_xm
-    acc = tl.zeros([BLOCK_N, BLOCK_K // 2], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        even = k0 + 2 * half
-        if EVEN_K:
-            packed = tl.load(w_rows + (k0 // 2 + half)[None, :], mask=col_ok[:, None], other=0)
-            x_even = tl.load(x_row + even).to(tl.float32)
-            x_odd = tl.load(x_row + even + 1).to(tl.float32)
-        else:
-            packed = tl.load(w_rows + (k0 // 2 + half)[None, :],
-                             mask=col_ok[:, None] & (even < K)[None, :], other=0)
-            x_even = tl.load(x_row + even, mask=even < K, other=0.0).to(tl.float32)
-            x_odd = tl.load(x_row + even + 1, mask=even + 1 < K, other=0.0).to(tl.float32)
-        group = k0 // GROUP
-        scale = tl.load(scales_ptr + cols * stride_sn + group, mask=col_ok, other=0.0).to(tl.float32)
-        if HAS_ZEROS:
-            zero = tl.load(zeros_ptr + cols * stride_zn + group, mask=col_ok, other=0).to(tl.float32)
-        else:
-            zero = tl.full([BLOCK_N], 8.0, tl.float32)
-        low, high16 = _nibbles_to_float(packed, zero, FAST_CVT)
-        acc += (low * x_even[None, :] + high16 * (x_odd * 0.0625)[None, :]) * scale[:, None]
-    y = tl.sum(acc, axis=1)
+def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
+                       HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """y = sum over splits of the float32 partials (+ bias), cast to y's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < M * N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for split in range(0, splits):
+        acc += tl.load(part_ptr + split * M * N + offs, mask=ok, other=0.0)
+    rows = offs // N
+    cols = offs % N
     if HAS_BIAS:
-        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + cols, y.to(y_ptr.dtype.element_ty), mask=col_ok)
-
-
-@triton.jit
-def _int4_gemm_kernel(
-    x_ptr, w_ptr, scales_ptr, zeros_ptr, bias_ptr, y_ptr, M, N, K,
-    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # sum_k x (q - z) s = s * (x_even . low + x_odd . high - z * sum(x)) per group: the dots see
-    # exact integers 0..15, the zero point costs one multiply-add per output.
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < M
-    col_ok = cols < N
-    half = tl.arange(0, BLOCK_K // 2)
-    x_rows = x_ptr + rows[:, None] * stride_xm
-    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        even = k0 + 2 * half
-        if EVEN_K:
-            packed = tl.load(w_rows + (k0 // 2 + half)[None, :], mask=col_ok[:, None], other=0)
-            x_even = tl.load(x_rows + even[None, :], mask=row_ok[:, None], other=0.0)
-            x_odd = tl.load(x_rows + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
-        else:
-            packed = tl.load(w_rows + (k0 // 2 + half)[None, :],
-                             mask=col_ok[:, None] & (even < K)[None, :], other=0)
-            x_even = tl.load(x_rows + even[None, :], mask=row_ok[:, None] & (even < K)[None, :], other=0.0)
-            x_odd = tl.load(x_rows + even[None, :] + 1, mask=row_ok[:, None] & (even + 1 < K)[None, :],
-                            other=0.0)
-        low = (packed & 0x0F).to(x_even.dtype)
-        high = (packed >> 4).to(x_even.dtype)
-        part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
-        group = k0 // GROUP
-        scale = tl.load(scales_ptr + cols * stride_sn + group, mask=col_ok, other=0.0).to(tl.float32)
-        if HAS_ZEROS:
-            zero = tl.load(zeros_ptr + cols * stride_zn + group, mask=col_ok, other=0).to(tl.float32)
-        else:
-            zero = tl.full([BLOCK_N], 8.0, tl.float32)
-        x_sum = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=1)
-        acc += (part - x_sum[:, None] * zero[None, :]) * scale[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+        acc += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Launch configurations (BLOCK sizes, warps) by kernel shape; benchmarks/kernel_bench.py sweeps them.
 # ----------------------------------------------------------------------------------------------------
 
-INT8_GEMV_CONFIG = dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, FAST_CVT=True)
-INT4_GEMV_CONFIG = dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, FAST_CVT=True)
-GEMM_CONFIG = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3)
+GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+               "int4": dict(BLOCK_N=32, BLOCK_K=128, num_warps=4)}
+GEMM_CONFIG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)
+# Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
+# (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
+# once more) under an eighth of the weight bytes.
+PROGRAMS_PER_SM = 4
+MIN_TILES_PER_SPLIT = 4
 
 
-def _gemm_config(rows: int, overrides: dict | None) -> dict:
-    config = dict(GEMM_CONFIG)
-    config["BLOCK_M"] = 16 if rows <= 16 else 32 if rows <= 32 else 64
-    config.update(overrides or {})
-    return config
+def choose_split_k(programs: int, rows: int, out_features: int, in_features: int, block_k: int,
+                   weight_bytes: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    wanted = PROGRAMS_PER_SM * multiprocessor_count(device.index or 0)
+    split = math.ceil(wanted / programs)
+    split = min(split, in_features // (block_k * MIN_TILES_PER_SPLIT),
+                weight_bytes // (8 * rows * out_features * 4))
+    return max(1, split)
 
 
 def _use_gemv(rows: int, path: str | None) -> bool:
@@ -250,10 +238,50 @@ def _check_bias(bias, out_features: int):
         raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
 
 
-def int8_linear(x, qweight, scale, bias=None, *, config=None, path=None):
+def _launch(x, weight, scale, zeros, bias, *, int4, group_size, out_features, in_features, name,
+            config, path, split_k):
+    """Shared host side of int8_linear / int4_linear: pick kernel, tiles and K split; launch."""
+    _check_bias(bias, out_features)
+    rows = _as_rows(x, in_features, name)
+    m = rows.shape[0]
+    y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
+    gemv = _use_gemv(m, path)
+    fmt = "int4" if int4 else "int8"
+    cfg = {**(GEMV_CONFIG[fmt] if gemv else GEMM_CONFIG), "FAST_CVT": True, **(config or {})}
+    if not gemv and "BLOCK_M" not in (config or {}):
+        cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
+    if int4:
+        cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size)   # a tile never straddles two groups
+    block_k = cfg["BLOCK_K"]
+    grid_n = triton.cdiv(out_features, cfg["BLOCK_N"])
+    grid_m = m if gemv else triton.cdiv(m, cfg["BLOCK_M"])
+    if split_k is None:
+        split_k = choose_split_k(grid_n * grid_m, m, out_features, in_features, block_k,
+                                 weight.numel() * weight.element_size(), x.device)
+    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
+    split_k = triton.cdiv(in_features, k_per_split)          # no empty splits
+    part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=x.device) if split_k > 1 else y
+    zeros_arg = zeros if zeros is not None else scale
+    kernel = _gemv_kernel if gemv else _gemm_kernel
+    kernel[(grid_n, grid_m, split_k)](
+        rows, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
+        m, out_features, in_features, k_per_split,
+        rows.stride(0), weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
+        INT4=int4, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
+        EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, **cfg)
+    if split_k > 1:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
+            part, bias if bias is not None else part, y, m, out_features, split_k, y.stride(0),
+            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+    return y.view(*x.shape[:-1], out_features)
+
+
+def int8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=None):
     """y = x @ (qweight * scale[:, None])^T + bias, x [..., in] -> y [..., out] in x's dtype.
 
-    ``config`` overrides launch settings and ``path`` ("gemv" / "gemm") the kernel choice (benchmarks).
+    Keyword-only overrides, for benchmarks: ``config`` (tiles, warps), ``path`` ("gemv" / "gemm"),
+    ``split_k`` (programs along the input dimension).
     """
     if qweight.dtype != torch.int8 or qweight.dim() != 2 or qweight.stride(1) != 1:
         raise ValueError(f"qweight: expected a row-contiguous int8 [out, in], got {qweight.dtype} "
@@ -261,32 +289,10 @@ def int8_linear(x, qweight, scale, bias=None, *, config=None, path=None):
     out_features, in_features = qweight.shape
     if tuple(scale.shape) != (out_features,):
         raise ValueError(f"scale: expected shape [{out_features}] (one per output channel), got {tuple(scale.shape)}")
-    _check_bias(bias, out_features)
-    rows = _as_rows(x, in_features, "int8_linear")
-    m = rows.shape[0]
-    y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
-    weight_u8 = qweight.view(torch.uint8)
-    bias_arg = bias if bias is not None else scale
-    if _use_gemv(m, path):
-        cfg = {**INT8_GEMV_CONFIG, **(config or {})}
-        grid = (triton.cdiv(out_features, cfg["BLOCK_N"]), m)
-        _int8_gemv_kernel[grid](
-            rows, weight_u8, scale, bias_arg, y, out_features, in_features,
-            rows.stride(0), qweight.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, EVEN_K=in_features % cfg["BLOCK_K"] == 0, **cfg)
-    else:
-        cfg = _gemm_config(m, config)
-        grid = (triton.cdiv(out_features, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]))
-        _int8_gemm_kernel[grid](
-            rows, weight_u8, scale, bias_arg, y, m, out_features, in_features,
-            rows.stride(0), qweight.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, EVEN_K=in_features % cfg["BLOCK_K"] == 0, **cfg)
-    return y.view(*x.shape[:-1], out_features)
-
-
-def _int4_block_k(group_size: int, wanted: int) -> int:
-    """The K tile: at most `wanted`, and dividing the group so a tile never straddles two groups."""
-    return min(wanted, group_size)
+    # Kernels read the int8 bytes as uint8: the float conversion trick works on unsigned bytes.
+    return _launch(x, qweight.view(torch.uint8), scale, None, bias, int4=False, group_size=1,
+                   out_features=out_features, in_features=in_features, name="int8_linear",
+                   config=config, path=path, split_k=split_k)
 
 
 def _check_int4(qweight_packed, scales, zeros, group_size):
@@ -306,34 +312,14 @@ def _check_int4(qweight_packed, scales, zeros, group_size):
     return out_features, in_features
 
 
-def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, config=None, path=None):
+def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, config=None, path=None,
+                split_k=None):
     """y = x @ W^T + bias with W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
 
     ``zeros`` None means symmetric (zero point 8). x [..., in] -> y [..., out] in x's dtype.
-    ``config`` and ``path`` as for `int8_linear`.
+    Overrides as for `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
-    _check_bias(bias, out_features)
-    rows = _as_rows(x, in_features, "int4_linear")
-    m = rows.shape[0]
-    y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
-    zeros_arg = zeros if zeros is not None else scales
-    bias_arg = bias if bias is not None else scales
-    common = dict(GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None)
-    strides = (rows.stride(0), qweight_packed.stride(0), scales.stride(0), zeros_arg.stride(0), y.stride(0))
-    if _use_gemv(m, path):
-        cfg = {**INT4_GEMV_CONFIG, **(config or {})}
-        cfg["BLOCK_K"] = _int4_block_k(group_size, cfg["BLOCK_K"])
-        grid = (triton.cdiv(out_features, cfg["BLOCK_N"]), m)
-        _int4_gemv_kernel[grid](
-            rows, qweight_packed, scales, zeros_arg, bias_arg, y, out_features, in_features, *strides,
-            EVEN_K=in_features % cfg["BLOCK_K"] == 0, **common, **cfg)
-    else:
-        cfg = _gemm_config(m, config)
-        cfg["BLOCK_K"] = _int4_block_k(group_size, cfg["BLOCK_K"])
-        grid = (triton.cdiv(out_features, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]))
-        _int4_gemm_kernel[grid](
-            rows, qweight_packed, scales, zeros_arg, bias_arg, y, m, out_features, in_features, *strides,
-            EVEN_K=in_features % cfg["BLOCK_K"] == 0, **common, **cfg)
-    return y.view(*x.shape[:-1], out_features)
-
+    return _launch(x, qweight_packed, scales, zeros, bias, int4=True, group_size=group_size,
+                   out_features=out_features, in_features=in_features, name="int4_linear",
+                   config=config, path=path, split_k=split_k)

@@ -66,8 +66,9 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 def int4_dequantize(packed, scales, zeros, group_size, dtype=torch.float32):
     """w[n, k] = (q[n, k] - zero[n, k // group]) * scale[n, k // group]; no zeros means zero point 8."""
     q = unpack_int4(packed).to(dtype)
-    scale = scales.to(dtype).repeat_interleave(group_size, dim=1)
-    zero = 8.0 if zeros is None else zeros.to(dtype).repeat_interleave(group_size, dim=1)
+    in_features = q.shape[1]          # the last group may be short
+    scale = scales.to(dtype).repeat_interleave(group_size, dim=1)[:, :in_features]
+    zero = 8.0 if zeros is None else zeros.to(dtype).repeat_interleave(group_size, dim=1)[:, :in_features]
     return (q - zero) * scale
 
 

@@ -1,0 +1,108 @@
+"""int8 / int4 weight-only linear kernels against plain torch, and against quantization.py's modules
+(whose storage format the kernels read)."""
+
+import pytest
+import torch
+
+from conftest import needs_kernels
+
+pytestmark = needs_kernels
+
+
+def int8_case(generator, out_f, in_f, rows, dtype):
+    x = torch.randn(rows, in_f, generator=generator).to(dtype)
+    qweight = torch.randint(-127, 128, (out_f, in_f), generator=generator, dtype=torch.int8)
+    scale = torch.rand(out_f, generator=generator) * 0.01 + 1e-3
+    bias = torch.randn(out_f, generator=generator)
+    return x, qweight, scale, bias
+
+
+def int4_case(generator, out_f, in_f, rows, group, dtype):
+    groups = -(-in_f // group)
+    x = torch.randn(rows, in_f, generator=generator).to(dtype)
+    packed = torch.randint(0, 256, (out_f, in_f // 2), generator=generator, dtype=torch.uint8)
+    scales = (torch.rand(out_f, groups, generator=generator) * 0.01 + 1e-3).half()
+    zeros = torch.randint(0, 16, (out_f, groups), generator=generator, dtype=torch.uint8)
+    return x, packed, scales, zeros
+
+
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+@pytest.mark.parametrize("rows", [1, 3, 20])
+@pytest.mark.parametrize("split_k", [None, 1, 3])
+def test_int8_linear(generator, device, rel_error, path, rows, split_k):
+    from qwen_triton.kernels import int8_linear
+    from qwen_triton.kernels.reference import int8_linear_reference
+
+    x, qweight, scale, bias = int8_case(generator, 48, 1000, rows, torch.float16)   # 1000: ragged K tile
+    out = int8_linear(x.to(device), qweight.to(device), scale.to(device), bias.to(device), path=path,
+                      split_k=split_k)
+    assert out.shape == (rows, 48) and out.dtype == torch.float16
+    assert rel_error(out, int8_linear_reference(x, qweight, scale, bias, torch.float64)) < 2e-3
+
+
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("split_k", [None, 2])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_linear(generator, device, rel_error, path, symmetric, split_k, group):
+    from qwen_triton.kernels import int4_linear
+    from qwen_triton.kernels.reference import int4_linear_reference
+
+    x, packed, scales, zeros = int4_case(generator, 40, 320, 5, group, torch.float16)
+    zeros = None if symmetric else zeros
+    out = int4_linear(x.to(device), packed.to(device), scales.to(device),
+                      None if zeros is None else zeros.to(device), group, path=path, split_k=split_k)
+    expected = int4_linear_reference(x, packed, scales, zeros, group, dtype=torch.float64)
+    assert rel_error(out, expected) < 2e-3
+
+
+def test_float32_activations_and_3d_input(generator, device, rel_error):
+    """[batch, seq, in] inputs keep their leading shape; float32 works (tf32 dots on GPU)."""
+    from qwen_triton.kernels import int8_linear
+    from qwen_triton.kernels.reference import int8_linear_reference
+
+    x, qweight, scale, _ = int8_case(generator, 32, 256, 6, torch.float32)
+    out = int8_linear(x.view(2, 3, 256).to(device), qweight.to(device), scale.to(device))
+    assert out.shape == (2, 3, 32)
+    tolerance = 5e-3 if device.type == "cuda" else 1e-5
+    assert rel_error(out.reshape(6, 32), int8_linear_reference(x, qweight, scale, dtype=torch.float64)) < tolerance
+
+
+def test_reads_the_quantization_modules_format(generator, device, rel_error):
+    """The kernels consume Int8Linear / GroupwiseLinear buffers as they are stored (no repacking)."""
+    from qwen_triton import quantization as quant
+    from qwen_triton.kernels import int4_linear, int8_linear
+
+    weight = torch.randn(64, 256, generator=generator) * 0.05
+    bias = torch.randn(64, generator=generator)
+    x = torch.randn(2, 256, generator=generator).half()
+    int8 = quant.Int8Linear.from_float(weight, bias)
+    int4 = quant.GroupwiseLinear.from_float(weight, bias, bits=4, group_size=64)
+    out8 = int8_linear(x.to(device), int8.qweight.to(device), int8.scale.to(device), int8.bias.to(device))
+    out4 = int4_linear(x.to(device), int4.qweight.to(device), int4.scales.to(device), int4.zeros.to(device),
+                       int4.group_size, int4.bias.to(device))
+    assert rel_error(out8, int8.reference_forward(x.double())) < 2e-3
+    assert rel_error(out4, int4.reference_forward(x.double())) < 2e-3
+
+
+def test_bad_inputs_name_the_field(generator, device):
+    from qwen_triton.kernels import int4_linear, int8_linear
+
+    x, qweight, scale, _ = int8_case(generator, 16, 64, 1, torch.float16)
+    with pytest.raises(ValueError, match="qweight"):
+        int8_linear(x, qweight.float(), scale)
+    with pytest.raises(ValueError, match="scale"):
+        int8_linear(x, qweight, scale[:3])
+    with pytest.raises(ValueError, match="x: last dimension"):
+        int8_linear(x[:, :32], qweight, scale)
+    with pytest.raises(ValueError, match="bias"):
+        int8_linear(x, qweight, scale, torch.zeros(3))
+    with pytest.raises(ValueError, match="path"):
+        int8_linear(x, qweight, scale, path="fast")
+    x4, packed, scales, zeros = int4_case(generator, 16, 128, 1, 32, torch.float16)
+    with pytest.raises(ValueError, match="group_size"):
+        int4_linear(x4, packed, scales, zeros, 48)
+    with pytest.raises(ValueError, match="scales"):
+        int4_linear(x4, packed, scales[:, :2], zeros, 32)
+    with pytest.raises(ValueError, match="zeros"):
+        int4_linear(x4, packed, scales, zeros[:8], 32)
