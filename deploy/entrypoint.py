@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"command": redact(command), "repository": str(repository)}))
         return 0
     print("entrypoint: exec " + " ".join(redact(command)), flush=True)
+    # Same guard as `make serve`: Triton 2.51 crashes on HTTP bodies over ~4 MB with the default stack.
+    serve.raise_stack_limit()
     os.execv(args.tritonserver, command)
     return 1  # not reached
 
