@@ -16,6 +16,7 @@ from .errors import InvalidRequestError
 from .kv_cache import KVCache, KVCacheSpec, storage_dtype
 from .model import DecoderModel
 from .model_runner import ModelRunner
+from .prequantized import install_quantized_layers, prequantized_config
 from .sampler import Sampler
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -25,6 +26,15 @@ from .tokenization import PromptTokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = 32768  # cap for checkpoints that advertise more than a default pool holds
+
+
+def _materialize(model: torch.nn.Module, device: torch.device) -> None:
+    """Allocate (uninitialised) every tensor still on meta, and move the real ones to `device`."""
+    for module in model.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if any(t.is_meta for t in tensors):
+            module.to_empty(device=device, recurse=False)
+    model.to(device)
 
 
 @dataclass
@@ -97,19 +107,32 @@ class LLMEngine:
         with torch.device("meta"):
             model = DecoderModel(self.hf_config, self.max_model_len)
         # dtype first, on meta (free), so the device never holds a float32 copy of the weights.
-        model = model.to(self.dtype).to_empty(device=self.device)
+        model = model.to(self.dtype)
+        quant_config = prequantized_config(self.hf_config) if self.config.load_format == "auto" else None
+        preloaded: set[str] = set()
+        if quant_config is not None:
+            tensors = dict(iter_tensors(checkpoint))
+            preloaded = install_quantized_layers(model, tensors, quant_config, self.dtype)
+        _materialize(model, self.device)
         model.rotary = model.rotary.__class__(model.layers[0].self_attn.head_dim, self.max_model_len,
                                               model.rotary.theta).to(self.device)
         if self.config.load_format == "random":
             model.init_random_weights()
+        elif quant_config is not None:
+            model.load_weights(((n, t.to(self.dtype)) for n, t in tensors.items()), preloaded=preloaded)
         else:
             model.load_weights((name, t.to(self.dtype)) for name, t in iter_tensors(checkpoint))
         if self.config.quantization not in ("", "none"):
-            from .quantization import enable_gpu_kernels, quantize_model
+            if quant_config is not None:
+                raise ValueError(f"quantization: the checkpoint is already {quant_config['quant_method']}; "
+                                 "leave quantization at none")
+            from .quantization import quantize_model
 
             quantize_model(model, self.config.quantization)
-            if self.device.type == "cuda":
-                enable_gpu_kernels()  # Triton GEMV/GEMM for int8/int4 instead of dequantize + matmul
+        if self.device.type == "cuda" and (quant_config is not None or self.config.quantization not in ("", "none")):
+            from .quantization import enable_gpu_kernels
+
+            enable_gpu_kernels()  # Triton GEMV/GEMM for int8/int4 instead of dequantize + matmul
         return model.eval()
 
     def _kv_spec(self) -> KVCacheSpec:

@@ -135,11 +135,12 @@ class DecoderModel(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load Hugging Face tensor names, fusing q/k/v and gate/up as their parts arrive."""
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]], preloaded: set[str] = frozenset()) -> None:
+        """Load Hugging Face tensor names, fusing q/k/v and gate/up as their parts arrive.
+        `preloaded`: parameters already in place (modules read from a pre-quantized checkpoint)."""
         params = dict(self.named_parameters())
         pending: dict[str, dict[str, torch.Tensor]] = {}
-        loaded: set[str] = set()
+        loaded: set[str] = set(preloaded)
         for name, tensor in tensors:
             target, part = _map_name(name)
             if target is None:
