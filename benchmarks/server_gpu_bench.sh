@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The load of gpu_bench.py's concurrency sweep sent through tritonserver on the GPU with the client's
+# bench (gRPC streaming), and the same sweep inside the engine in the same run: what the server adds.
+#
+# On the device machine (python3 with torch + CUDA), from the repository root, with
+#   .carry/pytriton_min.tgz   the wheel's tritonserver, Python backend, 3.12 stub, libs and tritonclient
+#   .carry/tokenizer/         tokenizer.json (+ config) for the random-weight checkpoint
+#   bash benchmarks/server_gpu_bench.sh OUT_DIR
+set -euo pipefail
+out=${1:?output directory}
+site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+tar xzf .carry/pytriton_min.tgz -C /tmp
+cp -r /tmp/pytriton_min/pytriton /tmp/pytriton_min/nvidia_pytriton.libs /tmp/pytriton_min/tritonclient "$site/"
+printf '%s\n%s\n' "$PWD/python_backend" "$PWD/client" > "$site/qwen_triton_dev.pth"
+checkpoint=$(python3 -c "
+import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
+from gpu_bench import make_checkpoint; print(make_checkpoint('7b', Path('.carry/tokenizer'), Path('/tmp/ckpt')))")
+python3 scripts/serve.py --model "$checkpoint" --instance-kind gpu --detach --ready-timeout 400 --run-dir /tmp/run \
+  --param load_format=random --param dtype=bfloat16 --param max_model_len=2048 --param max_num_seqs=256 \
+  --param max_num_batched_tokens=8192 --param kv_cache_bytes=25769803776 --param enable_prefix_caching=false \
+  > "$out/serve.log" 2>&1 || { tail -50 "$out/serve.log"; exit 1; }
+for n in 16 64; do
+  python3 -m qwen_client.cli bench --url localhost:8001 --concurrency "$n" --num-requests "$n" \
+    --prompt-tokens 512 --max-tokens 256 --timeout 300 --json "$out/server_$n.json" | tail -12
+done
+curl -s localhost:8002/metrics | grep -E "^qwen_(num_requests|kv_cache_usage|generation_tokens)" || true
+pkill -f tritonserver || true
+sleep 3
+python3 benchmarks/gpu_bench.py --tokenizer .carry/tokenizer --shapes 7b --formats none --concurrency 16,64 \
+  --skip-gate --out "$out/engine.json" 2>&1 | grep -v -i "warning\|loading weights\|writing model" | tail -8
