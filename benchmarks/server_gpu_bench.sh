@@ -9,6 +9,7 @@
 set -euo pipefail
 out=${1:?output directory}
 site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+python3 -m pip install -q --no-deps --no-index .carry/wheels/*.whl   # python-rapidjson for tritonclient.grpc
 tar xzf .carry/pytriton_min.tgz -C /tmp
 cp -r /tmp/pytriton_min/pytriton /tmp/pytriton_min/nvidia_pytriton.libs /tmp/pytriton_min/tritonclient "$site/"
 printf '%s\n%s\n' "$PWD/python_backend" "$PWD/client" > "$site/qwen_triton_dev.pth"

@@ -8,8 +8,6 @@ from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Union
 from . import retry
 from .client_base import NOT_LIVE, ClientBase
 from .errors import ConnectionFailedError, RequestTimeoutError
-from .grpc_transport import AsyncGrpcTransport
-from .http_transport import AsyncHttpTransport
 from .params import GenerationParams
 from .request import Messages, Prompt, messages_inputs, prompt_inputs
 from .results import Chunk, Completion, CompletionBuilder
@@ -28,7 +26,7 @@ class AsyncQwenClient(ClientBase):
     One instance serves many concurrent requests (one gRPC channel / one HTTP connection pool).
     """
 
-    _transports = {"grpc": AsyncGrpcTransport, "http": AsyncHttpTransport}
+    _transports = {"grpc": ".grpc_transport:AsyncGrpcTransport", "http": ".http_transport:AsyncHttpTransport"}
 
     async def __aenter__(self) -> "AsyncQwenClient":
         return self

@@ -7,8 +7,6 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 from . import retry
 from .client_base import NOT_LIVE, ClientBase
 from .errors import ConnectionFailedError, RequestTimeoutError
-from .grpc_transport import GrpcTransport
-from .http_transport import HttpTransport
 from .params import GenerationParams
 from .request import Messages, Prompt, messages_inputs, prompt_inputs
 from .results import Chunk, Completion, CompletionBuilder
@@ -27,7 +25,7 @@ class QwenClient(ClientBase):
     QwenClient(url="localhost:8001", protocol="grpc", model="qwen", timeout=60.0, retries=2, params=None)
     """
 
-    _transports = {"grpc": GrpcTransport, "http": HttpTransport}
+    _transports = {"grpc": ".grpc_transport:GrpcTransport", "http": ".http_transport:HttpTransport"}
 
     def __enter__(self) -> "QwenClient":
         return self

@@ -1,6 +1,8 @@
 """What QwenClient and AsyncQwenClient share: settings, their checks, and turning a call into model inputs."""
 from __future__ import annotations
 
+import importlib
+
 from typing import Any, Dict, Optional
 
 from . import retry
@@ -32,7 +34,8 @@ class ClientBase:
     params: default GenerationParams for every call; keyword arguments of a call override them.
     """
 
-    _transports: Dict[str, type] = {}
+    # protocol -> "module:Class", imported on first use: a gRPC-only install needs no HTTP stack.
+    _transports: Dict[str, str] = {}
 
     def __init__(
         self,
@@ -47,7 +50,9 @@ class ClientBase:
         self.protocol = protocol
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
-        self._transport = self._transports[protocol](Target.parse(self.url, model, timeout))
+        module_name, _, class_name = self._transports[protocol].partition(":")
+        transport = getattr(importlib.import_module(module_name, __package__), class_name)
+        self._transport = transport(Target.parse(self.url, model, timeout))
         self._retry = retry.RetryPolicy(retries=retries)
         self._params = params
 
