@@ -325,16 +325,13 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
 
 GEMV_SWEEP = {
     "int8": [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
-             dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4),
-             dict(BLOCK_N=8, BLOCK_K=512, num_warps=4, FAST_CVT=False)],
+             dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4)],
     "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
-             dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
-             dict(BLOCK_N=128, BLOCK_K=128, num_warps=8), dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, FAST_CVT=False)],
+             dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)],
 }
 GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
               dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
-              dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4),
-              dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=3)]
+              dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4)]
 
 
 def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
@@ -395,7 +392,7 @@ def main(argv=None):
     parser.add_argument("--out", default="kernel_bench.json")
     parser.add_argument("--batches", default="1,16,64,256")
     parser.add_argument("--contexts", default="512,1024,2048,4096")
-    parser.add_argument("--rows", default="1,2,4,16,64")
+    parser.add_argument("--rows", default="1,4,16,64")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: attention,linears,sweeps")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -31,9 +31,10 @@ import triton.language as tl
 
 from . import multiprocessor_count
 
-# Up to this many rows of x, the GEMV kernels (one program column per row) beat the tensor-core
-# GEMM, which pads the rows to 16. Measured in benchmarks/kernel_bench.py.
-GEMV_MAX_ROWS = 2
+# Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
+# tensor-core GEMM (rows padded to 16). Measured on H100 (benchmarks/kernel_bench.py, 2026-11-25):
+# at 1 row the two tie within 5 %, at 4 rows GEMV re-reads the weight and is 2-3x slower.
+GEMV_MAX_ROWS = 1
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 @triton.jit
@@ -197,9 +198,11 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # Launch configurations (BLOCK sizes, warps) by kernel shape; benchmarks/kernel_bench.py sweeps them.
 # ----------------------------------------------------------------------------------------------------
 
+# Best of the sweep on H100 (Qwen2.5-7B shapes) on 2026-11-25; see docs/benchmarks.md "GPU kernels".
 GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-               "int4": dict(BLOCK_N=32, BLOCK_K=128, num_warps=4)}
-GEMM_CONFIG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)
+               "int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)}
+GEMM_CONFIG = {"int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
+               "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3)}
 # Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
 # (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
 # once more) under an eighth of the weight bytes.
@@ -247,7 +250,7 @@ def _launch(x, weight, scale, zeros, bias, *, int4, group_size, out_features, in
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
     gemv = _use_gemv(m, path)
     fmt = "int4" if int4 else "int8"
-    cfg = {**(GEMV_CONFIG[fmt] if gemv else GEMM_CONFIG), "FAST_CVT": True, **(config or {})}
+    cfg = {**(GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt], "FAST_CVT": True, **(config or {})}
     if not gemv and "BLOCK_M" not in (config or {}):
         cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
     if int4:
