@@ -14,8 +14,6 @@ import urllib.request
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
 
 import aiohttp
-import tritonclient.http as httpclient
-import tritonclient.http.aio as httpclient_aio
 from tritonclient.utils import InferenceServerException
 
 from .errors import BadRequestError, ConnectionFailedError, QwenClientError, RequestTimeoutError, ServerError
@@ -70,6 +68,8 @@ class HttpTransport:
 
     def __init__(self, target: Target):
         self.url, self.model, self.timeout = target.url, target.model, target.timeout
+        import tritonclient.http as httpclient  # control calls only; needs the HTTP extra of tritonclient
+
         self._control = httpclient.InferenceServerClient(
             self.url, connection_timeout=self.timeout, network_timeout=self.timeout
         )
@@ -140,11 +140,13 @@ class AsyncHttpTransport:
 
     def __init__(self, target: Target):
         self.url, self.model, self.timeout = target.url, target.model, target.timeout
-        self._control: Optional[httpclient_aio.InferenceServerClient] = None
+        self._control = None  # tritonclient.http.aio client, made on the first control call
         self._session: Optional[aiohttp.ClientSession] = None
 
-    def _get_control(self) -> httpclient_aio.InferenceServerClient:
+    def _get_control(self):
         if self._control is None:  # aiohttp sessions belong to the loop that creates them
+            import tritonclient.http.aio as httpclient_aio  # control calls only: health, model list
+
             self._control = httpclient_aio.InferenceServerClient(
                 self.url, conn_timeout=self.timeout
             )
