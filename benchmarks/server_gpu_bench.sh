@@ -20,9 +20,14 @@ python3 scripts/serve.py --model "$checkpoint" --instance-kind gpu --detach --re
   --param load_format=random --param dtype=bfloat16 --param max_model_len=2048 --param max_num_seqs=256 \
   --param max_num_batched_tokens=8192 --param kv_cache_bytes=25769803776 --param enable_prefix_caching=false \
   > "$out/serve.log" 2>&1 || { tail -50 "$out/serve.log"; exit 1; }
+curl -s localhost:8000/v2/models/qwen/generate -d '{"text_input": "Hello", "max_tokens": 4, "ignore_eos": true}'; echo
 for n in 16 64; do
-  python3 -m qwen_client.cli bench --url localhost:8001 --concurrency "$n" --num-requests "$n" \
-    --prompt-tokens 512 --max-tokens 256 --timeout 300 --json "$out/server_$n.json" | tail -12
+  for protocol in http grpc; do
+    port=$([ "$protocol" = http ] && echo 8000 || echo 8001)
+    python3 -m qwen_client.cli bench --protocol "$protocol" --url "localhost:$port" --concurrency "$n" \
+      --num-requests "$n" --prompt-tokens 512 --max-tokens 256 --timeout 300 \
+      --json "$out/server_${protocol}_$n.json" 2>&1 | tail -12 || true
+  done
 done
 curl -s localhost:8002/metrics | grep -E "^qwen_(num_requests|kv_cache_usage|generation_tokens)" || true
 pkill -f tritonserver || true
