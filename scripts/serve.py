@@ -216,7 +216,7 @@ def usage_banner(args) -> str:
 tritonserver is ready (pid file / log above). Query it:
   curl -s {http}/v2/models/qwen/generate -d '{{"text_input": "What is the capital of France?", "max_tokens": 32}}'
   curl -sN {http}/v2/models/qwen/generate_stream -d '{{"messages": "[{{\\"role\\":\\"user\\",\\"content\\":\\"Hi\\"}}]", "stream": true}}'
-  qwen-client --url localhost:{args.grpc_port} chat "What is the capital of France?"
+  qwen-client chat --url localhost:{args.grpc_port} "What is the capital of France?"
   curl -s localhost:{args.metrics_port}/metrics | grep ^qwen_
 Stop it with Ctrl-C.
 """
