@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "python_backend"))
 
 from qwen_triton.kv_quant import (  # noqa: E402
     allocate_quantized_kv,
-    dequantize_kv_blocks,
+    dequantize_kv,
     kv_bytes_per_token,
     write_quantized_kv,
 )
@@ -143,7 +143,7 @@ def _through_quantized_blocks(module, name: str, states: torch.Tensor, kind: str
     write_quantized_kv(cache["cache"], cache["scale"], new, slots)
     cache["written"] = seq
     all_blocks = torch.arange(batch * cache["blocks_per_row"])
-    read = dequantize_kv_blocks(cache["cache"], cache["scale"], all_blocks, states.dtype)
+    read = dequantize_kv(cache["cache"][all_blocks], cache["scale"][all_blocks], states.dtype)
     read = read.view(batch, cache["capacity"], heads, head_dim)[:, :seq]
     return read.permute(0, 2, 1, 3)
 
@@ -233,8 +233,7 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> torch.Tensor:
     """Greedy continuations [len(prompts), new_tokens] of a left-padded batch, EOS ignored so every run
-    compares the same number of tokens. (With quantized KV, pad positions share the first block of a
-    short prompt and can widen its scale: a small pessimism of the batch emulation.)"""
+    compares the same number of tokens."""
     reset_quantized_kv(model)
     ids, mask = left_padded(prompts, pad_id)
     out = model.generate(
@@ -323,11 +322,11 @@ def render(rows, text_tokens: int, args) -> str:
         base = weight_bytes(shape, "none")
         cells = [f"{weight_bytes(shape, spec) / 2**30:.3f} ({weight_bytes(shape, spec) / base:.0%})" for _, spec in specs]
         lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
-    lines += ["", f"KV bytes per token (all layers, K+V; int8/fp8 include the fp32 scale per block of {KV_BLOCK_SIZE} and head):", ""]
+    lines += ["", f"KV bytes per token (all layers, K+V; int8/fp8 include the fp32 scale per token and head):", ""]
     lines.append("| model | bf16 | int8 | fp8 | tokens per GiB bf16 -> int8 |")
     lines.append("| --- | --- | --- | --- | --- |")
     for shape in SHAPES:
-        per = {k: kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, k, KV_BLOCK_SIZE) for k in ("auto", "int8", "fp8")}
+        per = {k: kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, k) for k in ("auto", "int8", "fp8")}
         lines.append(
             f"| {shape.name} | {per['auto']:,.0f} | {per['int8']:,.0f} | {per['fp8']:,.0f} | "
             f"{2**30 / per['auto']:,.0f} -> {2**30 / per['int8']:,.0f} |"

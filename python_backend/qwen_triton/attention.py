@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .kv_quant import dequantize_kv, write_quantized_kv
+
 
 @dataclass
 class AttentionMetadata:
@@ -41,26 +43,8 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, cache_layer, slot_mapping: torch.
         k_cache.view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
         v_cache.view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
         return
-    for src, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
-        values, scales = quantize_kv(src, cache.dtype)
-        # Copy as bytes: index_copy_ has no float8 kernel on every device, and bytes are bytes.
-        cache.view(torch.uint8).view(-1, *src.shape[1:]).index_copy_(0, slot_mapping, values.view(torch.uint8))
-        scale.view(-1, src.shape[1]).index_copy_(0, slot_mapping, scales)
-
-
-def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-(token, head) quantization: a token's scale never changes after it is written."""
-    qmax = 127.0 if dtype == torch.int8 else 448.0
-    scale = x.float().abs().amax(dim=-1).clamp(min=1e-8) / qmax
-    q = x.float() / scale.unsqueeze(-1)
-    q = q.round().clamp(-qmax, qmax) if dtype == torch.int8 else q.clamp(-qmax, qmax)
-    return q.to(dtype), scale
-
-
-def dequantize_kv(values: torch.Tensor, scales: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    if scales is None:
-        return values.to(dtype)
-    return (values.float() * scales.unsqueeze(-1)).to(dtype)
+    write_quantized_kv(k_cache, k_scale, k, slot_mapping)
+    write_quantized_kv(v_cache, v_scale, v, slot_mapping)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_layer, meta: AttentionMetadata,

@@ -1,7 +1,7 @@
 """The KV-cache tensors: one K and one V pool per layer, [num_blocks, block_size, num_kv_heads, head_dim].
 
-The pool is sized by bytes, so a compressed element type (int8 / fp8, with float32 scales per block and
-KV head) holds about twice the tokens of bf16 in the same budget.
+The pool is sized by bytes, so a compressed element type (int8 / fp8, with a float32 scale per token and
+KV head, see kv_quant.py) holds about twice the tokens of bf16 in the same budget.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-FP8 = getattr(torch, "float8_e4m3fn", None)
+from .kv_quant import KV_CACHE_DTYPES, allocate_quantized_kv, kv_storage_dtype
 
 
 @dataclass
@@ -34,15 +34,10 @@ class KVCacheSpec:
 
 
 def storage_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> tuple[torch.dtype, bool]:
+    """(element type of the pool, whether it is quantized) for the engine's kv_cache_dtype setting."""
     if kv_cache_dtype == "auto":
         return model_dtype, False
-    if kv_cache_dtype == "int8":
-        return torch.int8, True
-    if kv_cache_dtype == "fp8":
-        if FP8 is None:
-            raise ValueError("kv_cache_dtype: fp8 needs a torch with float8_e4m3fn")
-        return FP8, True
-    raise ValueError(f"kv_cache_dtype: {kv_cache_dtype!r} is not one of auto, int8, fp8")
+    return kv_storage_dtype(kv_cache_dtype), True
 
 
 class KVCache:
@@ -50,13 +45,14 @@ class KVCache:
         self.spec = spec
         self.num_blocks = num_blocks
         shape = (num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
-        self.k = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
-        self.v = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
         if spec.quantized:
-            scale_shape = (num_blocks, spec.block_size, spec.num_kv_heads)
-            self.k_scale = [torch.ones(scale_shape, dtype=torch.float32, device=device) for _ in self.k]
-            self.v_scale = [torch.ones(scale_shape, dtype=torch.float32, device=device) for _ in self.v]
+            kind = next(name for name, dtype in KV_CACHE_DTYPES.items() if dtype == spec.dtype)
+            pairs = [allocate_quantized_kv(*shape, kind, device) for _ in range(2 * spec.num_layers)]
+            self.k, self.k_scale = map(list, zip(*pairs[: spec.num_layers]))
+            self.v, self.v_scale = map(list, zip(*pairs[spec.num_layers:]))
         else:
+            self.k = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+            self.v = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
             self.k_scale = self.v_scale = [None] * spec.num_layers
 
     def layer(self, i: int):
