@@ -85,6 +85,15 @@ def server_env(root: Path) -> dict[str, str]:
     files of editable installs.
     """
     env = dict(os.environ)
+    # An activated virtualenv puts its bin/ first on PATH; the stub then takes that Python's standard
+    # library (here pyenv's 3.11.7) into the system libpython (3.11.2) and fails on `_ssl`. The stub must
+    # find the system's own: drop the venv from PATH and the variables that point at it.
+    venv = os.environ.get("VIRTUAL_ENV") or (sys.prefix if sys.prefix != sys.base_prefix else "")
+    if venv:
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                      if p and not Path(p).resolve().is_relative_to(Path(venv).resolve()))
+    for name in ("VIRTUAL_ENV", "PYTHONHOME"):
+        env.pop(name, None)
     libs = site_packages() / "nvidia_pytriton.libs"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
     env["QWEN_TRITON_SITE_DIRS"] = str(site_packages())
