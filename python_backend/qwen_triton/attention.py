@@ -31,10 +31,24 @@ class AttentionMetadata:
     sinks: int = 0
     _plan: "MixedPlan | None" = None
 
+    _variants: dict = field(default_factory=dict)
+
     def plan(self) -> "MixedPlan":
         if self._plan is None:
             self._plan = build_plan(self)
         return self._plan
+
+    def for_sliding_layer(self, window: int) -> "AttentionMetadata":
+        """The same step seen by a layer with its own sliding window (Qwen2 `sliding_attention`): the
+        narrower of that window and the engine's, built once per step and shared by such layers."""
+        if self.window and self.window <= window:
+            return self
+        if window not in self._variants:
+            self._variants[window] = AttentionMetadata(
+                slot_mapping=self.slot_mapping, block_tables=self.block_tables, context_lens=self.context_lens,
+                is_decode=self.is_decode, query_lens=self.query_lens, context_lens_cpu=self.context_lens_cpu,
+                window=window, sinks=self.sinks if self.window else 0)
+        return self._variants[window]
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, cache_layer, slot_mapping: torch.Tensor) -> None:

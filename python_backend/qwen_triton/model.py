@@ -69,6 +69,11 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
         self.scale = self.head_dim ** -0.5
+        # Qwen2 checkpoints with use_sliding_window mark some layers "sliding_attention": those attend to
+        # the last `sliding_window` positions only (the cache still holds everything for the others).
+        layer_types = getattr(config, "layer_types", None) or []
+        sliding = layer_index < len(layer_types) and layer_types[layer_index] == "sliding_attention"
+        self.sliding_window = int(getattr(config, "sliding_window", 0) or 0) if sliding else 0
 
     def forward(self, x, positions, rotary: RotaryEmbedding, meta: AttentionMetadata, kv_cache, ops: FusedOps):
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -78,6 +83,8 @@ class Attention(nn.Module):
         q, k = rotary(positions, q, k, ops)
         cache_layer = kv_cache.layer(self.layer_index)
         write_kv(k, v, cache_layer, meta.slot_mapping)
+        if self.sliding_window:
+            meta = meta.for_sliding_layer(self.sliding_window)
         out = paged_attention(q, k, v, cache_layer, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 

@@ -57,3 +57,34 @@ def test_chat_answer_from_the_real_model(demo_model):
     result = run_all(engine, {"q": (ids, greedy(24))})["q"]
     assert "Paris" in result["text"]
     assert result["reason"] == "stop"  # ended on <|im_end|>, an EOS of the checkpoint
+
+
+def test_qwen2_sliding_window_layers_match_transformers(tmp_path, demo_model):
+    """A Qwen2 config with use_sliding_window: its upper layers see only the last `sliding_window`
+    positions. Prompts longer than the window, greedy tokens equal to transformers."""
+    import shutil
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, initializer_range=0.2, use_sliding_window=True,
+                         sliding_window=8, max_window_layers=1)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_model / name, tmp_path / name)
+    engine = make_engine(tmp_path, max_model_len=512)
+    assert [layer.self_attn.sliding_window for layer in engine.model.layers] == [0, 8]
+    prompts = {f"p{i}": [(97 * i + 13 * j) % 49152 for j in range(20 + 3 * i)] for i in range(3)}
+    ours = run_all(engine, {rid: (ids, greedy(12, ignore_eos=True)) for rid, ids in prompts.items()})
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, attn_implementation="eager")
+    # Greedy by full forward passes, no KV cache: with a sliding window, transformers 5.24's `generate`
+    # disagrees with its own forward pass from the first token on (its sliding cache), the forward is the
+    # model's definition.
+    for rid, ids in prompts.items():
+        tokens = list(ids)
+        with torch.no_grad():
+            for _ in range(12):
+                tokens.append(int(reference(torch.tensor([tokens])).logits[0, -1].argmax()))
+        assert ours[rid]["tokens"] == tokens[len(ids):], rid
