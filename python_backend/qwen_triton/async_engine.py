@@ -106,8 +106,7 @@ class AsyncLLMEngine:
                 self._fail_all(RuntimeError(f"engine step failed: {error}"))
                 continue
             self._stats = self.engine.stats()
-            for output in outputs:
-                self._deliver(output.request_id, output)
+            self._deliver_step(outputs)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -131,9 +130,27 @@ class AsyncLLMEngine:
             self.engine.abort(request_id)
             self._deliver(request_id, error)
 
+    def _deliver_step(self, outputs) -> None:
+        """A step's outputs, one wake-up per event loop instead of one per request: at 256 running
+        sequences that is one cross-thread call per step, not 256."""
+        by_loop: dict = {}
+        with self._lock:
+            for output in outputs:
+                listener = self._listeners.get(output.request_id)
+                if listener is not None:
+                    loop, queue = listener
+                    by_loop.setdefault(loop, []).append((queue, output))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
     def _deliver(self, request_id: str, item) -> None:
         with self._lock:
             listener = self._listeners.get(request_id)
         if listener is not None:
             loop, queue = listener
             loop.call_soon_threadsafe(queue.put_nowait, item)
+
+
+def _put_all(items) -> None:
+    for queue, output in items:
+        queue.put_nowait(output)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .attention import AttentionMetadata, _cuda_decode_kernel
@@ -54,11 +55,37 @@ class ModelRunner:
         return self.model.compute_logits(hidden[inputs.sample_rows])
 
     def _prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
+        if all(item.num_tokens == 1 for item in scheduled):
+            input_ids, positions, slots, context_lens = self._decode_rows(scheduled)
+            query_lens, sample_rows = [1] * len(scheduled), list(range(len(scheduled)))
+        else:
+            input_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
+        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
+        meta = AttentionMetadata(
+            slot_mapping=as_tensor(slots, torch.long), block_tables=self._block_tables(scheduled),
+            context_lens=as_tensor(context_lens, torch.int32), is_decode=len(input_ids) == len(scheduled),
+            query_lens=query_lens, context_lens_cpu=context_lens, window=self.window, sinks=self.sinks)
+        return StepInputs(as_tensor(input_ids, torch.long), as_tensor(positions, torch.long), meta,
+                          as_tensor(sample_rows, torch.long))
+
+    def _decode_rows(self, scheduled: list[ScheduledSequence]):
+        """One new token per sequence: the common step, kept to a few list operations per row."""
+        bs = self.block_size
+        input_ids, positions, slots = [], [], []
+        for item in scheduled:
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            input_ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+        return input_ids, positions, slots, [p + 1 for p in positions]
+
+    def _chunk_rows(self, scheduled: list[ScheduledSequence]):
         input_ids, positions, slots, query_lens, context_lens, sample_rows = [], [], [], [], [], []
         for item in scheduled:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_tokens
-            input_ids += seq.all_token_ids[start:end]
+            input_ids += seq.token_ids[start:end]
             positions += range(start, end)
             slots += [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
                       for p in range(start, end)]
@@ -66,18 +93,17 @@ class ModelRunner:
             context_lens.append(end)
             if item.samples:
                 sample_rows.append(len(input_ids) - 1)
-        # Holes (blocks released by the attention window) and padding point at the scratch block: always
-        # a valid address, and masked out of attention by position.
+        return input_ids, positions, slots, query_lens, context_lens, sample_rows
+
+    def _block_tables(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+        """[batch, longest table] int32. Holes (blocks released by the attention window) and padding point
+        at the scratch block: always a valid address, and masked out of attention by position."""
         width = max(len(item.seq.block_table) for item in scheduled)
-        tables = [[b if b >= 0 else self.scratch_block for b in item.seq.block_table]
-                  + [self.scratch_block] * (width - len(item.seq.block_table)) for item in scheduled]
-        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
-        meta = AttentionMetadata(
-            slot_mapping=as_tensor(slots, torch.long), block_tables=as_tensor(tables, torch.int32),
-            context_lens=as_tensor(context_lens, torch.int32), is_decode=all(n == 1 for n in query_lens),
-            query_lens=query_lens, context_lens_cpu=context_lens, window=self.window, sinks=self.sinks)
-        return StepInputs(as_tensor(input_ids, torch.long), as_tensor(positions, torch.long), meta,
-                          as_tensor(sample_rows, torch.long))
+        tables = np.full((len(scheduled), width), self.scratch_block, dtype=np.int32)
+        for row, item in enumerate(scheduled):
+            tables[row, : len(item.seq.block_table)] = item.seq.block_table
+        tables[tables < 0] = self.scratch_block
+        return torch.from_numpy(tables).to(self.device)
 
     # -- CUDA graphs -----------------------------------------------------------------------------
 
