@@ -89,7 +89,7 @@ class LLMEngine:
         self.sampler = Sampler(self.hf_config.vocab_size)
         self.requests: dict[str, _Request] = {}
         self.prompt_tokens_total = self.generation_tokens_total = 0
-        self._seed_source = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the shared stream of unseeded requests
         log.info("engine ready: %s, %s on %s, %d KV blocks of %d tokens", checkpoint, self.dtype, self.device,
                  num_blocks, config.block_size)
 
@@ -168,9 +168,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
         self.validate(prompt_token_ids, params)
-        seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._seed_source))
-        seq = Sequence(request_id, list(prompt_token_ids), params,
-                       generator=torch.Generator(device=self.device).manual_seed(seed))
+        # Only seeded requests carry a generator of their own; the rest share the device's default one.
+        generator = None if params.seed is None else torch.Generator(device=self.device).manual_seed(params.seed)
+        seq = Sequence(request_id, list(prompt_token_ids), params, generator=generator)
         stops = list(params.stop)
         self.requests[request_id] = _Request(seq, IncrementalDetokenizer(self.tokenizer.tokenizer, stop=stops))
         self.scheduler.add(seq)

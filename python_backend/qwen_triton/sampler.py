@@ -52,13 +52,15 @@ class Sampler:
         return logits
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        temperatures = torch.tensor([_temperature(logits[i], s) for i, s in enumerate(seqs)],
-                                    device=logits.device, dtype=logits.dtype)
+        temperatures = _temperatures(logits, seqs)
         probs = torch.softmax(logits / temperatures.clamp(min=1e-5).unsqueeze(1), dim=-1)
         probs = _filter(probs, seqs)
-        noise = torch.empty_like(probs)
+        # Seeded requests draw from their own generator (reproducible in any batch); the others share
+        # one draw from the device's default generator: one kernel instead of one per row.
+        noise = torch.empty_like(probs).exponential_()
         for i, seq in enumerate(seqs):
-            noise[i].exponential_(generator=seq.generator)
+            if seq.generator is not None:
+                noise[i].exponential_(generator=seq.generator)
         return (probs / noise).argmax(dim=-1)
 
 
@@ -67,14 +69,20 @@ def _has_penalty(seq: Sequence) -> bool:
     return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
 
-def _temperature(logits_row: torch.Tensor, seq: Sequence) -> float:
-    p = seq.params
-    if not p.dynamic_temperature:
-        return p.temperature
-    probs = torch.softmax(logits_row, dim=-1)
-    entropy = float(-(probs * torch.log(probs.clamp(min=1e-30))).sum())
-    normalized = entropy / math.log(logits_row.shape[-1])
-    return p.min_temperature + (p.max_temperature - p.min_temperature) * normalized
+def _temperatures(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Each row's temperature; dynamic rows scale between their bounds by the normalised entropy of
+    their distribution at temperature 1, computed for all of them at once on the device."""
+    device, dtype = logits.device, logits.dtype
+    fixed = torch.tensor([s.params.temperature for s in seqs], device=device, dtype=dtype)
+    dynamic = [i for i, s in enumerate(seqs) if s.params.dynamic_temperature]
+    if not dynamic:
+        return fixed
+    rows = torch.tensor(dynamic, device=device)
+    logp = torch.log_softmax(logits[rows], dim=-1)
+    normalized = -(logp.exp() * logp).sum(dim=-1) / math.log(logits.shape[-1])
+    low = torch.tensor([seqs[i].params.min_temperature for i in dynamic], device=device, dtype=dtype)
+    high = torch.tensor([seqs[i].params.max_temperature for i in dynamic], device=device, dtype=dtype)
+    return fixed.index_copy(0, rows, low + (high - low) * normalized)
 
 
 def _filter(probs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
