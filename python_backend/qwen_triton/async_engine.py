@@ -40,6 +40,10 @@ class AsyncLLMEngine:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
     async def generate(self, request_id: str | None = None, *, prompt: str | None = None, messages=None,
                        prompt_token_ids: list[int] | None = None,
                        params: SamplingParams | None = None) -> AsyncIterator[RequestOutput]:

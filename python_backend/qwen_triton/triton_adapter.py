@@ -70,7 +70,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"qwen: starting the engine for {config.model} on {config.device}")
         self.loop = EventLoopThread()
         self.engine = AsyncLLMEngine(config)
-        self.max_model_len = self.engine.engine.max_model_len
+        self.max_model_len = self.engine.max_model_len
         labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         self.metrics = EngineMetrics(pb_utils, labels)
         self.reporter = MetricsReporter(self.metrics, self.engine.stats)
