@@ -11,10 +11,12 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup serve test model help
+.PHONY: setup serve test model bench chart help
 help:
 	@echo "make serve   start tritonserver with MODEL (default: the offline demo model) on 8000/8001/8002"
 	@echo "make test    install everything and run every test"
+	@echo "make bench   the engine's offline throughput on MODEL (a table); GPU: benchmarks/gpu_bench.py"
+	@echo "make chart   lint the Helm chart and regenerate k8s/ from it"
 
 $(VENV)/.installed: requirements/*.txt python_backend/pyproject.toml client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,5 +41,10 @@ serve: setup model
 
 test: setup model
 	$(PY) -m pytest -q tests
+
+bench: setup model
+	$(PY) -m qwen_triton.cli bench --model $(MODEL) -n 16 --prompt-tokens 128 --max-tokens 64
+
+chart: chart-lint k8s
 
 -include mk/*.mk

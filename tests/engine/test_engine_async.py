@@ -88,4 +88,4 @@ def test_offline_cli_generates_and_benchmarks(tiny_qwen2, demo_model):
     bench = subprocess.run([sys.executable, "-m", "qwen_triton.cli", "bench", "--model", str(tiny_qwen2),
                             "--max-model-len", "256", "--device", "cpu", "-n", "4", "--prompt-tokens", "16",
                             "--max-tokens", "8"], capture_output=True, text=True, timeout=300, check=True)
-    assert "output tok/s" in bench.stdout and "| 4 | 16 | 8 |" in bench.stdout
+    assert "HF generate tok/s" in bench.stdout and "| 4 | 16 | 8 |" in bench.stdout and "bound" in bench.stdout
