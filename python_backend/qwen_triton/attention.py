@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .kv_quant import dequantize_kv, write_quantized_kv
+from .kv_quant import dequantize_kv, gather_dequantized, write_quantized_kv
 
 
 @dataclass
@@ -132,10 +132,10 @@ def _mixed(q, k, v, cache_layer, meta: AttentionMetadata, scale: float) -> torch
         out[tokens] = _decode(q[tokens].contiguous(), cache_layer, plan.decode_meta, scale)
     if plan.fresh_tokens is not None:
         out[plan.fresh_tokens] = _fresh_prompts(q, k, v, plan, scale)
+    k_cache, v_cache, k_scale, v_scale = cache_layer
     for start, query_len, context_len, row in plan.chunks:
-        table = meta.block_tables[row, : -(-context_len // cache_layer[0].shape[1])].long()
-        k_ctx = _gather(cache_layer[0], cache_layer[2], table.unsqueeze(0), q.dtype)[0, :context_len]
-        v_ctx = _gather(cache_layer[1], cache_layer[3], table.unsqueeze(0), q.dtype)[0, :context_len]
+        k_ctx = gather_dequantized(k_cache, k_scale, meta.block_tables[row], context_len, q.dtype)
+        v_ctx = gather_dequantized(v_cache, v_scale, meta.block_tables[row], context_len, q.dtype)
         out[start:start + query_len] = _sdpa(q[start:start + query_len], k_ctx, v_ctx, context_len, meta, scale)
     return out
 

@@ -66,11 +66,12 @@ def dequantize_kv(values: torch.Tensor, scales: torch.Tensor | None, dtype: torc
     return (values.float() * scales.unsqueeze(-1)).to(dtype)
 
 
-def gather_dequantized(cache: torch.Tensor, scale: torch.Tensor, block_table: torch.Tensor, context_len: int,
-                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One sequence's first `context_len` tokens, [context_len, num_kv_heads, head_dim], from its block table."""
+def gather_dequantized(cache: torch.Tensor, scale: torch.Tensor | None, block_table: torch.Tensor,
+                       context_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One sequence's first `context_len` tokens, [context_len, num_kv_heads, head_dim], from its block table
+    (`scale` None: a cache in the model's own dtype)."""
     used = block_table[: -(-context_len // cache.shape[1])].to(torch.int64)
-    return dequantize_kv(cache[used], scale[used], dtype).flatten(0, 1)[:context_len]
+    return dequantize_kv(cache[used], None if scale is None else scale[used], dtype).flatten(0, 1)[:context_len]
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, kind: str = "auto",
