@@ -305,7 +305,7 @@ def main() -> int:
     log("ceilings:", report["ceilings"])
     if not args.skip_gate:
         report["gate"] = correctness_gate(args.tokenizer, root)
-    for shape in args.shapes.split(","):
+    for shape in filter(None, args.shapes.split(",")):  # --shapes '' runs the gate alone
         checkpoint = make_checkpoint(shape, args.tokenizer, root)
         report["shapes"].append(bench_shape(shape, checkpoint, report["ceilings"], args.formats.split(","),
                                             [int(n) for n in args.concurrency.split(",")]))

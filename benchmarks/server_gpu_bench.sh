@@ -5,24 +5,34 @@
 # On the device machine (python3 with torch + CUDA), from the repository root, with
 #   .carry/pytriton_min.tgz   the wheel's tritonserver, Python backend, 3.12 stub, libs and tritonclient
 #   .carry/tokenizer/         tokenizer.json (+ config) for the random-weight checkpoint
+#   .carry/wheels/            python-rapidjson (tritonclient.grpc) and numpy 1.26 for cp312: the 2.51 stub
+#                             reads BYTES tensors wrongly under numpy 2, so the server gets numpy 1.x first
 #   bash benchmarks/server_gpu_bench.sh OUT_DIR
 set -euo pipefail
 out=${1:?output directory}
 site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-python3 -m pip install -q --no-deps --no-index .carry/wheels/*.whl   # python-rapidjson for tritonclient.grpc
+python3 -m pip install -q --no-deps --no-index .carry/wheels/python_rapidjson-*.whl
+python3 -m pip install -q --no-deps --no-index --target /tmp/numpy1 .carry/wheels/numpy-1.*.whl
 tar xzf .carry/pytriton_min.tgz -C /tmp
 cp -r /tmp/pytriton_min/pytriton /tmp/pytriton_min/nvidia_pytriton.libs /tmp/pytriton_min/tritonclient "$site/"
 printf '%s\n%s\n' "$PWD/python_backend" "$PWD/client" > "$site/qwen_triton_dev.pth"
 checkpoint=$(python3 -c "
 import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
 from gpu_bench import make_checkpoint; print(make_checkpoint('7b', Path('.carry/tokenizer'), Path('/tmp/ckpt')))")
-python3 scripts/serve.py --model "$checkpoint" --instance-kind gpu --detach --ready-timeout 400 --run-dir /tmp/run \
+QWEN_TRITON_SITE_DIRS=/tmp/numpy1 python3 scripts/serve.py --model "$checkpoint" --instance-kind gpu --detach --ready-timeout 400 --run-dir /tmp/run \
   --param load_format=random --param dtype=bfloat16 --param max_model_len=2048 --param max_num_seqs=256 \
   --param max_num_batched_tokens=8192 --param kv_cache_bytes=25769803776 --param enable_prefix_caching=false \
   > "$out/serve.log" 2>&1 || { tail -50 "$out/serve.log"; exit 1; }
 curl -s localhost:8000/v2/models/qwen/generate -d '{"text_input": "Hello", "max_tokens": 4, "ignore_eos": true}'; echo
-for n in 16 64; do
-  for protocol in http grpc; do
+# TTFT of one 512-token prompt at a time through the server (the issue's <= 35 ms goal), then the sweep.
+for protocol in grpc http; do
+  port=$([ "$protocol" = http ] && echo 8000 || echo 8001)
+  python3 -m qwen_client.cli bench --protocol "$protocol" --url "localhost:$port" --concurrency 1 \
+    --num-requests 10 --prompt-tokens 512 --max-tokens 8 --timeout 300 \
+    --json "$out/server_${protocol}_ttft.json" 2>&1 | tail -12 || true
+done
+for n in ${CONCURRENCY:-16 64 256}; do
+  for protocol in grpc http; do
     port=$([ "$protocol" = http ] && echo 8000 || echo 8001)
     python3 -m qwen_client.cli bench --protocol "$protocol" --url "localhost:$port" --concurrency "$n" \
       --num-requests "$n" --prompt-tokens 512 --max-tokens 256 --timeout 300 \
@@ -32,5 +42,5 @@ done
 curl -s localhost:8002/metrics | grep -E "^qwen_(num_requests|kv_cache_usage|generation_tokens)" || true
 pkill -f tritonserver || true
 sleep 3
-python3 benchmarks/gpu_bench.py --tokenizer .carry/tokenizer --shapes 7b --formats none --concurrency 16,64 \
+python3 benchmarks/gpu_bench.py --tokenizer .carry/tokenizer --shapes 7b --formats none --concurrency "$(echo ${CONCURRENCY:-16 64 256} | tr ' ' ,)" \
   --skip-gate --out "$out/engine.json" 2>&1 | grep -v -i "warning\|loading weights\|writing model" | tail -8

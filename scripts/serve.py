@@ -96,7 +96,9 @@ def server_env(root: Path) -> dict[str, str]:
         env.pop(name, None)
     libs = site_packages() / "nvidia_pytriton.libs"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
-    env["QWEN_TRITON_SITE_DIRS"] = str(site_packages())
+    # Directories already named come first: a deployment can put packages ahead of the virtualenv's.
+    env["QWEN_TRITON_SITE_DIRS"] = os.pathsep.join(filter(None, [os.environ.get("QWEN_TRITON_SITE_DIRS"),
+                                                                  str(site_packages())]))
     env.setdefault("OMP_NUM_THREADS", str(max(1, os.cpu_count() or 1)))
     return env
 
