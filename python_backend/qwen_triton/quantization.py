@@ -16,7 +16,8 @@ a group size ``"int4:g64"``, symmetric int4 ``"int4:sym"``, and presets (``"laye
 `quantize_model(model, spec)` swaps the matching nn.Linear modules in place and reports the bytes saved.
 
 Every quantized linear computes ``F.linear(x, dequantized_weight, bias)`` unless a kernel is registered
-for its format and device (`register_kernel`): the GPU kernels in ``kernels/`` plug in there.
+for its format and device (`register_kernel`): the GPU kernels in ``kernels/`` plug in there (fp8 on CUDA
+also has torch._scaled_mm for large batches, see `Fp8Linear`).
 """
 
 from __future__ import annotations
@@ -46,15 +47,16 @@ def register_kernel(format_name: str, kernel: Callable[["QuantizedLinear", torch
 
 
 def enable_gpu_kernels() -> bool:
-    """Register the Triton kernels of ``kernels/quant_matmul.py`` for int8 and int4 group-wise linears on
-    CUDA (a no-op, returning False, where triton or CUDA is missing). fp8 needs none: Fp8Linear uses
-    torch._scaled_mm."""
+    """Register the Triton kernels of ``kernels/quant_matmul.py`` for int8, int4 group-wise and fp8 linears
+    on CUDA (a no-op, returning False, where triton or CUDA is missing). fp8's kernel serves small batches
+    only; Fp8Linear.forward keeps torch._scaled_mm for larger ones."""
     from . import kernels
 
     if not (kernels.triton_available() and torch.cuda.is_available()):
         return False
     register_kernel("int8", lambda m, x: kernels.int8_linear(x, m.qweight, m.scale, _bias_for(m, x)))
     register_kernel("int4_groupwise", _int4_kernel_forward)
+    register_kernel("fp8", _fp8_kernel_forward)
     return True
 
 
@@ -71,6 +73,14 @@ def _int4_kernel_forward(module: "GroupwiseLinear", x: torch.Tensor) -> torch.Te
     if module.in_perm is not None:  # act-order: feed inputs in storage order instead of moving weights
         x = x.index_select(-1, module.in_perm)
     return kernels.int4_linear(x, module.qweight, module.scales, module.zeros, g, _bias_for(module, x))
+
+
+def _fp8_kernel_forward(module: "Fp8Linear", x: torch.Tensor) -> torch.Tensor:
+    from . import kernels
+
+    if torch.cuda.get_device_capability(x.device) < FP8_MIN_CAPABILITY:  # Triton has no e4m3 type there
+        return module.reference_forward(x)
+    return kernels.fp8_linear(x, module.qweight, module.scale, _bias_for(module, x))
 
 
 class QuantizedLinear(nn.Module):
@@ -268,14 +278,30 @@ def _split_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_MIN_CAPABILITY = (8, 9)  # Ada/Hopper: fp8 tensor cores for _scaled_mm, and Triton's e4m3 type
+
+# Up to this many rows of x the weight-only Triton kernel serves fp8 (once registered), above it
+# torch._scaled_mm. 16 covers the decode batches (the CUDA-graph ladder's 1, 2, 4, 8, 16), where the win
+# is certain: the int8 kernels of the same code took 11.2-11.7 us from 1 to 16 rows at 4608x3584 on H100,
+# Fp8Linear's per-call activation quantization + _scaled_mm 30-38 us (docs/benchmarks.md, "GPU kernels").
+# Prefill stays on _scaled_mm: fp8 tensor cores and the quantization amortized over many rows, where the
+# kernel's GEMM reads and converts the whole weight again for every 64-row tile. The crossover itself is not
+# measured yet (kernel_bench.py's fp8_wo column); int8 at 64 rows (21 us against Fp8Linear's 38 us) hints
+# that it lies higher, so this is the conservative end.
+FP8_WEIGHT_ONLY_MAX_ROWS = 16
 
 
 class Fp8Linear(QuantizedLinear):
     """weight = qweight[o, i] (float8_e4m3fn) * scale[o].
 
-    CPU: dequantize then matmul (weight-only numerics). CUDA with compute capability >= 8.9 (Ada/Hopper)
-    and in/out multiples of 16: torch._scaled_mm with the activations quantized to fp8 per token on the
-    fly (W8A8, so results differ slightly from the CPU path). A kernel registered for "fp8" wins over both.
+    CPU: dequantize then matmul (weight-only numerics). CUDA, compute capability >= 8.9 (Ada/Hopper):
+    - up to FP8_WEIGHT_ONLY_MAX_ROWS rows of x, when a kernel is registered for "fp8" (enable_gpu_kernels:
+      the Triton weight-only GEMV/GEMM), that kernel: it reads the fp8 weight once and leaves x unquantized,
+      so results match the CPU path up to float rounding;
+    - more rows (prefill), with in/out multiples of 16: torch._scaled_mm with the activations quantized to
+      fp8 per token on the fly (W8A8, so results differ slightly from the CPU path);
+    - more rows with other shapes: the registered kernel, else dequantize then matmul.
+    Older GPUs dequantize then matmul.
     """
 
     format_name = "fp8"
@@ -298,13 +324,24 @@ class Fp8Linear(QuantizedLinear):
         return (self.qweight.float() * self.scale[:, None]).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and "fp8" not in _KERNELS and self._scaled_mm_fits(x):
+        path = self.cuda_path(x) if x.is_cuda else "reference"
+        if path == "kernel":
+            return _KERNELS[self.format_name](self, x)
+        if path == "scaled_mm":
             return self._scaled_mm_forward(x)
-        return super().forward(x)
+        return self.reference_forward(x)
+
+    def cuda_path(self, x: torch.Tensor) -> str:
+        """Which path serves a CUDA input x: "kernel", "scaled_mm" or "reference" (see the class doc)."""
+        scaled_mm = self._scaled_mm_fits(x)
+        small = x.numel() // self.in_features <= FP8_WEIGHT_ONLY_MAX_ROWS
+        if self.format_name in _KERNELS and (small or not scaled_mm):
+            return "kernel"
+        return "scaled_mm" if scaled_mm else "reference"
 
     def _scaled_mm_fits(self, x: torch.Tensor) -> bool:
         return (
-            torch.cuda.get_device_capability(x.device) >= (8, 9)
+            torch.cuda.get_device_capability(x.device) >= FP8_MIN_CAPABILITY
             and self.in_features % 16 == 0
             and self.out_features % 16 == 0
             and x.dtype in (torch.bfloat16, torch.float16, torch.float32)

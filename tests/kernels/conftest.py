@@ -1,23 +1,10 @@
-"""Kernel tests run on CUDA when there is a GPU, else on CPU through the Triton interpreter.
-
-TRITON_INTERPRET must be set before the kernel modules are imported (Triton picks interpreter or
-compiler when it decorates the kernels), so it is set here, before any test module imports them.
-"""
-
-import importlib.util
-import os
+"""Kernel tests run on CUDA when there is a GPU, else on CPU through the Triton interpreter
+(kernel_env.py sets it up; importing it here does so before any test module imports the kernels)."""
 
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-if HAS_TRITON and not HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-needs_kernels = pytest.mark.skipif(
-    not HAS_TRITON, reason="needs CUDA or the Triton interpreter (pip install -r requirements/kernels.txt)")
+from kernel_env import HAS_CUDA
 
 
 @pytest.fixture

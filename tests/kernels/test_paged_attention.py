@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import HAS_CUDA, needs_kernels
+from kernel_env import HAS_CUDA, needs_kernels
 
 pytestmark = needs_kernels
 

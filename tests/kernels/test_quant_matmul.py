@@ -1,10 +1,10 @@
-"""int8 / int4 weight-only linear kernels against plain torch, and against quantization.py's modules
+"""int8 / int4 / fp8 weight-only linear kernels against plain torch, and against quantization.py's modules
 (whose storage format the kernels read)."""
 
 import pytest
 import torch
 
-from conftest import needs_kernels
+from kernel_env import needs_kernels
 
 pytestmark = needs_kernels
 
@@ -24,6 +24,37 @@ def int4_case(generator, out_f, in_f, rows, group, dtype):
     scales = (torch.rand(out_f, groups, generator=generator) * 0.01 + 1e-3).half()
     zeros = torch.randint(0, 16, (out_f, groups), generator=generator, dtype=torch.uint8)
     return x, packed, scales, zeros
+
+
+def fp8_case(generator, out_f, in_f, rows, dtype):
+    x = torch.randn(rows, in_f, generator=generator).to(dtype)
+    # Magnitudes from e4m3 subnormals (< 2**-6) up to the 448 clamp, both signs; no NaN bytes, as
+    # Fp8Linear.from_float never stores one either.
+    magnitude = 2.0 ** torch.randint(-12, 8, (out_f, in_f), generator=generator)
+    w = (torch.randn(out_f, in_f, generator=generator) * magnitude).clamp(-448, 448)
+    qweight = w.to(torch.float8_e4m3fn)
+    scale = torch.rand(out_f, generator=generator) * 0.01 + 1e-3
+    bias = torch.randn(out_f, generator=generator)
+    return x, qweight, scale, bias
+
+
+class _PoisonedTorch:
+    """quant_matmul's ``torch`` with ``empty`` filled with NaN: an output (or split-K partial) element
+    the kernels' masks fail to write reaches the result as NaN, which rel_error refuses."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return torch.empty(*args, **kwargs).fill_(float("nan"))
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    from qwen_triton.kernels import quant_matmul
+
+    monkeypatch.setattr(quant_matmul, "torch", _PoisonedTorch())
 
 
 @pytest.mark.parametrize("path", ["gemv", "gemm"])
@@ -56,6 +87,40 @@ def test_int4_linear(generator, device, rel_error, path, symmetric, split_k, gro
     assert rel_error(out, expected) < 2e-3
 
 
+@pytest.mark.parametrize("path", [None, "gemv", "gemm"])
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("split_k", [None, 3])
+def test_fp8_linear(generator, device, rel_error, poisoned_outputs, path, rows, with_bias, split_k):
+    """37 outputs (not a multiple of any BLOCK_N), 999 inputs (odd: every K tile is ragged); 17 rows
+    need a second GEMM row tile."""
+    from qwen_triton.kernels import fp8_linear
+    from qwen_triton.kernels.reference import fp8_linear_reference
+
+    x, qweight, scale, bias = fp8_case(generator, 37, 999, rows, torch.float16)
+    bias = bias if with_bias else None
+    out = fp8_linear(x.to(device), qweight.to(device), scale.to(device), None if bias is None else bias.to(device),
+                     path=path, split_k=split_k)
+    assert out.shape == (rows, 37) and out.dtype == torch.float16
+    assert rel_error(out, fp8_linear_reference(x, qweight, scale, bias, torch.float64)) < 2e-3
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 6e-3), (torch.float32, None)])
+def test_fp8_linear_other_activation_dtypes(generator, device, rel_error, poisoned_outputs, dtype, tolerance):
+    """bf16 (what serving uses; its 8-bit mantissa bounds the error) and float32 (tf32 dots on GPU),
+    [batch, seq, in] input."""
+    from qwen_triton.kernels import fp8_linear
+    from qwen_triton.kernels.reference import fp8_linear_reference
+
+    x, qweight, scale, bias = fp8_case(generator, 50, 640, 6, dtype)
+    out = fp8_linear(x.view(2, 3, 640).to(device), qweight.to(device), scale.to(device), bias.to(device))
+    assert out.shape == (2, 3, 50) and out.dtype == dtype
+    if tolerance is None:
+        tolerance = 5e-3 if device.type == "cuda" else 1e-5
+    expected = fp8_linear_reference(x, qweight, scale, bias, torch.float64)
+    assert rel_error(out.reshape(6, 50), expected) < tolerance
+
+
 def test_float32_activations_and_3d_input(generator, device, rel_error):
     """[batch, seq, in] inputs keep their leading shape; float32 works (tf32 dots on GPU)."""
     from qwen_triton.kernels import int8_linear
@@ -85,8 +150,23 @@ def test_reads_the_quantization_modules_format(generator, device, rel_error):
     assert rel_error(out4, int4.reference_forward(x.double())) < 2e-3
 
 
+@pytest.mark.parametrize("rows", [1, 16])
+def test_fp8_kernel_is_weight_only_like_the_cpu_path(generator, device, rel_error, rows):
+    """On Fp8Linear's buffers the kernel agrees with dequantize-then-matmul to bf16 rounding: x is
+    never quantized (torch._scaled_mm's W8A8 path is ~3 % off; see tests/quant/test_gpu.py)."""
+    from qwen_triton import quantization as quant
+    from qwen_triton.kernels import fp8_linear
+
+    weight = torch.randn(96, 320, generator=generator) * 0.05
+    module = quant.Fp8Linear.from_float(weight, torch.randn(96, generator=generator))
+    x = torch.randn(rows, 320, generator=generator).bfloat16()
+    out = fp8_linear(x.to(device), module.qweight.to(device), module.scale.to(device),
+                     module.bias.bfloat16().to(device))
+    assert rel_error(out, module.reference_forward(x.double())) < 6e-3
+
+
 def test_bad_inputs_name_the_field(generator, device):
-    from qwen_triton.kernels import int4_linear, int8_linear
+    from qwen_triton.kernels import fp8_linear, int4_linear, int8_linear
 
     x, qweight, scale, _ = int8_case(generator, 16, 64, 1, torch.float16)
     with pytest.raises(ValueError, match="qweight"):
@@ -99,6 +179,15 @@ def test_bad_inputs_name_the_field(generator, device):
         int8_linear(x, qweight, scale, torch.zeros(3))
     with pytest.raises(ValueError, match="path"):
         int8_linear(x, qweight, scale, path="fast")
+    _, fp8_weight, fp8_scale, _ = fp8_case(generator, 16, 64, 1, torch.float16)
+    with pytest.raises(ValueError, match="qweight: expected a row-contiguous float8_e4m3fn"):
+        fp8_linear(x, qweight, scale)
+    with pytest.raises(ValueError, match="qweight"):
+        fp8_linear(x, fp8_weight.t(), fp8_scale)
+    with pytest.raises(ValueError, match="scale"):
+        fp8_linear(x, fp8_weight, fp8_scale[:3])
+    with pytest.raises(ValueError, match="bias"):
+        fp8_linear(x, fp8_weight, fp8_scale, torch.zeros(3))
     x4, packed, scales, zeros = int4_case(generator, 16, 128, 1, 32, torch.float16)
     with pytest.raises(ValueError, match="group_size"):
         int4_linear(x4, packed, scales, zeros, 48)

@@ -1,4 +1,5 @@
-"""GPU fast-path kernels (Triton language): paged decode attention and weight-only quantized linears.
+"""GPU fast-path kernels (Triton language): paged decode attention and weight-only quantized linears
+(int8, int4, fp8).
 
 Importing this package never imports ``triton``: CPU-only code (and CI) can import it freely, ask
 ``kernels_usable(device)`` and fall back to the torch paths. The kernel functions themselves are
@@ -26,6 +27,7 @@ _LAZY_ATTRIBUTES = {
     "paged_decode_attention": "paged_attention",
     "choose_num_splits": "paged_attention",
     "int8_linear": "quant_matmul",
+    "fp8_linear": "quant_matmul",
     "int4_linear": "quant_matmul",
 }
 

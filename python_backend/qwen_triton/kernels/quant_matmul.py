@@ -2,6 +2,10 @@
 
 Formats (those of quantization.py, which owns them):
 - int8: ``qweight`` int8 [out, in], ``scale`` float [out] (per output channel, symmetric).
+- fp8: ``qweight`` float8_e4m3fn [out, in], ``scale`` float [out] (per output channel). Weight-only:
+  x stays in its float dtype, so results are the dequantize-then-matmul reference's up to float
+  rounding (torch._scaled_mm, by contrast, needs x quantized to fp8 too). Triton knows e4m3
+  (``tl.float8e4nv``) on compute capability >= 8.9 only.
 - int4: ``qweight_packed`` uint8 [out, in/2], element 2j in the low nibble and 2j+1 in the high one,
   each output row contiguous; ``scales`` [out, groups] (fp16 or fp32) and ``zeros`` [out, groups]
   (uint8 or float; None = symmetric, zero point 8); w = (q - zero) * scale per group of
@@ -13,12 +17,13 @@ Two kernel shapes per format:
   float32 accumulator that is reduced once at the end. The integer -> float conversion uses the
   float32 "magic number" trick (OR the integer into the mantissa of 2**23, subtract 2**23): one
   logic op and one add instead of a conversion instruction, whose throughput would otherwise cap
-  int4 at well under the memory bandwidth.
-- GEMM (more rows): tensor-core dots on weights converted to the activations' dtype (int8 and
-  nibbles are exact in bf16/fp16); scales (and zero points) are applied to the dot's result, so
-  the dot itself sees small exact integers.
+  int4 at well under the memory bandwidth. fp8 uses the hardware e4m3 conversion.
+- GEMM (more rows): tensor-core dots on weights converted to the activations' dtype (int8,
+  nibbles and e4m3 values are all exact in bf16/fp16); scales (and zero points) are applied to the
+  dot's result, so the dot itself sees the stored values exactly.
 
-fp8 weights need no kernel here: quantization.Fp8Linear runs them through torch._scaled_mm.
+int8 and fp8 share every kernel line but the byte -> float conversion (the ``FMT`` constexpr picks
+it); quantization.Fp8Linear sends small batches here and prefill to torch._scaled_mm.
 """
 
 from __future__ import annotations
@@ -49,14 +54,19 @@ def _int8_to_float(w_u8, FAST_CVT: tl.constexpr):
 
 
 @triton.jit
-def _int8_tile(w_ptr, cols, col_ok, k0, K, stride_wn, EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr,
-               BLOCK_K: tl.constexpr):
-    """int8 weights [BLOCK_N, BLOCK_K] of rows ``cols``, inputs k0.., as float32 integers (the
-    per-channel scale is applied to the output)."""
+def _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT: tl.constexpr, EVEN_K: tl.constexpr,
+               FAST_CVT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One-byte weights [BLOCK_N, BLOCK_K] of rows ``cols``, inputs k0..: int8 as float32 integers,
+    fp8 as tl.float8e4nv values, which the caller converts once, straight to the type it computes in
+    (float32 FMAs or x's dtype for dots; e4m3 is exact in both). The per-channel scale is applied to
+    the output."""
     k = k0 + tl.arange(0, BLOCK_K)
     mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (k < K)[None, :]
     w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + k[None, :], mask=mask, other=0)
-    return _int8_to_float(w, FAST_CVT)
+    if FMT == "fp8":
+        return w.to(tl.float8e4nv, bitcast=True)   # masked-off bytes are 0x00, which is +0.0
+    else:
+        return _int8_to_float(w, FAST_CVT)
 
 
 @triton.jit
@@ -89,9 +99,9 @@ def _int4_tile(w_ptr, scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, str
 
 @triton.jit
 def _store_output(y, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr, stride_ym,
-                  INT4: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+                  FMT: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
     """y [R, BLOCK_N] float32 -> the output, or this split's float32 partial [splits, M, N]."""
-    if not INT4:
+    if FMT != "int4":   # per-channel formats scale the output; int4 scaled each group already
         y = y * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT:
@@ -106,7 +116,7 @@ def _store_output(y, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_pt
 def _gemv_kernel(
     x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FAST_CVT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -127,28 +137,29 @@ def _gemv_kernel(
             x = tl.load(x_row + k0 + ks).to(tl.float32)
         else:
             x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0).to(tl.float32)
-        if INT4:
+        if FMT == "int4":
             w, scale = _int4_tile(w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
                                   stride_zn, GROUP, HAS_ZEROS, EVEN_K, FAST_CVT, BLOCK_K)
             acc += (w * x[None, :]) * scale[:, None]
         else:
-            acc += _int8_tile(w_ptr, cols, col_ok, k0, K, stride_wn, EVEN_K, FAST_CVT, BLOCK_K) * x[None, :]
+            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
+            acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
     _store_output(y, rows, cols, rows < M, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr,
-                  stride_ym, INT4, HAS_BIAS, SPLIT)
+                  stride_ym, FMT, HAS_BIAS, SPLIT)
 
 
 @triton.jit
 def _gemm_kernel(
     x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FAST_CVT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Tensor-core dots on weight tiles converted to x's dtype (int8 values and int4 q - zero are
-    exact in bf16/fp16); scales multiply the dots' float32 results."""
+    """Tensor-core dots on weight tiles converted to x's dtype (int8 values, int4 q - zero and e4m3
+    values are exact in bf16/fp16); scales multiply the dots' float32 results."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     split = tl.program_id(2)
@@ -166,16 +177,16 @@ def _gemm_kernel(
             x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None], other=0.0)
         else:
             x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
-        if INT4:
+        if FMT == "int4":
             # (q - zero) is exact in x's dtype; the group scale multiplies the tile's dot.
             w, scale = _int4_tile(w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
                                   stride_zn, GROUP, HAS_ZEROS, EVEN_K, FAST_CVT, BLOCK_K)
             acc += tl.dot(x, tl.trans(w.to(x.dtype))) * scale[None, :]
         else:
-            w = _int8_tile(w_ptr, cols, col_ok, k0, K, stride_wn, EVEN_K, FAST_CVT, BLOCK_K)
+            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
     _store_output(acc, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr,
-                  stride_ym, INT4, HAS_BIAS, SPLIT)
+                  stride_ym, FMT, HAS_BIAS, SPLIT)
 
 
 @triton.jit
@@ -199,10 +210,13 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # ----------------------------------------------------------------------------------------------------
 
 # Best of the sweep on H100 (Qwen2.5-7B shapes) on 2026-11-25; see docs/benchmarks.md "GPU kernels".
+# fp8 starts from int8's settings (same bytes per weight, same loads); not swept yet.
 GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-               "int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)}
+               "int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
+               "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)}
 GEMM_CONFIG = {"int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-               "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3)}
+               "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+               "fp8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)}
 # Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
 # (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
 # once more) under an eighth of the weight bytes.
@@ -241,19 +255,19 @@ def _check_bias(bias, out_features: int):
         raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
 
 
-def _launch(x, weight, scale, zeros, bias, *, int4, group_size, out_features, in_features, name,
+def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_features, name,
             config, path, split_k):
-    """Shared host side of int8_linear / int4_linear: pick kernel, tiles and K split; launch."""
+    """Shared host side of int8_linear / fp8_linear / int4_linear: pick kernel, tiles and K split;
+    launch. ``fmt`` is "int8", "fp8" or "int4"."""
     _check_bias(bias, out_features)
     rows = _as_rows(x, in_features, name)
     m = rows.shape[0]
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
     gemv = _use_gemv(m, path)
-    fmt = "int4" if int4 else "int8"
     cfg = {**(GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt], "FAST_CVT": True, **(config or {})}
     if not gemv and "BLOCK_M" not in (config or {}):
         cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
-    if int4:
+    if fmt == "int4":
         cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size)   # a tile never straddles two groups
     block_k = cfg["BLOCK_K"]
     grid_n = triton.cdiv(out_features, cfg["BLOCK_N"])
@@ -270,7 +284,7 @@ def _launch(x, weight, scale, zeros, bias, *, int4, group_size, out_features, in
         rows, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
         m, out_features, in_features, k_per_split,
         rows.stride(0), weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
-        INT4=int4, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
+        FMT=fmt, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
         EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, **cfg)
     if split_k > 1:
         block = 1024
@@ -280,21 +294,38 @@ def _launch(x, weight, scale, zeros, bias, *, int4, group_size, out_features, in
     return y.view(*x.shape[:-1], out_features)
 
 
+def _check_per_channel(qweight, scale, dtype, dtype_name):
+    if qweight.dtype != dtype or qweight.dim() != 2 or qweight.stride(1) != 1:
+        raise ValueError(f"qweight: expected a row-contiguous {dtype_name} [out, in], got {qweight.dtype} "
+                         f"{tuple(qweight.shape)}")
+    out_features, in_features = qweight.shape
+    if tuple(scale.shape) != (out_features,):
+        raise ValueError(f"scale: expected shape [{out_features}] (one per output channel), got {tuple(scale.shape)}")
+    return out_features, in_features
+
+
 def int8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=None):
     """y = x @ (qweight * scale[:, None])^T + bias, x [..., in] -> y [..., out] in x's dtype.
 
     Keyword-only overrides, for benchmarks: ``config`` (tiles, warps), ``path`` ("gemv" / "gemm"),
     ``split_k`` (programs along the input dimension).
     """
-    if qweight.dtype != torch.int8 or qweight.dim() != 2 or qweight.stride(1) != 1:
-        raise ValueError(f"qweight: expected a row-contiguous int8 [out, in], got {qweight.dtype} "
-                         f"{tuple(qweight.shape)}")
-    out_features, in_features = qweight.shape
-    if tuple(scale.shape) != (out_features,):
-        raise ValueError(f"scale: expected shape [{out_features}] (one per output channel), got {tuple(scale.shape)}")
+    out_features, in_features = _check_per_channel(qweight, scale, torch.int8, "int8")
     # Kernels read the int8 bytes as uint8: the float conversion trick works on unsigned bytes.
-    return _launch(x, qweight.view(torch.uint8), scale, None, bias, int4=False, group_size=1,
+    return _launch(x, qweight.view(torch.uint8), scale, None, bias, fmt="int8", group_size=1,
                    out_features=out_features, in_features=in_features, name="int8_linear",
+                   config=config, path=path, split_k=split_k)
+
+
+def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=None):
+    """y = x @ (qweight.float() * scale[:, None])^T + bias with qweight float8_e4m3fn [out, in];
+    x [..., in] -> y [..., out] in x's dtype, x never quantized. On CUDA: compute capability >= 8.9.
+    Overrides as for `int8_linear`.
+    """
+    out_features, in_features = _check_per_channel(qweight, scale, torch.float8_e4m3fn, "float8_e4m3fn")
+    # Passed as uint8 and bitcast in the kernel, so int8 and fp8 share the byte loads.
+    return _launch(x, qweight.view(torch.uint8), scale, None, bias, fmt="fp8", group_size=1,
+                   out_features=out_features, in_features=in_features, name="fp8_linear",
                    config=config, path=path, split_k=split_k)
 
 
@@ -323,6 +354,6 @@ def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, conf
     Overrides as for `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
-    return _launch(x, qweight_packed, scales, zeros, bias, int4=True, group_size=group_size,
+    return _launch(x, qweight_packed, scales, zeros, bias, fmt="int4", group_size=group_size,
                    out_features=out_features, in_features=in_features, name="int4_linear",
                    config=config, path=path, split_k=split_k)

@@ -79,6 +79,10 @@ def int8_linear_reference(x, qweight, scale, bias=None, dtype=torch.float32):
     return y if bias is None else y + bias.to(dtype)
 
 
+# fp8 (float8_e4m3fn qweight, per-channel scale) has the same definition: the stored values times the scale.
+fp8_linear_reference = int8_linear_reference
+
+
 def int4_linear_reference(x, qweight_packed, scales, zeros, group_size, bias=None, dtype=torch.float32):
     weight = int4_dequantize(qweight_packed, scales, zeros, group_size, dtype)
     y = x.to(dtype) @ weight.T
