@@ -155,6 +155,24 @@ def decode_batch1(engine: LLMEngine, max_tokens: int = 256) -> float:
     return (result["output_tokens"] - 1) / decode_time
 
 
+# The seed README compared "native", "8-bit" and "optimized" loading by latency, QPS and memory; these
+# are the formats that fill those rows, measured.
+SEED_ROWS = {"none": "native (bf16)", "int8": "8-bit (int8 weights)", "layered": "optimized (layered: MLP int4, attention int8)"}
+SEED_CONCURRENCY = 16
+
+
+def service_figures(engine: LLMEngine, decode_tok_s: float) -> dict:
+    """One 512+256 request alone (its latency), then 16 at once (queries per second), and the memory
+    that load needs: the weights plus the KV of 16 sequences of 768 tokens."""
+    vocab = engine.hf_config.vocab_size
+    alone = run_requests(engine, prompt_ids(vocab, 1, 512), 256)
+    load = run_requests(engine, prompt_ids(vocab, SEED_CONCURRENCY, 512), 256)
+    kv_bytes = SEED_CONCURRENCY * 768 * engine.kv_cache.spec.bytes_per_token()
+    return {"request_latency_s": alone["elapsed_s"], "ttft_512_s": alone["ttft_s"][0],
+            "ms_per_token": 1e3 / decode_tok_s, "qps": SEED_CONCURRENCY / load["elapsed_s"],
+            "memory_bytes": bytes_read_per_step(engine) + kv_bytes}
+
+
 def hf_eager(checkpoint: Path, batch: int, new_tokens: int = 128) -> float:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -221,7 +239,7 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
     result = {"shape": shape, "decode": {}, "throughput": {}}
     for fmt in formats:
         try:
-            engine = engine_for(checkpoint, fmt, max_num_seqs=8)
+            engine = engine_for(checkpoint, fmt, max_num_seqs=SEED_CONCURRENCY)
         except Exception as error:  # a format the GPU cannot do is reported, not fatal
             result["decode"][fmt] = {"error": repr(error)}
             log(shape, fmt, "failed:", repr(error))
@@ -232,6 +250,9 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
         result["decode"][fmt] = {"tok_per_s": tok_s, "bound_tok_per_s": bound, "fraction": tok_s / bound,
                                  "weight_bytes": weight_bytes}
         log(f"{shape} {fmt}: {tok_s:.1f} tok/s, bound {bound:.1f} ({100 * tok_s / bound:.0f} %)")
+        if fmt in SEED_ROWS:
+            result["decode"][fmt]["service"] = service_figures(engine, tok_s)
+            log(shape, fmt, result["decode"][fmt]["service"])
         del engine
         release()
     engine = engine_for(checkpoint)
@@ -279,6 +300,15 @@ def print_tables(report: dict) -> None:
                 continue
             log(f"| {s['shape']} | {fmt} | {d['weight_bytes'] / 1e9:.2f} | {d['tok_per_s']:.1f} | "
                 f"{d['bound_tok_per_s']:.1f} | {100 * d['fraction']:.0f} % | {s['hf_eager_bf16_batch1_tok_per_s']:.1f} |")
+    log("\n| shape | setup | latency of one 512+256 request s | ms/token (batch 1) | TTFT 512 ms | "
+        f"QPS at {SEED_CONCURRENCY} concurrent | memory GB (weights + KV of {SEED_CONCURRENCY} x 768 tokens) |")
+    log("|---|---|---|---|---|---|---|")
+    for s in report["shapes"]:
+        for fmt, label in SEED_ROWS.items():
+            f = s["decode"].get(fmt, {}).get("service")
+            if f:
+                log(f"| {s['shape']} | {label} | {f['request_latency_s']:.2f} | {f['ms_per_token']:.2f} | "
+                    f"{1e3 * f['ttft_512_s']:.1f} | {f['qps']:.2f} | {f['memory_bytes'] / 1e9:.1f} |")
     log("\n| shape | concurrent | output tok/s | bound tok/s | % | TTFT p50/p99 ms | ITL p50/p99 ms | step bound ms |")
     log("|---|---|---|---|---|---|---|---|")
     for s in report["shapes"]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_quant import dequantize_kv, gather_dequantized, write_quantized_kv
+from .transfer import to_device
 
 
 @dataclass
@@ -180,8 +181,8 @@ def build_plan(meta: AttentionMetadata) -> MixedPlan:
             plan.chunks.append((start, n, context, row))
         start += n
     if decode_rows:
-        rows = torch.tensor(decode_rows, device=device)
-        plan.decode_tokens = torch.tensor(decode_tokens, device=device)
+        rows = to_device(decode_rows, torch.long, device)
+        plan.decode_tokens = to_device(decode_tokens, torch.long, device)
         plan.decode_meta = AttentionMetadata(
             slot_mapping=meta.slot_mapping, block_tables=meta.block_tables[rows].contiguous(),
             context_lens=meta.context_lens[rows].contiguous(), is_decode=True, window=meta.window, sinks=meta.sinks)
@@ -189,8 +190,8 @@ def build_plan(meta: AttentionMetadata) -> MixedPlan:
         width = max(n for _, n in fresh)
         tokens = [s + i for s, n in fresh for i in range(n)]
         slots = [row * width + i for row, (_, n) in enumerate(fresh) for i in range(n)]
-        plan.fresh_tokens = torch.tensor(tokens, device=device)
-        plan.fresh_slots = torch.tensor(slots, device=device)
+        plan.fresh_tokens = to_device(tokens, torch.long, device)
+        plan.fresh_slots = to_device(slots, torch.long, device)
         plan.fresh_shape = (len(fresh), width)
     return plan
 

@@ -31,6 +31,7 @@ class EngineConfig:
     attention_window: int = 0                    # 0 = full attention; W = keep the last W tokens ...
     attention_sinks: int = 4                     # ... plus the first S tokens (StreamingLLM)
     cuda_graphs: bool = True                     # capture decode steps on CUDA
+    overlap_steps: bool = True                   # launch decode step n+1 before reading step n's tokens
     seed: int = 0                                # for requests without a seed
 
     def __post_init__(self):

@@ -17,11 +17,12 @@ from .kv_cache import KVCache, KVCacheSpec, storage_dtype
 from .model import DecoderModel
 from .model_runner import ModelRunner
 from .prequantized import install_quantized_layers, prequantized_config
-from .sampler import Sampler
+from .sampler import SampledTokens, Sampler
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
-from .sequence import Sequence
+from .scheduler import ScheduledSequence, Scheduler
+from .sequence import Sequence, SequenceStatus
 from .tokenization import PromptTokenizer
+from .transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,14 @@ class EngineStats:
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    steps_launched_ahead: int = 0   # decode steps queued before the previous step's tokens were read
+
+
+@dataclass
+class _LaunchedStep:
+    """A step queued on the device whose sampled tokens the host has not read yet."""
+    seqs: list[Sequence]             # the sequences that sample in it, in the order of its rows
+    sampled: SampledTokens | None    # None: no sequence samples (prompt chunks only)
 
 
 @dataclass(eq=False)
@@ -88,6 +97,8 @@ class LLMEngine:
                                   cuda_graphs=config.cuda_graphs)
         self.sampler = Sampler(self.hf_config.vocab_size)
         self.requests: dict[str, _Request] = {}
+        self._in_flight: _LaunchedStep | None = None  # a decode step launched ahead (see step())
+        self.steps_launched_ahead = 0
         self.prompt_tokens_total = self.generation_tokens_total = 0
         torch.manual_seed(config.seed)  # the shared stream of unseeded requests
         log.info("engine ready: %s, %s on %s, %d KV blocks of %d tokens", checkpoint, self.dtype, self.device,
@@ -192,26 +203,92 @@ class LLMEngine:
         return self._output(request, final=True)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._in_flight is not None
 
     # -- stepping --------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
-            return []
+        """Run one step and return what it produced.
+
+        With `overlap_steps`, a pure decode step is followed on the device by the next one before the host
+        reads its tokens: the next step's inputs are the sampled tokens still on the device, so the host's
+        bookkeeping (appending tokens, detokenizing, stop checks, building outputs) runs while the GPU
+        computes, instead of between GPU steps. A sequence that turns out to have finished just wastes its
+        row of the step launched ahead.
+        """
+        try:
+            current = self._in_flight
+            if current is None:
+                scheduled = self.scheduler.schedule()
+                if not scheduled:
+                    return []
+                current = self._launch(scheduled)
+            self._in_flight = self._launch_ahead(current) if self.config.overlap_steps else None
+            return self._complete(current)
+        except Exception:
+            self._in_flight = None  # the caller fails the requests; nothing may point at their state
+            raise
+
+    def _launch(self, scheduled: list[ScheduledSequence]) -> _LaunchedStep:
         logits = self.runner.run(scheduled)
         sampling = [item.seq for item in scheduled if item.samples]
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_tokens
             self.block_manager.register_full_blocks(item.seq)
-        tokens, logprobs = self.sampler(logits, sampling) if sampling else ([], [])
+        return _LaunchedStep(sampling, self.sampler.sample(logits, sampling) if sampling else None)
+
+    def _launch_ahead(self, current: _LaunchedStep) -> _LaunchedStep | None:
+        """The decode step after `current`, fed by its tokens on the device; None where the scheduler must
+        decide the next step (requests waiting, sequences not in `current`, blocks running out)."""
+        seqs = self._ahead_batch(current)
+        if not seqs:
+            return None
+        for seq in seqs:
+            self.block_manager.append_slots(seq, 1)
+        tokens = current.sampled.tokens
+        if len(seqs) < len(current.seqs):
+            keep = {id(seq) for seq in seqs}
+            rows = [row for row, seq in enumerate(current.seqs) if id(seq) in keep]
+            tokens = tokens.index_select(0, to_device(rows, torch.long, tokens.device))
+        logits = self.runner.run([ScheduledSequence(seq, 1) for seq in seqs], input_ids=tokens)
+        for seq in seqs:
+            # Its last token is still on the device; the prefix cache indexes the block once the host has it.
+            seq.num_computed_tokens += 1
+        self.steps_launched_ahead += 1
+        return _LaunchedStep(seqs, self.sampler.sample(logits, seqs))
+
+    def _ahead_batch(self, current: _LaunchedStep) -> list[Sequence]:
+        if current.sampled is None or self.scheduler.waiting:
+            return []
+        in_current = {id(seq) for seq in current.seqs}
+        if any(id(seq) not in in_current for seq in self.scheduler.running):
+            return []  # a sequence mid-prompt: the scheduler gives it its chunk
+        seqs = [seq for seq in current.seqs if seq.status is SequenceStatus.RUNNING and not self._last_token_next(seq)]
+        # Penalties read the token history on the host, which lacks the tokens still on the device.
+        if any(seq.params.has_penalties for seq in seqs):
+            return []
+        needed = sum(self.block_manager.blocks_needed(seq, 1) for seq in seqs)
+        return seqs if needed <= self.block_manager.num_free_blocks else []
+
+    def _last_token_next(self, seq: Sequence) -> bool:
+        """The token on its way (not yet appended) is certainly the sequence's last: it reaches a length limit."""
+        return len(seq.output_token_ids) + 1 >= seq.params.max_tokens or len(seq) + 1 >= self.max_model_len
+
+    def _complete(self, step: _LaunchedStep) -> list[RequestOutput]:
+        """Read the step's tokens (waiting for that step alone) and apply them to their sequences."""
+        if step.sampled is None:
+            return []
+        tokens, logprobs = step.sampled.lists()
         now = time.monotonic()
         outputs = []
-        for seq, token, logprob in zip(sampling, tokens, logprobs):
-            request = self.requests[seq.request_id]
+        for seq, token, logprob in zip(step.seqs, tokens, logprobs):
+            request = self.requests.get(seq.request_id)
+            if request is None or request.seq is not seq:
+                continue  # finished or aborted while this step was on its way: its token is void
             seq.first_token_time = seq.first_token_time or now
             self._append(request, token, logprob)
+            if not seq.is_finished:
+                self.block_manager.register_full_blocks(seq)
             outputs.append(self._output(request, final=seq.is_finished))
         return outputs
 
@@ -250,4 +327,4 @@ class LLMEngine:
         bm = self.block_manager
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.num_blocks,
                            bm.num_free_blocks, bm.counters.queries, bm.counters.hits, self.scheduler.num_preemptions,
-                           self.prompt_tokens_total, self.generation_tokens_total)
+                           self.prompt_tokens_total, self.generation_tokens_total, self.steps_launched_ahead)

@@ -18,6 +18,7 @@ from .attention import AttentionMetadata, _cuda_decode_kernel
 from .kv_cache import KVCache
 from .model import DecoderModel
 from .scheduler import ScheduledSequence
+from .transfer import to_device
 
 
 @dataclass
@@ -25,7 +26,7 @@ class StepInputs:
     input_ids: torch.Tensor
     positions: torch.Tensor
     meta: AttentionMetadata
-    sample_rows: torch.Tensor     # rows of the flat hidden states whose logits are needed
+    sample_rows: torch.Tensor | None  # rows of the flat hidden states whose logits are needed (None: all)
 
 
 class ModelRunner:
@@ -44,38 +45,52 @@ class ModelRunner:
             self._capture_graphs(max_num_seqs)
 
     @torch.inference_mode()
-    def run(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
-        """Logits [number of sampling sequences, vocab] in float32."""
-        inputs = self._prepare(scheduled)
+    def run(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [number of sampling sequences, vocab] in float32.
+
+        `input_ids`: for a decode step launched before the host has read the previous step's tokens, the
+        device tensor holding them (one per scheduled sequence); otherwise they come from the sequences.
+        """
+        inputs = self._prepare(scheduled, input_ids)
         batch = len(scheduled)
         if inputs.meta.is_decode and self.graph_sizes and batch <= self.graph_sizes[-1]:
             hidden = self._replay(inputs, batch)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
-        return self.model.compute_logits(hidden[inputs.sample_rows])
+        if inputs.sample_rows is not None:
+            hidden = hidden[inputs.sample_rows]
+        return self.model.compute_logits(hidden)
 
-    def _prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
+    def _prepare(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor | None) -> StepInputs:
         if all(item.num_tokens == 1 for item in scheduled):
-            input_ids, positions, slots, context_lens = self._decode_rows(scheduled)
-            query_lens, sample_rows = [1] * len(scheduled), list(range(len(scheduled)))
+            host_ids, positions, slots, context_lens = self._decode_rows(scheduled, input_ids is None)
+            query_lens = [1] * len(scheduled)
+            # Usually every row samples (no gather needed); a prompt's 1-token chunk that is not its last does
+            # not. Rows fed by device input ids continue a generation, so they always sample.
+            sampling = [row for row, item in enumerate(scheduled) if input_ids is not None or item.samples]
+            sample_rows = None if len(sampling) == len(scheduled) else sampling
         else:
-            input_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
-        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
+            assert input_ids is None, "device input ids are for decode steps"
+            host_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
         meta = AttentionMetadata(
-            slot_mapping=as_tensor(slots, torch.long), block_tables=self._block_tables(scheduled),
-            context_lens=as_tensor(context_lens, torch.int32), is_decode=len(input_ids) == len(scheduled),
-            query_lens=query_lens, context_lens_cpu=context_lens, window=self.window, sinks=self.sinks)
-        return StepInputs(as_tensor(input_ids, torch.long), as_tensor(positions, torch.long), meta,
-                          as_tensor(sample_rows, torch.long))
+            slot_mapping=to_device(slots, torch.long, self.device), block_tables=self._block_tables(scheduled),
+            context_lens=to_device(context_lens, torch.int32, self.device),
+            is_decode=len(positions) == len(scheduled), query_lens=query_lens, context_lens_cpu=context_lens,
+            window=self.window, sinks=self.sinks)
+        if input_ids is None:
+            input_ids = to_device(host_ids, torch.long, self.device)
+        return StepInputs(input_ids, to_device(positions, torch.long, self.device), meta,
+                          None if sample_rows is None else to_device(sample_rows, torch.long, self.device))
 
-    def _decode_rows(self, scheduled: list[ScheduledSequence]):
+    def _decode_rows(self, scheduled: list[ScheduledSequence], with_ids: bool):
         """One new token per sequence: the common step, kept to a few list operations per row."""
         bs = self.block_size
         input_ids, positions, slots = [], [], []
         for item in scheduled:
             seq = item.seq
             pos = seq.num_computed_tokens
-            input_ids.append(seq.token_ids[pos])
+            if with_ids:
+                input_ids.append(seq.token_ids[pos])
             positions.append(pos)
             slots.append(seq.block_table[pos // bs] * bs + pos % bs)
         return input_ids, positions, slots, [p + 1 for p in positions]
@@ -103,7 +118,7 @@ class ModelRunner:
         for row, item in enumerate(scheduled):
             tables[row, : len(item.seq.block_table)] = item.seq.block_table
         tables[tables < 0] = self.scratch_block
-        return torch.from_numpy(tables).to(self.device)
+        return to_device(tables, torch.int32, self.device)
 
     # -- CUDA graphs -----------------------------------------------------------------------------
 
