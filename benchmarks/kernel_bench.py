@@ -10,8 +10,9 @@ the L2 cache, median of replays):
 - decode attention at Qwen2.5-7B shape (28 heads, 4 kv heads, head_dim 128, page 16), batch
   1/16/64/256 x context 512..4096, bf16 / int8 / fp8 KV, beside the bandwidth bound (KV bytes /
   copy bandwidth) and a gather + SDPA baseline;
-- int8 / int4 (group 128) linears at Qwen2.5-7B shapes, rows 1/16/64, beside bf16 torch matmul,
-  fp8 torch._scaled_mm (quantization.Fp8Linear) and the bound (weight bytes / copy bandwidth);
+- int8 / int4 (group 128) / fp8 weight-only linears at Qwen2.5-7B shapes, rows 1/4/16/64, beside bf16
+  torch matmul, fp8 torch._scaled_mm (quantization.Fp8Linear's W8A8 path, with and without its per-token
+  activation quantization) and the bound (weight bytes / copy bandwidth);
 - small sweeps of launch settings, so the defaults in the kernels can be chosen from data.
 It prints one table last and writes every number to the JSON file.
 """
@@ -43,7 +44,9 @@ LINEAR_SHAPES = {            # name: (out_features, in_features)
 }
 GROUP = 128
 SAVE_PROGRESS = lambda: None   # main() replaces it: write the JSON so far (a killed run keeps its numbers)
-LINEAR_COLUMNS = ("bf16", "int8", "int8_best", "int4", "int4_best", "fp8", "fp8_mm_only")
+# fp8_wo: the weight-only Triton kernel (qm.fp8_linear); fp8: Fp8Linear's _scaled_mm path (W8A8).
+LINEAR_COLUMNS = ("bf16", "int8", "int8_best", "int4", "int4_best", "fp8_wo", "fp8_wo_best", "fp8", "fp8_mm_only")
+KERNEL_FORMATS = ("int8", "int4", "fp8_wo")   # the formats our kernels serve: checked, swept
 DEVICE = "cuda"     # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
 
 
@@ -240,10 +243,15 @@ def make_weights(out_f, in_f):
     return dict(bf16=w, int8=int8, int4=int4, fp8=fp8)
 
 
+def stored_form(fmt):
+    """The make_weights entry a benchmark format reads: every fp8 variant reads the one Fp8Linear."""
+    return "fp8" if fmt.startswith("fp8") else fmt
+
+
 def weight_bytes(forms, fmt):
     if fmt == "bf16":
         return forms["bf16"].numel() * 2
-    return forms[fmt].weight_bytes()
+    return forms[stored_form(fmt)].weight_bytes()
 
 
 def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
@@ -256,9 +264,12 @@ def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
         m = forms["int4"]
         return lambda: qm.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path,
                                          split_k=split_k)
-    if fmt == "fp8":
+    if fmt == "fp8_wo":
         m = forms["fp8"]
-        return lambda: m(x)
+        return lambda: qm.fp8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
+    if fmt == "fp8":           # _scaled_mm with per-token activation quantization, whatever kernels are registered
+        m = forms["fp8"]
+        return lambda: m._scaled_mm_forward(x)
     if fmt == "fp8_mm_only":   # _scaled_mm alone, activations already fp8 (kernel time without the quant ops)
         m = forms["fp8"]
         x8, xs = qm_fp8_activation(x)
@@ -278,8 +289,8 @@ def check_linears(results):
         forms = make_weights(out_f, in_f)
         for rows in (1, 2, 3, 16, 64):
             x = torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16)
-            for fmt in ("int8", "int4"):
-                expected = x.float() @ forms[fmt].dequantize_weight(torch.float32).T
+            for fmt in KERNEL_FORMATS:
+                expected = x.float() @ forms[stored_form(fmt)].dequantize_weight(torch.float32).T
                 for path in ("gemv", "gemm"):
                     for split_k in (None, 1, 3):
                         out = linear_call(fmt, forms, x, path=path, split_k=split_k)()
@@ -296,9 +307,8 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
         for rows in rows_list:
             xs = [torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16) for _ in sets]
             row = dict(shape=name, rows=rows, copies=copies)
-            for fmt in ("bf16", "int8", "int4", "fp8", "fp8_mm_only"):
-                size_fmt = "fp8" if fmt.startswith("fp8") else fmt
-                moved = weight_bytes(base, size_fmt) + rows * (in_f + out_f) * 2
+            for fmt in ("bf16", "int8", "int4", "fp8_wo", "fp8", "fp8_mm_only"):
+                moved = weight_bytes(base, fmt) + rows * (in_f + out_f) * 2
                 try:
                     us = time_calls([linear_call(fmt, s, x) for s, x in zip(sets, xs)])[0]
                 except Exception as exc:  # noqa: BLE001
@@ -308,7 +318,7 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
                 row[fmt] = dict(us=us, bound_us=bound, pct_of_bound=100 * bound / us, gbps=moved / us / 1e3)
             rows_out.append(row)
             sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps)
-            for fmt in ("int8", "int4"):
+            for fmt in KERNEL_FORMATS:
                 tried = [s for s in sweeps if s["shape"] == name and s["rows"] == rows and s["fmt"] == fmt
                          and s.get("us") and "config" in s]
                 if tried:
@@ -323,9 +333,11 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
         SAVE_PROGRESS()
 
 
+BYTE_GEMV_SWEEP = [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+                   dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4)]
 GEMV_SWEEP = {
-    "int8": [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
-             dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4)],
+    "int8": BYTE_GEMV_SWEEP,
+    "fp8_wo": BYTE_GEMV_SWEEP,       # one byte per weight like int8; its conversion differs
     "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
              dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)],
 }
@@ -342,7 +354,7 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
             print("sweep failed", fmt, overrides, repr(exc)[:300])
             return None
 
-    for fmt in ("int8", "int4"):
+    for fmt in KERNEL_FORMATS:
         configs = GEMV_SWEEP[fmt] if rows <= qm.GEMV_MAX_ROWS else GEMM_SWEEP
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
         for config in configs:
@@ -378,7 +390,9 @@ def print_table(report):
         print(f"{row['batch']:>5} {row['context']:>5} {row['splits']:>6} | " + " | ".join(cells)
               + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}")
     print("\nWeight-only linears (rows = batch), us per call, % of bandwidth bound")
-    print("(int8/int4: default launch settings; *_best: best of the sweep, see linear_sweep in the JSON)")
+    print("(int8/int4/fp8_wo: default launch settings; *_best: best of the sweep, see linear_sweep in the JSON;")
+    print(" fp8_wo: weight-only Triton kernel; fp8: Fp8Linear's per-token quantization + _scaled_mm;")
+    print(" fp8_mm_only: _scaled_mm alone on pre-quantized activations)")
     fmts = LINEAR_COLUMNS
     print(f"{'shape':>16} {'rows':>4} | " + " | ".join(f"{f:>14}" for f in fmts))
     for row in report["linears"]:

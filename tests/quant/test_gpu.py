@@ -1,5 +1,6 @@
-"""CUDA paths (run on a GPU machine; CI has none, so they skip there): fp8 through torch._scaled_mm,
-int8 / int4 through the Triton kernels once enable_gpu_kernels() registered them, KV writes on CUDA."""
+"""CUDA paths (run on a GPU machine; CI has none, so they skip there): int8 / int4 through the Triton
+kernels once enable_gpu_kernels() registered them, fp8 through its weight-only Triton kernel at small
+batches and torch._scaled_mm above, KV writes on CUDA."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from torch import nn
 
 from qwen_triton.kv_quant import allocate_quantized_kv, gather_dequantized, write_quantized_kv
 from qwen_triton.quantization import (
+    FP8_WEIGHT_ONLY_MAX_ROWS,
     GroupwiseLinear,
     enable_gpu_kernels,
     parse_format,
@@ -23,6 +25,7 @@ def kernels_on():
     yield
     register_kernel("int8", None)
     register_kernel("int4_groupwise", None)
+    register_kernel("fp8", None)
 
 
 def relative(a, b):
@@ -36,7 +39,7 @@ def cuda_linear(spec, out_features=1024, in_features=2048):
     return quantize_linear(linear, parse_format(spec, spec)).cuda()
 
 
-@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("rows", [1, 7, 16, 17, 64])
 @pytest.mark.parametrize("spec", ["int8", "int4", "int4:g64", "fp8"])
 def test_cuda_forward_matches_the_reference(kernels_on, spec, rows):
     module = cuda_linear(spec)
@@ -44,8 +47,26 @@ def test_cuda_forward_matches_the_reference(kernels_on, spec, rows):
     reference = module.reference_forward(x.float())
     y = module(x)
     assert y.dtype == torch.bfloat16 and y.shape == (rows, 1024)
-    # bf16 output rounding (~0.4 %); fp8 also quantizes the activations per token (W8A8): ~3 %
-    assert relative(y, reference) < (0.05 if spec == "fp8" else 0.01)
+    # bf16 output rounding (~0.4 %); fp8 above FP8_WEIGHT_ONLY_MAX_ROWS goes through _scaled_mm, which
+    # also quantizes the activations per token (W8A8): ~3 %
+    w8a8 = spec == "fp8" and rows > FP8_WEIGHT_ONLY_MAX_ROWS
+    assert relative(y, reference) < (0.05 if w8a8 else 0.01)
+
+
+@pytest.mark.parametrize("rows", [1, 16, 17])
+def test_fp8_small_batches_take_the_weight_only_kernel(kernels_on, rows):
+    module = cuda_linear("fp8")
+    x = torch.randn(rows, 2048, device="cuda", dtype=torch.bfloat16)
+    assert module.cuda_path(x) == ("kernel" if rows <= FP8_WEIGHT_ONLY_MAX_ROWS else "scaled_mm")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_fp8_shapes_scaled_mm_cannot_take_run_the_kernel(kernels_on, rows):
+    """in 1000 / out 999 (not multiples of 16): the weight-only kernel at every row count."""
+    module = cuda_linear("fp8", out_features=999, in_features=1000)
+    x = torch.randn(rows, 1000, device="cuda", dtype=torch.bfloat16)
+    assert module.cuda_path(x) == "kernel"
+    assert relative(module(x), module.reference_forward(x.float())) < 0.01
 
 
 def test_act_order_int4_through_the_kernel(kernels_on):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qwen_triton.quantization import (
+    FP8_WEIGHT_ONLY_MAX_ROWS,
     Fp8Linear,
     GroupwiseLinear,
     Int8Linear,
@@ -150,6 +151,49 @@ def test_a_registered_kernel_is_used_on_cuda_only():
         assert isinstance(module, QuantizedLinear) and module.format_name == "int8"
     finally:
         register_kernel("int8", None)
+
+
+@pytest.fixture
+def fp8_kernel_registered():
+    register_kernel("fp8", lambda module, x: torch.zeros(1))
+    yield
+    register_kernel("fp8", None)
+
+
+# (input shape, _scaled_mm fits, path): the weight-only kernel takes up to 16 rows (counted over every
+# leading dimension) and any shape _scaled_mm cannot take; _scaled_mm takes the rest.
+@pytest.mark.parametrize(
+    "shape, scaled_mm_fits, path",
+    [
+        ((1, 64), True, "kernel"),
+        ((16, 64), True, "kernel"),
+        ((2, 8, 64), True, "kernel"),
+        ((17, 64), True, "scaled_mm"),
+        ((3, 6, 64), True, "scaled_mm"),
+        ((512, 64), True, "scaled_mm"),
+        ((17, 64), False, "kernel"),
+        ((512, 64), False, "kernel"),
+    ],
+)
+def test_fp8_cuda_dispatch_by_rows(monkeypatch, fp8_kernel_registered, shape, scaled_mm_fits, path):
+    assert FP8_WEIGHT_ONLY_MAX_ROWS == 16
+    monkeypatch.setattr(Fp8Linear, "_scaled_mm_fits", lambda self, x: scaled_mm_fits)
+    module = Fp8Linear.from_float(torch.randn(32, 64))
+    assert module.cuda_path(torch.zeros(shape)) == path
+
+
+@pytest.mark.parametrize("scaled_mm_fits, path", [(True, "scaled_mm"), (False, "reference")])
+def test_fp8_without_a_registered_kernel_keeps_scaled_mm_at_every_batch(monkeypatch, scaled_mm_fits, path):
+    monkeypatch.setattr(Fp8Linear, "_scaled_mm_fits", lambda self, x: scaled_mm_fits)
+    module = Fp8Linear.from_float(torch.randn(32, 64))
+    assert module.cuda_path(torch.zeros(1, 64)) == path
+    assert module.cuda_path(torch.zeros(64, 64)) == path
+
+
+def test_fp8_on_cpu_is_the_reference_even_with_a_kernel_registered(fp8_kernel_registered):
+    module = Fp8Linear.from_float(torch.randn(32, 64), torch.randn(32))
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(module(x), module.reference_forward(x), rtol=0, atol=0)
 
 
 def test_groupwise_rejects_unsupported_bits():
