@@ -45,5 +45,7 @@ done
 curl -s localhost:8002/metrics | grep -E "^qwen_(num_requests|kv_cache_usage|generation_tokens)" || true
 pkill -f tritonserver || true
 sleep 3
+# The in-engine sweep for comparison; SKIP_ENGINE=1 when gpu_bench.py ran it on the same machine already.
+[ -n "${SKIP_ENGINE:-}" ] && exit 0
 python3 benchmarks/gpu_bench.py --tokenizer .carry/tokenizer --shapes 7b --formats none --concurrency "$(echo ${CONCURRENCY:-16 64 256} | tr ' ' ,)" \
   --skip-gate --out "$out/engine.json" 2>&1 | grep -v -i "warning\|loading weights\|writing model" | tail -8

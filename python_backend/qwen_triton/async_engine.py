@@ -2,8 +2,10 @@
 
 The engine (model, KV cache, scheduler) is touched only by its own thread, which drains the inbox of
 new requests and aborts between steps and sleeps when there is nothing to do. Each request's deltas go
-back to the caller's event loop through its own asyncio.Queue. A failing step fails the requests in it
-and the loop goes on serving the rest.
+back to the caller's event loop through its own asyncio.Queue. A caller that falls behind (a server
+busy sending responses) gets the deltas that piled up merged into one, so under load it pays one send
+for several tokens instead of falling further behind. A failing step fails the requests in it and the
+loop goes on serving the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import deque
 from typing import AsyncIterator
 
 from .config import EngineConfig
-from .engine import EngineStats, LLMEngine, RequestOutput
+from .engine import EngineStats, LLMEngine, RequestOutput, merge_outputs
 from .errors import InvalidRequestError
 from .sampling_params import SamplingParams
 
@@ -63,8 +65,16 @@ class AsyncLLMEngine:
         self._wake.set()
         finished = False
         try:
+            held = None  # an error that arrived behind deltas: raised after they are yielded
             while not finished:
-                item = await queue.get()
+                item = held if held is not None else await queue.get()
+                held = None
+                while isinstance(item, RequestOutput) and not item.finished and not queue.empty():
+                    following = queue.get_nowait()
+                    if not isinstance(following, RequestOutput):
+                        held = following
+                        break
+                    item = merge_outputs(item, following)
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished

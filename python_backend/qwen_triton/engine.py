@@ -51,6 +51,13 @@ class RequestOutput:
     logprobs: list[float] = field(default_factory=list)
 
 
+def merge_outputs(first: RequestOutput, then: RequestOutput) -> RequestOutput:
+    """Two consecutive deltas of one request as one: what a consumer that fell behind receives."""
+    return RequestOutput(first.request_id, first.text + then.text, first.token_ids + then.token_ids, then.finished,
+                         then.finish_reason, then.prompt_tokens, then.completion_tokens, then.cached_tokens,
+                         first.logprobs + then.logprobs)
+
+
 @dataclass
 class EngineStats:
     num_running: int

@@ -116,7 +116,8 @@ class TritonPythonModel:
         arrival = last = time.monotonic()
         first_token_seen = False
         completion = Completion()
-        watcher = asyncio.ensure_future(self._abort_when_cancelled(request, request_id))
+        cancelled = asyncio.Event()
+        watcher = asyncio.ensure_future(self._abort_when_cancelled(request, request_id, cancelled))
         try:
             async for output in self.engine.generate(request_id, params=parsed.params, **parsed.prompt):
                 now = time.monotonic()
@@ -127,8 +128,7 @@ class TritonPythonModel:
                         self.metrics.observe_first_token(now - arrival)
                         first_token_seen = True
                     last = now
-                if request.is_cancelled():
-                    self.engine.abort(request_id)
+                if cancelled.is_set():  # set by the watcher: asking Triton here would cost an IPC per delta
                     _send_error(sender, "request cancelled by the client", pb_utils.TritonError.CANCELLED)
                     return
                 if parsed.stream:
@@ -143,10 +143,11 @@ class TritonPythonModel:
         finally:
             watcher.cancel()
 
-    async def _abort_when_cancelled(self, request, request_id: str) -> None:
-        """Covers the time before the first token too (queued, prefilling), when no delta comes to check."""
+    async def _abort_when_cancelled(self, request, request_id: str, cancelled: asyncio.Event) -> None:
+        """Polls Triton for a cancel, from arrival on (also while queued or prefilling, when no delta comes)."""
         while not request.is_cancelled():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
+        cancelled.set()
         self.engine.abort(request_id)
 
 

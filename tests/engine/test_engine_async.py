@@ -89,3 +89,24 @@ def test_offline_cli_generates_and_benchmarks(tiny_qwen2, demo_model):
                             "--max-model-len", "256", "--device", "cpu", "-n", "4", "--prompt-tokens", "16",
                             "--max-tokens", "8"], capture_output=True, text=True, timeout=300, check=True)
     assert "HF generate tok/s" in bench.stdout and "| 4 | 16 | 8 |" in bench.stdout and "bound" in bench.stdout
+
+
+def test_a_caller_that_falls_behind_gets_the_waiting_deltas_merged(engine):
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, logprobs=True)
+
+    async def slow_reader():
+        deltas = []
+        async for out in engine.generate("slow", prompt="The weather today", params=params):
+            deltas.append(out)
+            await asyncio.sleep(0.3)  # a server busy sending: several steps' deltas pile up meanwhile
+        return deltas
+
+    async def main():
+        return await collect(engine, "fast", prompt="The weather today", params=params), await slow_reader()
+
+    (text, tokens, _), deltas = asyncio.run(main())
+    assert len(deltas) < len(tokens), "nothing was merged"
+    assert "".join(d.text for d in deltas) == text
+    assert [t for d in deltas for t in d.token_ids] == tokens
+    assert sum(len(d.logprobs) for d in deltas) == 40
+    assert deltas[-1].finished and deltas[-1].completion_tokens == 40

@@ -15,11 +15,14 @@ def stream_text(server, prompt: str) -> str:
     finally:
         stream.close()
     assert error is None, error
-    assert len(results) == MAX_TOKENS and finish_reason_of(results[-1]) == "length"
+    # Usually one response per token; deltas that piled up while the server was busy come merged.
+    assert 2 <= len(results) <= MAX_TOKENS and finish_reason_of(results[-1]) == "length"
+    assert sum(result.as_numpy("output_ids").shape[-1] for result in results) == MAX_TOKENS
+    assert all(result.as_numpy("output_ids").shape[-1] >= 1 for result in results)
     return "".join(text_of(result) for result in results)
 
 
-def test_grpc_stream_yields_one_response_per_token(triton_server):
+def test_grpc_stream_yields_the_tokens_as_they_come(triton_server):
     expected = generate(triton_server, {"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0.0,
                                         "ignore_eos": True}).json()["text_output"]
     assert stream_text(triton_server, PROMPTS[0]) == expected
