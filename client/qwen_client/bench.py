@@ -135,6 +135,8 @@ async def _timed_request(client: AsyncQwenClient, prompt: List[int], params: Gen
             now = time.perf_counter()
             if timing.ttft_s is None:
                 timing.ttft_s = now - start
+                # Tokens that came merged with the first one arrived with it: gaps of zero.
+                timing.inter_token_s.extend([0.0] * (new_tokens - 1))
             else:
                 # A response carrying k tokens spreads its gap over them: k samples of gap / k.
                 timing.inter_token_s.extend([(now - last) / new_tokens] * new_tokens)
