@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from .attention import AttentionMetadata, paged_attention, write_kv
-from .fused_ops import EAGER as EAGER_OPS
 from .fused_ops import FusedOps, fused_ops
 
 SUPPORTED_ARCHITECTURES = {"qwen2", "llama"}
@@ -132,10 +131,8 @@ class DecoderModel(nn.Module):
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
-        # Fused (compiled) ops pay off where kernel count sets the pace: decode steps, which run as CUDA
-        # graphs. A prefill step has few, large kernels, and there the compiled functions' guards cost
-        # more than they save (7B, 512-token prompt: 28 ms eager, 60 ms compiled, H100).
-        ops = fused_ops(input_ids.device) if meta.is_decode else EAGER_OPS
+        # One Triton kernel per element-wise part on CUDA, prefill and decode alike (fused_ops.py).
+        ops = fused_ops(input_ids.device)
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
             x, residual = layer(x, residual, positions, self.rotary, meta, kv_cache, ops)

@@ -1,0 +1,377 @@
+"""The element-wise parts of a decoder layer (Triton language kernels): add + RMSNorm, RMSNorm,
+rotary embedding (rotate-half / NeoX form) and SiLU(gate) * up. Each is one launch for any number
+of tokens, prefill and decode alike.
+
+Why hand-written: in eager torch these parts are about a thousand small kernels per 7B prefill
+(RMSNorm alone is seven), and launching them made a 512-token prefill host-bound; torch.compile
+fused them for decode but recompiled on new shapes, was slower than eager for prefill shapes and
+cost start-up time. The token count reaches these kernels through the grid only (sizes and strides
+that are fixed per model are constexprs), so one compiled kernel per model serves every batch size
+and prompt length, and every CUDA graph size.
+
+Numerics: each kernel repeats the eager functions in ``qwen_triton.fused_ops`` step by step, in
+float32, rounding to the model dtype exactly where the eager code produces a tensor of that dtype
+(the ``x + residual`` sum, the normalised rows, cos/sin, each product of the rotation, the SiLU).
+What keeps the GPU's code to that rounding order:
+- launches pass ``enable_fp_fusion=False``: otherwise the compiler may contract ``a * b + c`` into
+  one FMA (one rounding instead of two), which eager torch, one op per kernel, never does;
+- divisions use ``tl.math.div_rn`` (IEEE division, as torch's kernels): Triton's ``/`` on float32
+  is the approximate ``div.full`` instruction;
+- the RMSNorm mean is the sum times float32(1 / n) on CUDA and the sum / n on CPU: torch's own
+  mean differs so between the two; SiLU's exp is libdevice's expf on CUDA, the one torch calls.
+What cannot match bit for bit: the float32 sum of squares in RMSNorm is added up in another order
+than torch's reduction (torch's CPU and CUDA orders differ from each other too), so a row's variance
+can differ in its last bit, and then its normalised values by one unit of the dtype now and then.
+
+Rounding float32 -> bfloat16 is done with integer operations (round to nearest even, torch's own
+formula) instead of ``.to(tl.bfloat16)``: the GPU's conversion rounds the same way, but Triton's CPU
+interpreter, which the tests use, truncates (seen with triton 3.9), and one code path for both keeps
+the tests meaningful for the GPU. float16 uses ``.to`` (round to nearest even on both).
+
+Launch cost: see ``_Launcher``.
+
+Requirements on the tensors: the last dimension unit-stride (rows and heads may have any stride:
+q and k are column slices of the fused qkv output); zero rows are fine.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from . import interpreter_enabled
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# One program normalises a whole row held in registers; 16 warps keep that at <= 32 float32
+# values a thread at this size. Qwen2.5 goes up to 8192 (72B).
+MAX_HIDDEN = 16384
+# Columns of SiLU*up per program: 4 warps, 8 values a thread. With the row index in the grid's first
+# axis even one decode token spreads over ~19 programs (Qwen2.5-7B, 18944 columns).
+SILU_BLOCK = 1024
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr):
+    """float32 -> ``dtype``, rounded to nearest even (what torch does on every dtype conversion)."""
+    if dtype == tl.bfloat16:
+        # torch's c10::BFloat16 formula: add 0x7FFF plus the lowest kept bit, keep the upper half.
+        # NaN first becomes the canonical 0x7FC00000, whose rounding cannot carry into the sign.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = tl.where(x != x, tl.full(x.shape, 0x7FC00000, tl.uint32), bits)
+        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr,
+    eps, n_float, inv_n,
+    STRIDE_X: tl.constexpr, STRIDE_R: tl.constexpr, STRIDE_O: tl.constexpr, STRIDE_S: tl.constexpr,
+    N_COLS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, MEAN_BY_RECIPROCAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N_COLS
+    x = tl.load(x_ptr + row * STRIDE_X + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        dtype = sum_ptr.dtype.element_ty
+        r = tl.load(res_ptr + row * STRIDE_R + cols, mask=mask, other=0.0).to(tl.float32)
+        # The sum in the model dtype, as `x + residual` is in eager torch. Every input of this row
+        # is loaded before this store, so `sum_ptr` may be `res_ptr` (the residual updated in place).
+        h = _round(x + r, dtype)
+        tl.store(sum_ptr + row * STRIDE_S + cols, h, mask=mask)
+        x = h.to(tl.float32)
+    else:
+        dtype = x_ptr.dtype.element_ty
+    total = tl.sum(x * x, axis=0)        # masked columns are 0 and add nothing
+    if MEAN_BY_RECIPROCAL:
+        variance = total * inv_n         # torch's CUDA mean: sum * float32(1 / n) (MeanOps)
+    else:
+        variance = tl.math.div_rn(total, n_float)     # torch's CPU mean: sum / n
+    # rsqrt: the GPU's rsqrt.approx, as torch's CUDA rsqrtf; 1 / sqrt in the interpreter, as torch on CPU.
+    normed = _round(x * tl.math.rsqrt(variance + eps), dtype).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    # weight * normed in the output dtype: one rounding of a product that is exact in float32
+    # when both are 16-bit floats.
+    tl.store(out_ptr + row * STRIDE_O + cols, _round(w * normed, out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.constexpr,
+                  NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HALF: tl.constexpr):
+    """Rotate the NUM_HEADS heads of one token in place; cos*/sin* are the token's first and second
+    halves, already rounded to the dtype. With x = (x1, x2) the eager code computes
+    x * cos + (-x2, x1) * sin, rounding each product and the sum to the dtype."""
+    heads = tl.arange(0, HEADS_PAD)
+    mask = (heads < NUM_HEADS)[:, None] & dim_ok[None, :]
+    ptr1 = base + heads[:, None] * STRIDE_H + dims[None, :]
+    x1 = tl.load(ptr1, mask=mask, other=0.0)
+    x2 = tl.load(ptr1 + HALF, mask=mask, other=0.0)
+    dtype = x1.dtype
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
+    # round(-a) == -round(a), so round(x1*c) + round(-x2*s) is round(x1*c) - round(x2*s).
+    a = _round(x1 * cos1[None, :], dtype).to(tl.float32)
+    b = _round(x2 * sin1[None, :], dtype).to(tl.float32)
+    c = _round(x2 * cos2[None, :], dtype).to(tl.float32)
+    d = _round(x1 * sin2[None, :], dtype).to(tl.float32)
+    tl.store(ptr1, _round(a - b, dtype), mask=mask)
+    tl.store(ptr1 + HALF, _round(c + d, dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr,
+    STRIDE_QT: tl.constexpr, STRIDE_QH: tl.constexpr, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
+    STRIDE_COS: tl.constexpr, STRIDE_SIN: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+):
+    # One program per token: the token's cos/sin row is read once for all its q and k heads.
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(pos_ptr + token).to(tl.int64)
+    dims = tl.arange(0, HALF_PAD)
+    dim_ok = dims < HALF
+    dtype = q_ptr.dtype.element_ty
+    cos_row = cos_ptr + position * STRIDE_COS + dims
+    sin_row = sin_ptr + position * STRIDE_SIN + dims
+    # The tables are float32; eager torch rounds them to the model dtype before multiplying.
+    cos1 = _round(tl.load(cos_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    cos2 = _round(tl.load(cos_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    sin1 = _round(tl.load(sin_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    sin2 = _round(tl.load(sin_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    _rotate_heads(q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH,
+                  NUM_Q_HEADS, Q_HEADS_PAD, HALF)
+    _rotate_heads(k_ptr + token * STRIDE_KT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_KH,
+                  NUM_KV_HEADS, KV_HEADS_PAD, HALF)
+
+
+@triton.jit
+def _silu_and_mul_kernel(
+    gate_up_ptr, out_ptr,
+    STRIDE_IN: tl.constexpr, STRIDE_OUT: tl.constexpr, N_COLS: tl.constexpr,
+    BLOCK: tl.constexpr, LIBDEVICE_EXP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N_COLS
+    dtype = out_ptr.dtype.element_ty
+    gate = tl.load(gate_up_ptr + row * STRIDE_IN + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gate_up_ptr + row * STRIDE_IN + N_COLS + cols, mask=mask, other=0.0).to(tl.float32)
+    if LIBDEVICE_EXP:
+        # libdevice's expf, the one torch's CUDA silu calls; tl.exp would be the faster, less
+        # accurate ex2.approx.
+        e = libdevice.exp(-gate)
+    else:
+        # The interpreter has no libdevice, and numpy's float32 exp is off by several units in the
+        # last place where torch's CPU exp is nearly always correctly rounded: float64, then round.
+        e = tl.exp(-gate.to(tl.float64)).to(tl.float32)
+    # F.silu: x / (1 + exp(-x)) in float32, rounded to the dtype; then times up, rounded again.
+    silu = _round(tl.math.div_rn(gate, 1.0 + e), dtype).to(tl.float32)
+    tl.store(out_ptr + row * STRIDE_OUT + cols, _round(silu * up, dtype), mask=mask)
+
+
+# -- launchers -------------------------------------------------------------------------------------
+
+
+class _Launcher:
+    """``kernel[grid](*args, num_warps=..., enable_fp_fusion=False)`` with less host work on repeats.
+
+    A prefill is paced by the host launching kernels, and ``JITFunction.run`` works out the kernel's
+    specialization again at every launch (binding the arguments, formatting the compile options into
+    a cache-key string). So the compiled kernel that the first launch returns is kept under a key of
+    everything it was specialized on, and later launches call it directly through
+    ``CompiledKernel[grid](*args)``, the launcher JITFunction.run itself ends in. Measured on an H100
+    host with triton 3.6, one RMSNorm launch: 18.2 us through ``kernel[grid]``, 14.5 us here (the
+    whole ``rms_norm`` wrapper 22.8 us; the eager RMSNorm's seven ops 71 us).
+    The key: each tensor's dtype, 16-byte alignment (Triton's only pointer specialization) and
+    device, and the value of every other argument. The kernels take no runtime integers (Triton would
+    specialize those on their value too): sizes and strides are constexprs. ``args`` are every kernel
+    parameter in order, constexprs included, as JITFunction.run passes them on. Under the interpreter
+    there is no compiled kernel and every launch goes through ``kernel[grid]``; so does every launch
+    after a direct one failed (a Triton whose CompiledKernel takes other arguments).
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled: dict[tuple, object] = {}
+        self.direct = not interpreter_enabled()
+
+    def __call__(self, grid: tuple[int, int, int], args: tuple, num_warps: int) -> None:
+        key = None
+        if self.direct:
+            key = (num_warps, *[(a.dtype, a.data_ptr() % 16 == 0, a.get_device())
+                                if isinstance(a, torch.Tensor) else a for a in args])
+            compiled = self.compiled.get(key)
+            if compiled is not None:
+                try:
+                    compiled[grid](*args)
+                    return
+                except (TypeError, ValueError, AttributeError):
+                    # Raised while parsing the arguments, before anything ran: the JIT path below
+                    # launches instead, now and from now on.
+                    self.direct, key = False, None
+        compiled = self.kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False)
+        if key is not None and hasattr(compiled, "__getitem__"):
+            self.compiled[key] = compiled
+
+
+_launch_rms_norm = _Launcher(_rms_norm_kernel)
+_launch_rotary = _Launcher(_rotary_kernel)
+_launch_silu_and_mul = _Launcher(_silu_and_mul_kernel)
+
+
+def _check_dtype(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dtype not in _DTYPES:
+        raise ValueError(f"{name}: dtype {tensor.dtype} not supported; use float16, bfloat16 or float32")
+
+
+def _rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """2-D [rows, hidden] view with a unit-stride last dimension (a copy only if there is none)."""
+    _check_dtype(name, tensor)
+    if tensor.dim() == 2 and tensor.stride(1) == 1:
+        return tensor
+    if tensor.dim() == 0:
+        raise ValueError(f"{name}: expected [..., hidden], got a scalar")
+    if tensor.stride(-1) != 1:
+        tensor = tensor.contiguous()
+    return tensor.reshape(-1, tensor.shape[-1])
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_constants(hidden: int):
+    """(block, warps, float32(1 / hidden)) of a hidden size."""
+    if hidden > MAX_HIDDEN:
+        raise ValueError(f"hidden size {hidden} > {MAX_HIDDEN}: one row no longer fits one program")
+    block = triton.next_power_of_2(hidden)
+    # 1 / n rounded once to float32, as torch's CUDA mean computes its factor (a float division).
+    inv_n = (torch.tensor(1.0, dtype=torch.float32) / torch.tensor(float(hidden), dtype=torch.float32)).item()
+    return block, (4 if block <= 2048 else 8 if block <= 4096 else 16), inv_n
+
+
+def _norm(x2, res2, weight, eps, out_dtype, sum2):
+    rows, hidden = x2.shape
+    if weight.shape != (hidden,):
+        raise ValueError(f"weight: expected shape ({hidden},), got {tuple(weight.shape)}")
+    _check_dtype("weight", weight)
+    if weight.stride(0) != 1:
+        weight = weight.contiguous()
+    out = torch.empty((rows, hidden), dtype=out_dtype, device=x2.device)
+    if rows == 0:
+        return out
+    block, warps, inv_n = _norm_constants(hidden)
+    has_residual = res2 is not None
+    if not has_residual:
+        res2 = sum2 = x2            # placeholders: HAS_RESIDUAL=False never touches them
+    _launch_rms_norm(
+        (rows, 1, 1),
+        (x2, res2, weight, out, sum2, float(eps), float(hidden), inv_n,
+         x2.stride(0), res2.stride(0), out.stride(0), sum2.stride(0), hidden,
+         has_residual, x2.is_cuda, block),
+        warps)
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``fused_ops.rms_norm`` in one launch: x [..., hidden] -> a new tensor of the same shape in the
+    dtype torch gives ``weight * x`` (the model dtype when the weight has it)."""
+    x2 = _rows("x", x)
+    out_dtype = x.dtype if weight.dtype == x.dtype else torch.promote_types(weight.dtype, x.dtype)
+    out = _norm(x2, None, weight, eps, out_dtype, None)
+    return out if x2 is x else out.view(x.shape)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    """``fused_ops.add_rms_norm`` in one launch: returns (norm(x + residual), x + residual).
+
+    In place: where ``residual`` is a 2-D tensor with unit-stride rows in the sum's dtype (always so
+    in model.py), ``x + residual`` is written into ``residual`` itself and that tensor is returned as
+    the second value: the residual stream stays one buffer through the layers instead of a new
+    allocation per norm (the sum is written once either way). The caller's old residual values are
+    gone after the call: pass a residual you will not read again (model.py replaces its residual
+    with the returned one). Otherwise the sum goes to a new tensor. ``x`` is never written.
+    """
+    if x.shape != residual.shape:
+        raise ValueError(f"x/residual: shapes differ, {tuple(x.shape)} and {tuple(residual.shape)}")
+    sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
+    x2, res2 = _rows("x", x), _rows("residual", residual)
+    if res2 is residual and residual.dtype == sum_dtype:
+        new_residual = residual
+    else:
+        new_residual = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
+    out_dtype = sum_dtype if weight.dtype == sum_dtype else torch.promote_types(weight.dtype, sum_dtype)
+    out = _norm(x2, res2, weight, eps, out_dtype, new_residual.view(-1, x.shape[-1]))
+    return (out if x2 is x else out.view(x.shape)), new_residual
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
+           positions: torch.Tensor):
+    """``fused_ops.rotary`` in one launch, in place: rotates q [tokens, heads, dim] and
+    k [tokens, kv_heads, dim] by the cos/sin rows [max_positions, dim] at each token's position and
+    returns (q, k), the same tensors. q and k may be strided views (the column slices of the fused
+    qkv output); only their last dimension must be unit-stride, else they are copied first and the
+    copies are rotated and returned. Positions must be < max_positions (not checked: that would
+    need a device sync)."""
+    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"q/k: expected [tokens, heads, dim] and [tokens, kv_heads, dim], got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+    tokens, num_heads, dim = q.shape
+    if dim % 2:
+        raise ValueError(f"q/k: head dim {dim} must be even for the rotate-half form")
+    if q.dtype != k.dtype:
+        raise ValueError(f"q/k: dtypes differ, {q.dtype} and {k.dtype}")
+    _check_dtype("q", q)
+    for name, table in (("cos_table", cos_table), ("sin_table", sin_table)):
+        if table.dim() != 2 or table.shape[1] != dim or not table.is_floating_point():
+            raise ValueError(f"{name}: expected a float [max_positions, {dim}] table, got "
+                             f"{table.dtype} {tuple(table.shape)}")
+    if positions.shape != (tokens,):
+        raise ValueError(f"positions: expected shape ({tokens},), got {tuple(positions.shape)}")
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    if k.stride(2) != 1:
+        k = k.contiguous()
+    if tokens == 0:
+        return q, k
+    if cos_table.stride(1) != 1:
+        cos_table = cos_table.contiguous()
+    if sin_table.stride(1) != 1:
+        sin_table = sin_table.contiguous()
+    if positions.stride(0) != 1:
+        positions = positions.contiguous()
+    half = dim // 2
+    num_kv_heads = k.shape[1]
+    _launch_rotary(
+        (tokens, 1, 1),
+        (q, k, cos_table, sin_table, positions,
+         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_table.stride(0), sin_table.stride(0),
+         num_heads, triton.next_power_of_2(num_heads), num_kv_heads, triton.next_power_of_2(num_kv_heads),
+         half, triton.next_power_of_2(half)),
+        4)
+    return q, k
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``fused_ops.silu_and_mul`` in one launch: gate_up [..., 2 * inter] (gate first, up second)
+    -> silu(gate) * up [..., inter], a new tensor."""
+    x2 = _rows("gate_up", gate_up)
+    rows, width = x2.shape
+    if width % 2:
+        raise ValueError(f"gate_up: last dimension {width} must be even (gate and up halves)")
+    inter = width // 2
+    out = torch.empty((rows, inter), dtype=gate_up.dtype, device=gate_up.device)
+    if rows and inter:
+        block = min(SILU_BLOCK, triton.next_power_of_2(inter))
+        _launch_silu_and_mul(
+            (rows, triton.cdiv(inter, block), 1),
+            (x2, out, x2.stride(0), out.stride(0), inter, block, x2.is_cuda),
+            4)
+    return out if x2 is gate_up else out.view(*gate_up.shape[:-1], inter)

@@ -1,0 +1,306 @@
+"""The element-wise kernels (kernels/elementwise.py) against the eager functions of fused_ops.py, which
+are their reference (tests/engine compares those with transformers bit for bit).
+
+On CPU the kernels run through Triton's interpreter (kernel_env.py sets TRITON_INTERPRET=1), on a GPU
+compiled; either way they are compared with the eager functions on the same device.
+
+Bit for bit (torch.equal) wherever the arithmetic allows it:
+- rotary, in every dtype: only products and sums, each rounded where the eager code rounds.
+- the ``x + residual`` sum of add_rms_norm, in every dtype.
+- RMSNorm on inputs whose float32 sum of squares is exact whatever the order of the additions
+  (multiples of 1/8 up to 4 in magnitude, so every square and partial sum fits float32's 24 bits).
+- SiLU*up in bfloat16 and float16.
+Within a stated tolerance, and why:
+- RMSNorm on random inputs: the kernel adds the squares of a row in another order than torch's
+  reduction (which itself differs between CPU and CUDA), so a row's variance may differ in its last
+  float32 bit. float32 outputs stay within a few units in the last place; in 16 bits the normalised
+  value flips by one unit where its float32 value sat next to a rounding boundary (a small fraction of
+  the elements), which the multiply by the weight (|w| up to ~1.8 here) can make two units of the output.
+- SiLU*up in float32 on CPU: torch's CPU silu uses its own vectorised exp, which the interpreter (numpy)
+  cannot reproduce; within 4 units in the last place. On CUDA both call libdevice's expf: exact (seen on
+  an H100 with torch 2.11 and triton 3.6, where this whole file passes as written).
+"""
+
+import pytest
+import torch
+
+from kernel_env import needs_kernels
+
+pytestmark = needs_kernels
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+EPS = 1e-6
+# The interpreter runs one program after another (seconds for 512 rows), so 512 rows (a prefill) comes
+# with one size each; 1, 3 and 17 rows with all of them.
+SMALL_ROWS = [1, 3, 17]
+# (rows, hidden): Qwen2.5 0.5B (896), 7B (3584), and 200 (no power of 2, no multiple of 16: masked).
+NORM_SHAPES = [(rows, hidden) for rows in SMALL_ROWS for hidden in (896, 3584, 200)] + [(512, 3584)]
+# (rows, (q heads, kv heads, head dim)): Qwen2.5 0.5B, 7B, and an odd one (head dim 80: half 40, not a
+# power of 2).
+ROTARY_SHAPES = [(rows, heads) for rows in SMALL_ROWS for heads in ((14, 2, 64), (28, 4, 128), (5, 1, 80))]
+ROTARY_SHAPES += [(512, (14, 2, 64))]
+# (rows, intermediate size): 1000 leaves a ragged last block, 2432 is two blocks and a part.
+SILU_SHAPES = [(rows, inter) for rows in SMALL_ROWS for inter in (1000, 2432)] + [(512, 1000)]
+MAX_POSITIONS = 4096
+
+
+class _PoisonedTorch:
+    """elementwise's ``torch`` with ``empty`` filled with NaN: an output element the kernels' masks fail
+    to write shows as NaN, which no comparison below lets through."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return torch.empty(*args, **kwargs).fill_(float("nan"))
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    from qwen_triton.kernels import elementwise
+
+    monkeypatch.setattr(elementwise, "torch", _PoisonedTorch())
+
+
+def ulps_apart(out: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """|out - expected| in units in the last place of ``expected``'s dtype at |expected| (normal range)."""
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    assert torch.isfinite(out).all(), "kernel output has NaN/inf (unwritten or broken)"
+    expected64 = expected.double()
+    _, exponent = torch.frexp(expected64.abs().clamp_min(torch.finfo(expected.dtype).tiny))
+    spacing = torch.finfo(expected.dtype).eps * torch.pow(2.0, exponent.double() - 1)
+    return (out.double() - expected64).abs() / spacing
+
+
+def assert_equal(out: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    assert out.dtype == expected.dtype and out.shape == expected.shape, what
+    if not torch.equal(out, expected):
+        mismatched = (out != expected).sum().item()
+        raise AssertionError(f"{what}: {mismatched} of {out.numel()} elements differ, up to "
+                             f"{ulps_apart(out, expected).max().item():g} ulps")
+
+
+def assert_reduction_order_close(out: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """The RMSNorm tolerance (module docstring): float32 within 8 ulps; 16-bit within 2 ulps, and on at
+    most 0.1 % of the elements."""
+    ulps = ulps_apart(out, expected)
+    if expected.dtype == torch.float32:
+        assert ulps.max().item() <= 8, f"{what}: {ulps.max().item():g} ulps"
+    else:
+        assert ulps.max().item() <= 2, f"{what}: {ulps.max().item():g} ulps"
+        assert (ulps > 0).double().mean().item() <= 1e-3, f"{what}: {(ulps > 0).sum().item()} elements differ"
+
+
+def norm_case(generator, rows, hidden, dtype, exact_sums: bool):
+    """x, residual, weight (weight near 1 and never exactly 1, so its multiply is exercised)."""
+    if exact_sums:
+        x = torch.randint(-32, 33, (rows, hidden), generator=generator) / 8
+        residual = torch.randint(-32, 33, (rows, hidden), generator=generator) / 8
+    else:
+        x = torch.randn(rows, hidden, generator=generator) * 3
+        residual = torch.randn(rows, hidden, generator=generator)
+    weight = 1 + 0.2 * torch.randn(hidden, generator=generator)
+    return x.to(dtype), residual.to(dtype), weight.to(dtype)
+
+
+@pytest.mark.parametrize("exact_sums", [True, False], ids=["exact_sums", "random"])
+@pytest.mark.parametrize("rows,hidden", NORM_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_add_rms_norm(generator, device, poisoned_outputs, dtype, rows, hidden, exact_sums):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+
+    x, residual, weight = (t.to(device) for t in norm_case(generator, rows, hidden, dtype, exact_sums))
+    expected_normed, expected_sum = fused_ops.add_rms_norm(x, residual, weight, EPS)
+    x_before, residual_arg = x.clone(), residual.clone()
+    normed, new_residual = elementwise.add_rms_norm(x, residual_arg, weight, EPS)
+
+    assert new_residual is residual_arg, "the sum goes into the residual tensor, in place"
+    assert torch.equal(x, x_before), "x must not be written"
+    assert_equal(new_residual, expected_sum, "x + residual")
+    if exact_sums:
+        assert_equal(normed, expected_normed, "normed")
+    else:
+        assert_reduction_order_close(normed, expected_normed, "normed")
+
+
+@pytest.mark.parametrize("exact_sums", [True, False], ids=["exact_sums", "random"])
+@pytest.mark.parametrize("rows,hidden", NORM_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rms_norm(generator, device, poisoned_outputs, dtype, rows, hidden, exact_sums):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+
+    x, _, weight = (t.to(device) for t in norm_case(generator, rows, hidden, dtype, exact_sums))
+    normed = elementwise.rms_norm(x, weight, EPS)
+    expected = fused_ops.rms_norm(x, weight, EPS)
+    if exact_sums:
+        assert_equal(normed, expected, "normed")
+    else:
+        assert_reduction_order_close(normed, expected, "normed")
+
+
+def test_norms_with_a_float32_weight_and_strided_rows(generator, device, poisoned_outputs):
+    """Not the model's layout, but the functions' contract: a float32 weight makes a float32 output (as
+    ``weight * h`` promotes in torch); rows with a stride, a residual that cannot take the sum in place
+    (it gets a new tensor and stays as it was), and leading dimensions are all served."""
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+
+    wide = (torch.randint(-32, 33, (6, 2 * 200), generator=generator) / 8).bfloat16().to(device)
+    x = wide[:, :200]                                  # row stride 400
+    residual = wide[:, 200:].t().contiguous().t()     # column-major: no unit-stride rows
+    weight = (1 + 0.2 * torch.randn(200, generator=generator)).to(device)
+    residual_before = residual.clone()
+    normed, new_residual = elementwise.add_rms_norm(x, residual, weight, EPS)
+    expected_normed, expected_sum = fused_ops.add_rms_norm(x, residual, weight, EPS)
+    assert new_residual is not residual and torch.equal(residual, residual_before)
+    assert_equal(new_residual, expected_sum, "x + residual")
+    assert_equal(normed, expected_normed, "normed (float32 weight)")
+    assert_equal(elementwise.rms_norm(x.reshape(2, 3, 200), weight, EPS),
+                 fused_ops.rms_norm(x.reshape(2, 3, 200), weight, EPS), "rms_norm [2, 3, hidden]")
+
+
+def qkv_case(generator, rows, heads, kv_heads, head_dim, dtype):
+    """The fused qkv output [rows, (heads + 2 kv_heads) * head_dim] and, as model.py makes them, q and k
+    as views into it, plus positions in no order (distinct, anywhere in the table)."""
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(dtype)
+    positions = torch.randperm(MAX_POSITIONS, generator=generator)[:rows]
+    return qkv, positions
+
+
+def split_qkv(qkv, heads, kv_heads, head_dim):
+    q_size, kv_size = heads * head_dim, kv_heads * head_dim
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    return q.view(-1, heads, head_dim), k.view(-1, kv_heads, head_dim), v
+
+
+@pytest.mark.parametrize("rows,shape", ROTARY_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rotary(generator, device, dtype, rows, shape):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+    from qwen_triton.model import RotaryEmbedding
+
+    heads, kv_heads, head_dim = shape
+    tables = RotaryEmbedding(head_dim, MAX_POSITIONS, 1e6).to(device)
+    qkv, positions = (t.to(device) for t in qkv_case(generator, rows, heads, kv_heads, head_dim, dtype))
+    q, k, v = split_qkv(qkv, heads, kv_heads, head_dim)
+    expected_q, expected_k = fused_ops.rotary(q, k, tables.cos, tables.sin, positions)
+    v_before = v.clone()
+
+    out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
+    assert out_q is q and out_k is k, "rotated in place, in the qkv buffer"
+    assert_equal(out_q, expected_q, "q")
+    assert_equal(out_k, expected_k, "k")
+    assert torch.equal(v, v_before), "v (the rest of the qkv row) must not be written"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rotary_copies_views_without_unit_stride(generator, device, dtype):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+    from qwen_triton.model import RotaryEmbedding
+
+    tables = RotaryEmbedding(64, MAX_POSITIONS, 1e4).to(device)
+    q = torch.randn(64, 4, 5, generator=generator).to(dtype).to(device).transpose(0, 2)   # [5, 4, 64], dim strided
+    k = torch.randn(5, 2, 64, generator=generator).to(dtype).to(device)
+    positions = torch.tensor([9, 3, 4000, 0, 3], device=device)                          # a repeat too
+    expected_q, expected_k = fused_ops.rotary(q, k, tables.cos, tables.sin, positions)
+    out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
+    assert_equal(out_q, expected_q, "q (copied)")
+    assert_equal(out_k, expected_k, "k")
+
+
+# exp(90) overflows float32 (to inf, as on the GPU); numpy warns about it in the interpreter.
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("rows,inter", SILU_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_silu_and_mul(generator, device, poisoned_outputs, dtype, rows, inter):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+
+    gate_up = torch.randn(rows, 2 * inter, generator=generator) * 4
+    gate_up[:, :8] = torch.tensor([0.0, -0.0, 90.0, -90.0, 1e-30, -1e-30, 20.0, -20.0])  # exp's edges
+    gate_up = gate_up.to(dtype).to(device)
+    out = elementwise.silu_and_mul(gate_up)
+    expected = fused_ops.silu_and_mul(gate_up)
+    if dtype == torch.float32 and device.type == "cpu":
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        assert ulps_apart(out, expected).max().item() <= 4
+    else:
+        assert_equal(out, expected, "silu(gate) * up")
+
+
+def test_repeat_launches(generator, device):
+    """The second and later launches of one specialization skip Triton's JIT path on a GPU
+    (elementwise._Launcher calls the compiled kernel directly): fresh inputs of the same shapes must
+    still give the eager results, and new buffers (other addresses) must be the ones written."""
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+    from qwen_triton.model import RotaryEmbedding
+
+    tables = RotaryEmbedding(64, MAX_POSITIONS, 1e6).to(device)
+    weight = (1 + 0.2 * torch.randn(896, generator=generator)).bfloat16().to(device)
+    for _ in range(3):
+        x, residual, _ = (t.to(device) for t in norm_case(generator, 5, 896, torch.bfloat16, True))
+        expected_normed, expected_sum = fused_ops.add_rms_norm(x, residual, weight, EPS)
+        normed, new_residual = elementwise.add_rms_norm(x, residual, weight, EPS)
+        assert_equal(normed, expected_normed, "normed")
+        assert_equal(new_residual, expected_sum, "x + residual")
+        assert_equal(elementwise.rms_norm(x, weight, EPS), fused_ops.rms_norm(x, weight, EPS), "rms_norm")
+        qkv, positions = (t.to(device) for t in qkv_case(generator, 5, 14, 2, 64, torch.bfloat16))
+        q, k, _ = split_qkv(qkv, 14, 2, 64)
+        expected_q, expected_k = fused_ops.rotary(q, k, tables.cos, tables.sin, positions)
+        out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
+        assert_equal(out_q, expected_q, "q")
+        assert_equal(out_k, expected_k, "k")
+        gate_up = (torch.randn(5, 2000, generator=generator) * 4).bfloat16().to(device)
+        assert_equal(elementwise.silu_and_mul(gate_up), fused_ops.silu_and_mul(gate_up), "silu(gate) * up")
+
+
+def test_zero_rows(device):
+    from qwen_triton.kernels import elementwise
+
+    empty = torch.empty(0, 64, device=device)
+    normed, residual = elementwise.add_rms_norm(empty, empty.clone(), torch.ones(64, device=device), EPS)
+    assert normed.shape == residual.shape == (0, 64)
+    assert elementwise.rms_norm(empty, torch.ones(64, device=device), EPS).shape == (0, 64)
+    assert elementwise.silu_and_mul(empty).shape == (0, 32)
+    q, k = torch.empty(0, 4, 64, device=device), torch.empty(0, 2, 64, device=device)
+    table = torch.zeros(16, 64, device=device)
+    out_q, out_k = elementwise.rotary(q, k, table, table, torch.empty(0, dtype=torch.long, device=device))
+    assert out_q.shape == q.shape and out_k.shape == k.shape
+
+
+def test_bad_arguments_are_named(device):
+    from qwen_triton.kernels import elementwise
+
+    x = torch.zeros(2, 64, device=device)
+    with pytest.raises(ValueError, match="weight"):
+        elementwise.rms_norm(x, torch.ones(32, device=device), EPS)
+    with pytest.raises(ValueError, match="x/residual"):
+        elementwise.add_rms_norm(x, torch.zeros(3, 64, device=device), torch.ones(64, device=device), EPS)
+    with pytest.raises(ValueError, match="dtype"):
+        elementwise.silu_and_mul(torch.zeros(2, 64, dtype=torch.float64, device=device))
+    table = torch.zeros(16, 64, device=device)
+    with pytest.raises(ValueError, match="positions"):
+        elementwise.rotary(torch.zeros(2, 4, 64, device=device), torch.zeros(2, 2, 64, device=device),
+                           table, table, torch.zeros(3, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="cos_table"):
+        elementwise.rotary(torch.zeros(2, 4, 64, device=device), torch.zeros(2, 2, 64, device=device),
+                           table[:, :32], table, torch.zeros(2, dtype=torch.long, device=device))
+
+
+def test_fused_ops_picks_the_kernels_on_cuda_only():
+    from qwen_triton import fused_ops, kernels
+
+    assert fused_ops.fused_ops(torch.device("cpu")) is fused_ops.EAGER
+    assert fused_ops.EAGER.rms_norm is fused_ops.rms_norm
+    if kernels.kernels_usable("cuda"):
+        from qwen_triton.kernels import elementwise
+
+        ops = fused_ops.fused_ops(torch.device("cuda", 0))
+        assert (ops.rms_norm, ops.add_rms_norm, ops.rotary, ops.silu_and_mul) == (
+            elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary, elementwise.silu_and_mul)
