@@ -24,7 +24,7 @@ Within a stated tolerance, and why:
 import pytest
 import torch
 
-from kernel_env import needs_kernels
+from kernel_env import PoisonedTorch, needs_kernels
 
 pytestmark = needs_kernels
 
@@ -44,23 +44,11 @@ SILU_SHAPES = [(rows, inter) for rows in SMALL_ROWS for inter in (1000, 2432)] +
 MAX_POSITIONS = 4096
 
 
-class _PoisonedTorch:
-    """elementwise's ``torch`` with ``empty`` filled with NaN: an output element the kernels' masks fail
-    to write shows as NaN, which no comparison below lets through."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*args, **kwargs):
-        return torch.empty(*args, **kwargs).fill_(float("nan"))
-
-
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     from qwen_triton.kernels import elementwise
 
-    monkeypatch.setattr(elementwise, "torch", _PoisonedTorch())
+    monkeypatch.setattr(elementwise, "torch", PoisonedTorch())
 
 
 def ulps_apart(out: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:

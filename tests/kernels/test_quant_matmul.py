@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from kernel_env import needs_kernels
+from kernel_env import PoisonedTorch, needs_kernels
 
 pytestmark = needs_kernels
 
@@ -44,23 +44,11 @@ def skip_interpreted_bf16_dot(device, dtype, path):
                     "multiplies those raw bits (seen with triton 3.9; int8's bf16 GEMM is off the same way)")
 
 
-class _PoisonedTorch:
-    """quant_matmul's ``torch`` with ``empty`` filled with NaN: an output (or split-K partial) element
-    the kernels' masks fail to write reaches the result as NaN, which rel_error refuses."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*args, **kwargs):
-        return torch.empty(*args, **kwargs).fill_(float("nan"))
-
-
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     from qwen_triton.kernels import quant_matmul
 
-    monkeypatch.setattr(quant_matmul, "torch", _PoisonedTorch())
+    monkeypatch.setattr(quant_matmul, "torch", PoisonedTorch())
 
 
 @pytest.mark.parametrize("path", ["gemv", "gemm"])
