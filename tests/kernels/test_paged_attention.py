@@ -135,3 +135,25 @@ def test_split_count_depends_on_shapes_only():
         cuda = torch.device("cuda", 0)
         assert choose_num_splits(1, 4, 32768, cuda) <= MAX_SPLITS
         assert choose_num_splits(1, 4, 4096, cuda) > choose_num_splits(256, 4, 4096, cuda) == 1
+
+
+def test_split_counts_are_powers_of_two(monkeypatch):
+    """Each split count compiles its own combine kernel: only powers of two, so few variants exist."""
+    from qwen_triton.kernels import paged_attention
+
+    monkeypatch.setattr(paged_attention, "multiprocessor_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)  # only its type is read
+    counts = {paged_attention.choose_num_splits(batch, 4, width * 16, cuda)
+              for batch in range(1, 300) for width in (1, 8, 33, 128, 2048)}
+    assert counts <= {2 ** i for i in range(7)} and len(counts) > 3
+
+
+@needs_kernels
+def test_warm_up_variants_runs_every_split_count_and_leaves_the_cache_alone(device):
+    from qwen_triton.kernels.paged_attention import warm_up_variants
+
+    k_cache = torch.randn(4, 16, 2, 32, device=device)
+    v_cache = torch.randn(4, 16, 2, 32, device=device)
+    before = (k_cache.clone(), v_cache.clone())
+    warm_up_variants(k_cache, v_cache, num_heads=4, dtype=torch.float32)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])

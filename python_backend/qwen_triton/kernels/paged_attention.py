@@ -177,7 +177,28 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_positions: int, device:
     programs = batch * num_kv_heads
     splits = math.ceil(wanted_programs / programs)
     splits = min(splits, max_positions // MIN_POSITIONS_PER_SPLIT, MAX_SPLITS)
-    return max(1, splits)
+    # A power of two: the combine kernel is compiled per split count, and a batch size or table width
+    # never seen before must not stop a running server for a compilation (see warm_up_variants).
+    return 1 << (max(1, splits).bit_length() - 1)
+
+
+def warm_up_variants(k_cache, v_cache, k_scale=None, v_scale=None, window=0, sinks=0,
+                     num_heads: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Compile, before serving, every kernel variant a decode step outside a CUDA graph can need: each
+    power-of-two split count, with block-table widths that Triton specializes differently (1, a
+    multiple of 16, other). Reads only block 0 of the cache; writes nothing in it."""
+    _, page_size, num_kv_heads, head_dim = k_cache.shape
+    num_heads = num_heads or num_kv_heads
+    dtype = dtype or (k_cache.dtype if k_cache.dtype not in _QUANT_CACHE_DTYPES else torch.bfloat16)
+    q = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=k_cache.device)
+    context_lens = torch.ones(1, dtype=torch.int32, device=k_cache.device)
+    for width in (1, 16, 17):
+        tables = torch.zeros(1, width, dtype=torch.int32, device=k_cache.device)
+        splits = 1
+        while splits <= MAX_SPLITS:
+            paged_decode_attention(q, k_cache, v_cache, tables, context_lens, 1.0, k_scale, v_scale, window, sinks,
+                                   num_splits=splits)
+            splits *= 2
 
 
 def _scale_strides(scale: torch.Tensor | None, cache: torch.Tensor, name: str):
