@@ -150,7 +150,7 @@ class LLMEngine:
         if self.device.type == "cuda" and (quant_config is not None or self.config.quantization not in ("", "none")):
             from .quantization import enable_gpu_kernels
 
-            enable_gpu_kernels()  # Triton GEMV/GEMM for int8/int4 instead of dequantize + matmul
+            enable_gpu_kernels()  # Triton GEMV/GEMM (int8, int4; fp8 up to 16 rows), not dequantize + matmul
         return model.eval()
 
     def _kv_spec(self) -> KVCacheSpec:
