@@ -33,10 +33,12 @@ def test_generate_stream_deltas_add_up_to_the_whole_text(triton_server):
     request = {"text_input": "The three primary colors are", "max_tokens": 12, "ignore_eos": True, **GREEDY}
     whole = generate(triton_server, request).json()
     events = generate_stream(triton_server, {**request, "stream": True})
-    assert len(events) == 12  # one event per generated token
+    # One event per token, except that tokens which piled up while the server was busy come merged.
+    assert 2 <= len(events) <= 12
     assert "".join(event["text_output"] for event in events) == whole["text_output"]
-    assert [event["finish_reason"] for event in events] == [""] * 11 + ["length"]
-    assert [event["completion_tokens"] for event in events] == list(range(1, 13))
+    assert [event["finish_reason"] for event in events] == [""] * (len(events) - 1) + ["length"]
+    counts = [event["completion_tokens"] for event in events]
+    assert counts == sorted(set(counts)) and counts[0] >= 1 and counts[-1] == 12
 
 
 def test_input_ids_prompt_and_output_ids(triton_server):
