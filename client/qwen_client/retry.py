@@ -29,9 +29,13 @@ class RetryPolicy:
     def pause(self, retry_index: int) -> float:
         return min(self.backoff_s * (2**retry_index), self.max_backoff_s)
 
-
-def _final_error(error: ConnectionFailedError, attempts: int) -> ConnectionFailedError:
-    return ConnectionFailedError(f"{error} (gave up after {attempts} attempt{'s' * (attempts > 1)})")
+    def pause_after(self, error: ConnectionFailedError, retry_index: int) -> float:
+        """Seconds to wait before the next attempt; raises the final error when none is left."""
+        if retry_index == self.retries:
+            attempts = retry_index + 1
+            raise ConnectionFailedError(
+                f"{error} (gave up after {attempts} attempt{'s' * (attempts > 1)})") from error
+        return self.pause(retry_index)
 
 
 def call(policy: RetryPolicy, attempt: Callable[[], T]) -> T:
@@ -39,9 +43,7 @@ def call(policy: RetryPolicy, attempt: Callable[[], T]) -> T:
         try:
             return attempt()
         except ConnectionFailedError as error:
-            if retry == policy.retries:
-                raise _final_error(error, retry + 1) from error
-            time.sleep(policy.pause(retry))
+            time.sleep(policy.pause_after(error, retry))
     raise AssertionError("unreachable")
 
 
@@ -50,9 +52,7 @@ async def acall(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
         try:
             return await attempt()
         except ConnectionFailedError as error:
-            if retry == policy.retries:
-                raise _final_error(error, retry + 1) from error
-            await asyncio.sleep(policy.pause(retry))
+            await asyncio.sleep(policy.pause_after(error, retry))
     raise AssertionError("unreachable")
 
 
@@ -69,9 +69,7 @@ def stream(policy: RetryPolicy, open_stream: Callable[[], Iterator[T]]) -> Itera
         except ConnectionFailedError as error:
             if started:
                 raise
-            if retry == policy.retries:
-                raise _final_error(error, retry + 1) from error
-            time.sleep(policy.pause(retry))
+            time.sleep(policy.pause_after(error, retry))
         finally:
             items.close()  # a caller that stops early cancels the request on the server
 
@@ -88,8 +86,6 @@ async def astream(policy: RetryPolicy, open_stream: Callable[[], AsyncIterator[T
         except ConnectionFailedError as error:
             if started:
                 raise
-            if retry == policy.retries:
-                raise _final_error(error, retry + 1) from error
-            await asyncio.sleep(policy.pause(retry))
+            await asyncio.sleep(policy.pause_after(error, retry))
         finally:
             await items.aclose()
