@@ -119,31 +119,50 @@ class QuantizedLinear(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# int8, per output channel, symmetric
+# Per output channel, symmetric: int8 here, fp8 below
 # ----------------------------------------------------------------------------------------------------------
 
 
-class Int8Linear(QuantizedLinear):
-    """weight = qweight[o, i] * scale[o]; qweight in [-127, 127] (symmetric: no zero point to store or add)."""
+class PerChannelLinear(QuantizedLinear):
+    """weight = qweight[o, i] * scale[o]: symmetric, one float32 scale per output channel (no zero point to
+    store or add). Subclasses name the storage dtype, the largest stored magnitude and how scaled weights
+    are put on the stored grid."""
 
-    format_name = "int8"
+    storage_dtype: torch.dtype
+    max_value: float
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
         out_features, in_features = qweight.shape
         super().__init__(in_features, out_features, bias)
-        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())
+        self.register_buffer("qweight", qweight.to(self.storage_dtype).contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "PerChannelLinear":
         w = weight.detach().float()
-        scale = w.abs().amax(dim=1) / 127.0
+        scale = w.abs().amax(dim=1) / cls.max_value
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays all zero
-        qweight = torch.round(w / scale[:, None]).clamp(-127, 127)
-        return cls(qweight, scale, bias)
+        return cls(cls.to_grid(w / scale[:, None]), scale, bias)
+
+    @classmethod
+    def to_grid(cls, scaled: torch.Tensor) -> torch.Tensor:
+        """Weights already divided by their channel's scale -> the values the storage dtype will hold."""
+        raise NotImplementedError
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.float() * self.scale[:, None]).to(dtype)
+
+
+class Int8Linear(PerChannelLinear):
+    """weight = qweight[o, i] * scale[o]; qweight in [-127, 127]."""
+
+    format_name = "int8"
+    storage_dtype = torch.int8
+    max_value = 127.0
+
+    @classmethod
+    def to_grid(cls, scaled: torch.Tensor) -> torch.Tensor:
+        return torch.round(scaled).clamp(-127, 127)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,7 +310,7 @@ FP8_MIN_CAPABILITY = (8, 9)  # Ada/Hopper: fp8 tensor cores for _scaled_mm, and 
 FP8_WEIGHT_ONLY_MAX_ROWS = 16
 
 
-class Fp8Linear(QuantizedLinear):
+class Fp8Linear(PerChannelLinear):
     """weight = qweight[o, i] (float8_e4m3fn) * scale[o].
 
     CPU: dequantize then matmul (weight-only numerics). CUDA, compute capability >= 8.9 (Ada/Hopper):
@@ -305,23 +324,12 @@ class Fp8Linear(QuantizedLinear):
     """
 
     format_name = "fp8"
-
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
-        out_features, in_features = qweight.shape
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("qweight", qweight.to(torch.float8_e4m3fn).contiguous())
-        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+    storage_dtype = torch.float8_e4m3fn
+    max_value = FP8_MAX
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Fp8Linear":
-        w = weight.detach().float()
-        scale = w.abs().amax(dim=1) / FP8_MAX
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        qweight = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return cls(qweight, scale, bias)
-
-    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return (self.qweight.float() * self.scale[:, None]).to(dtype)
+    def to_grid(cls, scaled: torch.Tensor) -> torch.Tensor:
+        return scaled.clamp(-FP8_MAX, FP8_MAX)  # rounded to e4m3 by the cast to the storage dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.cuda_path(x) if x.is_cuda else "reference"
@@ -619,7 +627,7 @@ def concat_out_features(linears: list[nn.Module]) -> nn.Module:
             if first.bias is not None:
                 fused.bias.copy_(cat("bias"))
         return fused
-    if isinstance(first, (Int8Linear, Fp8Linear)):
+    if isinstance(first, PerChannelLinear):
         return type(first)(cat("qweight"), cat("scale"), cat("bias"))
     if isinstance(first, GroupwiseLinear):
         same = all(
