@@ -3,8 +3,9 @@
 Two shapes of step:
 - decode (every sequence adds one token): a batched read of each sequence's blocks; on CUDA the
   Triton kernel in `kernels.paged_attention` reads the blocks in place, elsewhere a padded gather.
-- prefill / mixed (some sequences add a chunk): per sequence, gather its context and run SDPA with a
-  causal mask that starts at the chunk's offset.
+- prefill / mixed (some sequences add a chunk): one-token rows take the decode path, whole fresh prompts
+  one padded causal SDPA over their own K/V, and continuing chunks gather their context and run SDPA
+  with a causal mask that starts at the chunk's offset (see `_mixed`).
 An optional StreamingLLM window keeps the first `sinks` and the last `window` positions.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .kv_quant import dequantize_kv, gather_dequantized, write_quantized_kv
+from .kv_quant import gather_blocks, gather_dequantized, write_quantized_kv
 from .transfer import to_device
 
 
@@ -99,10 +100,9 @@ def _visible(query_pos: torch.Tensor, key_pos: torch.Tensor, context_len, window
 def _decode_gather(q, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Reference decode: gather every sequence's blocks (padded to the longest) and attend."""
     k_cache, v_cache, k_scale, v_scale = cache_layer
-    tables = meta.block_tables.long()
     batch, heads, dim = q.shape
-    k = _gather(k_cache, k_scale, tables, q.dtype)          # [batch, L, kv_heads, dim]
-    v = _gather(v_cache, v_scale, tables, q.dtype)
+    k = gather_blocks(k_cache, k_scale, meta.block_tables, q.dtype)          # [batch, L, kv_heads, dim]
+    v = gather_blocks(v_cache, v_scale, meta.block_tables, q.dtype)
     kv_heads = k.shape[2]
     key_pos = torch.arange(k.shape[1], device=q.device)
     query_pos = (meta.context_lens.long() - 1).unsqueeze(1)
@@ -112,13 +112,6 @@ def _decode_gather(q, cache_layer, meta: AttentionMetadata, scale: float) -> tor
     scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     out = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v.float())
     return out.reshape(batch, heads, dim).to(q.dtype)
-
-
-def _gather(cache: torch.Tensor, scales: torch.Tensor | None, tables: torch.Tensor, dtype) -> torch.Tensor:
-    blocks = cache[tables]                                   # [batch, max_blocks, block_size, kv_heads, dim]
-    block_scales = scales[tables] if scales is not None else None
-    out = dequantize_kv(blocks, block_scales, dtype)
-    return out.flatten(1, 2)
 
 
 def _mixed(q, k, v, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:

@@ -66,12 +66,18 @@ def dequantize_kv(values: torch.Tensor, scales: torch.Tensor | None, dtype: torc
     return (values.float() * scales.unsqueeze(-1)).to(dtype)
 
 
+def gather_blocks(cache: torch.Tensor, scale: torch.Tensor | None, tables: torch.Tensor,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The blocks that `tables` [..., blocks] name, as tokens [..., blocks * block_size, kv_heads, head_dim]
+    in `dtype` (`scale` None: a cache in the model's own dtype)."""
+    tables = tables.to(torch.int64)
+    return dequantize_kv(cache[tables], None if scale is None else scale[tables], dtype).flatten(-4, -3)
+
+
 def gather_dequantized(cache: torch.Tensor, scale: torch.Tensor | None, block_table: torch.Tensor,
                        context_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One sequence's first `context_len` tokens, [context_len, num_kv_heads, head_dim], from its block table
-    (`scale` None: a cache in the model's own dtype)."""
-    used = block_table[: -(-context_len // cache.shape[1])].to(torch.int64)
-    return dequantize_kv(cache[used], None if scale is None else scale[used], dtype).flatten(0, 1)[:context_len]
+    """One sequence's first `context_len` tokens, [context_len, num_kv_heads, head_dim], from its block table."""
+    return gather_blocks(cache, scale, block_table[: -(-context_len // cache.shape[1])], dtype)[:context_len]
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, kind: str = "auto",
