@@ -20,7 +20,7 @@ def to_device(values: Sequence | np.ndarray, dtype: torch.dtype, device: torch.d
     """A list or array as a tensor on `device`, without synchronizing the device's stream."""
     if device.type != "cuda":
         if isinstance(values, np.ndarray):
-            return torch.from_numpy(values).to(dtype)
+            return torch.from_numpy(values).to(device=device, dtype=dtype)
         return torch.tensor(values, dtype=dtype, device=device)
     if isinstance(values, np.ndarray):
         host = torch.from_numpy(values).to(dtype).pin_memory()

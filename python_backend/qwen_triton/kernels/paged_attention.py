@@ -182,14 +182,13 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_positions: int, device:
     return 1 << (max(1, splits).bit_length() - 1)
 
 
-def warm_up_variants(k_cache, v_cache, k_scale=None, v_scale=None, window=0, sinks=0,
-                     num_heads: int | None = None, dtype: torch.dtype | None = None) -> None:
+def warm_up_variants(k_cache, v_cache, k_scale=None, v_scale=None, window=0, sinks=0, *,
+                     num_heads: int, dtype: torch.dtype) -> None:
     """Compile, before serving, every kernel variant a decode step outside a CUDA graph can need: each
     power-of-two split count, with block-table widths that Triton specializes differently (1, a
-    multiple of 16, other). Reads only block 0 of the cache; writes nothing in it."""
-    _, page_size, num_kv_heads, head_dim = k_cache.shape
-    num_heads = num_heads or num_kv_heads
-    dtype = dtype or (k_cache.dtype if k_cache.dtype not in _QUANT_CACHE_DTYPES else torch.bfloat16)
+    multiple of 16, other), for queries of `num_heads` heads in `dtype`. Reads only block 0 of the
+    cache; writes nothing in it."""
+    head_dim = k_cache.shape[3]
     q = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=k_cache.device)
     context_lens = torch.ones(1, dtype=torch.int32, device=k_cache.device)
     for width in (1, 16, 17):
