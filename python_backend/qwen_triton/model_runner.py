@@ -149,7 +149,7 @@ class ModelRunner:
                                         device=self.device),
                 context_lens=torch.ones(largest, dtype=torch.int32, device=self.device),
                 is_decode=True, window=self.window, sinks=self.sinks),
-            sample_rows=torch.arange(largest, device=self.device))
+            sample_rows=None)  # not read: run() takes the rows to sample from the step's own inputs
         pool = None
         for size in reversed(self.graph_sizes):  # largest first, so smaller graphs reuse its memory pool
             meta = self._static_meta(size)
