@@ -247,15 +247,14 @@ class LLMEngine:
     def _launch_ahead(self, current: _LaunchedStep) -> _LaunchedStep | None:
         """The decode step after `current`, fed by its tokens on the device; None where the scheduler must
         decide the next step (requests waiting, sequences not in `current`, blocks running out)."""
-        seqs = self._ahead_batch(current)
-        if not seqs:
+        rows = self._ahead_rows(current)
+        if not rows:
             return None
+        seqs = [current.seqs[row] for row in rows]
         for seq in seqs:
             self.block_manager.append_slots(seq, 1)
         tokens = current.sampled.tokens
-        if len(seqs) < len(current.seqs):
-            keep = {id(seq) for seq in seqs}
-            rows = [row for row, seq in enumerate(current.seqs) if id(seq) in keep]
+        if len(rows) < len(current.seqs):
             tokens = tokens.index_select(0, to_device(rows, torch.long, tokens.device))
         logits = self.runner.run([ScheduledSequence(seq, 1) for seq in seqs], input_ids=tokens)
         for seq in seqs:
@@ -264,22 +263,26 @@ class LLMEngine:
         self.steps_launched_ahead += 1
         return _LaunchedStep(seqs, self.sampler.sample(logits, seqs))
 
-    def _ahead_batch(self, current: _LaunchedStep) -> list[Sequence]:
+    def _ahead_rows(self, current: _LaunchedStep) -> list[int]:
+        """Rows of `current` whose sequences go on in the step launched ahead (empty: launch none)."""
         if current.sampled is None or self.scheduler.waiting:
             return []
         in_current = {id(seq) for seq in current.seqs}
         if any(id(seq) not in in_current for seq in self.scheduler.running):
             return []  # a sequence mid-prompt: the scheduler gives it its chunk
-        seqs = [seq for seq in current.seqs if seq.status is SequenceStatus.RUNNING and not self._last_token_next(seq)]
+        # A sequence whose token on its way is certainly its last (a length limit) sits the step out.
+        rows = [row for row, seq in enumerate(current.seqs)
+                if seq.status is SequenceStatus.RUNNING and not self._at_length_limit(seq, pending=1)]
         # Penalties read the token history on the host, which lacks the tokens still on the device.
-        if any(seq.params.has_penalties for seq in seqs):
+        if any(current.seqs[row].params.has_penalties for row in rows):
             return []
-        needed = sum(self.block_manager.blocks_needed(seq, 1) for seq in seqs)
-        return seqs if needed <= self.block_manager.num_free_blocks else []
+        needed = sum(self.block_manager.blocks_needed(current.seqs[row], 1) for row in rows)
+        return rows if needed <= self.block_manager.num_free_blocks else []
 
-    def _last_token_next(self, seq: Sequence) -> bool:
-        """The token on its way (not yet appended) is certainly the sequence's last: it reaches a length limit."""
-        return len(seq.output_token_ids) + 1 >= seq.params.max_tokens or len(seq) + 1 >= self.max_model_len
+    def _at_length_limit(self, seq: Sequence, pending: int = 0) -> bool:
+        """max_tokens or max_model_len reached, counting `pending` tokens not yet appended."""
+        return (len(seq.output_token_ids) + pending >= seq.params.max_tokens
+                or len(seq) + pending >= self.max_model_len)
 
     def _complete(self, step: _LaunchedStep) -> list[RequestOutput]:
         """Read the step's tokens (waiting for that step alone) and apply them to their sequences."""
@@ -317,7 +320,7 @@ class LLMEngine:
             return "stop"
         if not params.ignore_eos and token in self.tokenizer.eos_token_ids:
             return "stop"
-        if len(seq.output_token_ids) >= params.max_tokens or len(seq) >= self.max_model_len:
+        if self._at_length_limit(seq):
             return "length"
         return None
 
