@@ -234,6 +234,11 @@ def _check_dtype(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name}: dtype {tensor.dtype} not supported; use float16, bfloat16 or float32")
 
 
+def _unit_stride(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a contiguous copy where its last axis is not unit-stride (the kernels index it densely)."""
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
 def _rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """2-D [rows, hidden] view with a unit-stride last dimension (a copy only if there is none)."""
     _check_dtype(name, tensor)
@@ -241,8 +246,7 @@ def _rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     if tensor.dim() == 0:
         raise ValueError(f"{name}: expected [..., hidden], got a scalar")
-    if tensor.stride(-1) != 1:
-        tensor = tensor.contiguous()
+    tensor = _unit_stride(tensor)
     return tensor.reshape(-1, tensor.shape[-1])
 
 
@@ -262,8 +266,7 @@ def _norm(x2, res2, weight, eps, out_dtype, sum2):
     if weight.shape != (hidden,):
         raise ValueError(f"weight: expected shape ({hidden},), got {tuple(weight.shape)}")
     _check_dtype("weight", weight)
-    if weight.stride(0) != 1:
-        weight = weight.contiguous()
+    weight = _unit_stride(weight)
     out = torch.empty((rows, hidden), dtype=out_dtype, device=x2.device)
     if rows == 0:
         return out
@@ -335,18 +338,10 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table:
                              f"{table.dtype} {tuple(table.shape)}")
     if positions.shape != (tokens,):
         raise ValueError(f"positions: expected shape ({tokens},), got {tuple(positions.shape)}")
-    if q.stride(2) != 1:
-        q = q.contiguous()
-    if k.stride(2) != 1:
-        k = k.contiguous()
+    q, k = _unit_stride(q), _unit_stride(k)
     if tokens == 0:
         return q, k
-    if cos_table.stride(1) != 1:
-        cos_table = cos_table.contiguous()
-    if sin_table.stride(1) != 1:
-        sin_table = sin_table.contiguous()
-    if positions.stride(0) != 1:
-        positions = positions.contiguous()
+    cos_table, sin_table, positions = _unit_stride(cos_table), _unit_stride(sin_table), _unit_stride(positions)
     half = dim // 2
     num_kv_heads = k.shape[1]
     _launch_rotary(
