@@ -54,6 +54,12 @@ def main() -> int:
         engine.step()
     profile.disable()
     print(f"{args.shape} batch {args.batch}: step {step_ms:.3f} ms, graph replay alone {replay_ms:.3f} ms")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as kernels:
+        for _ in range(10):
+            graph.replay()
+        torch.cuda.synchronize()
+    print("kernels of 10 graph replays:")
+    print(kernels.key_averages().table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=70))
     pstats.Stats(profile).sort_stats("tottime").print_stats(18)
     return 0
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 from .kv_quant import gather_blocks, gather_dequantized, write_quantized_kv
 from .transfer import to_device
@@ -134,6 +136,20 @@ def _mixed(q, k, v, cache_layer, meta: AttentionMetadata, scale: float) -> torch
     return out
 
 
+# Prompt attention runs on the flash or memory-efficient kernels, not cuDNN's: cuDNN builds an execution
+# plan for every new (batch, length) shape, and prompt batches come in ever new shapes, so each first
+# sight of one stalled the whole step (see docs/benchmarks.md, 64 concurrent requests). Math stays as
+# the fallback (CPU, float32).
+PROMPT_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _attend(q, k, v, *, attn_mask=None, is_causal=False, scale: float) -> torch.Tensor:
+    """[batch, heads, length, dim] attention over grouped K/V heads on the prompt backends."""
+    with sdpa_kernel(PROMPT_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                              enable_gqa=True)
+
+
 def _fresh_prompts(q, k, v, plan: "MixedPlan", scale: float) -> torch.Tensor:
     """Whole prompts, padded at the end into one batch: under a causal mask no real query sees padding."""
     batch, width = plan.fresh_shape
@@ -143,8 +159,7 @@ def _fresh_prompts(q, k, v, plan: "MixedPlan", scale: float) -> torch.Tensor:
         buffer[plan.fresh_slots] = x[plan.fresh_tokens]
         return buffer.view(batch, width, *x.shape[1:]).transpose(1, 2)
 
-    result = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), is_causal=True, scale=scale,
-                                            enable_gqa=True)
+    result = _attend(padded(q), padded(k), padded(v), is_causal=True, scale=scale)
     return result.transpose(1, 2).reshape(batch * width, *q.shape[1:])[plan.fresh_slots]
 
 
@@ -190,14 +205,15 @@ def build_plan(meta: AttentionMetadata) -> MixedPlan:
 
 
 def _sdpa(q, k, v, context_len: int, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """One chunk's queries (the last `query_len` positions of its context) over its whole context."""
     query_len = q.shape[0]
-    if query_len == context_len and not meta.window:
-        mask, causal = None, True                             # plain causal prompt: flash/efficient kernels
-    else:
+    if meta.window:
         query_pos = torch.arange(context_len - query_len, context_len, device=q.device).unsqueeze(1)
         key_pos = torch.arange(context_len, device=q.device).unsqueeze(0)
-        mask, causal = _visible(query_pos, key_pos, context_len, meta.window, meta.sinks), False
-    out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
-                                         v.transpose(0, 1).unsqueeze(0), attn_mask=mask, is_causal=causal,
-                                         scale=scale, enable_gqa=True)
+        mask = _visible(query_pos, key_pos, context_len, meta.window, meta.sinks)
+    else:
+        # Causal with the diagonal at the bottom right: the flash kernel does it without a mask tensor.
+        mask = causal_lower_right(query_len, context_len)
+    out = _attend(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+                  attn_mask=mask, scale=scale)
     return out[0].transpose(0, 1)

@@ -1,0 +1,82 @@
+"""Attention of a mixed step (decode rows, whole fresh prompts, continuing chunks) against a plain
+per-sequence reference: every query attends to its sequence's keys up to its own position.
+
+Runs on CPU (the math backend) and, where there is a GPU, on CUDA in bfloat16, where the prompt rows take
+the flash kernel (the fresh prompts' causal mask and the chunks' bottom-right causal mask)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwen_triton.attention import AttentionMetadata, paged_attention, write_kv
+
+BLOCK = 16
+HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64
+# (tokens computed before this step, tokens in this step) per sequence.
+SEQUENCES = [(37, 1), (0, 29), (90, 1), (40, 23), (0, 64), (16, 16), (5, 1)]
+
+DEVICES = [("cpu", torch.float32)] + ([("cuda", torch.bfloat16)] if torch.cuda.is_available() else [])
+
+
+def build_step(device, dtype, generator):
+    """A KV cache already holding each sequence's earlier tokens, and this step's q/k/v and metadata."""
+    num_blocks = sum(-(-(done + new) // BLOCK) for done, new in SEQUENCES) + 2
+    k_cache = torch.zeros(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, dtype=dtype, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    order = torch.randperm(num_blocks - 1, generator=generator).tolist()   # scattered, never block 0 first
+    tables, slots, full_k, full_v = [], [], [], []
+    for done, new in SEQUENCES:
+        total = done + new
+        table = [order.pop() for _ in range(-(-total // BLOCK))]
+        keys = torch.randn(total, KV_HEADS, HEAD_DIM, generator=generator).to(dtype).to(device)
+        values = torch.randn(total, KV_HEADS, HEAD_DIM, generator=generator).to(dtype).to(device)
+        for pos in range(done):                                              # the earlier steps' writes
+            k_cache[table[pos // BLOCK], pos % BLOCK] = keys[pos]
+            v_cache[table[pos // BLOCK], pos % BLOCK] = values[pos]
+        slots += [table[p // BLOCK] * BLOCK + p % BLOCK for p in range(done, total)]
+        tables.append(table)
+        full_k.append(keys)
+        full_v.append(values)
+    width = max(len(t) for t in tables)
+    block_tables = torch.tensor([t + [num_blocks - 1] * (width - len(t)) for t in tables], dtype=torch.int32)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, device=device), block_tables=block_tables.to(device),
+        context_lens=torch.tensor([d + n for d, n in SEQUENCES], dtype=torch.int32, device=device),
+        is_decode=False, query_lens=[n for _, n in SEQUENCES], context_lens_cpu=[d + n for d, n in SEQUENCES])
+    new_k = torch.cat([keys[done:] for keys, (done, _) in zip(full_k, SEQUENCES)])
+    new_v = torch.cat([values[done:] for values, (done, _) in zip(full_v, SEQUENCES)])
+    q = torch.randn(len(slots), HEADS, HEAD_DIM, generator=generator).to(dtype).to(device)
+    return q, new_k, new_v, (k_cache, v_cache, None, None), meta, full_k, full_v
+
+
+def reference(q, full_k, full_v, scale):
+    """float32 softmax attention, sequence by sequence, query position p seeing keys 0..p."""
+    out, start = [], 0
+    group = HEADS // KV_HEADS
+    for (done, new), keys, values in zip(SEQUENCES, full_k, full_v):
+        queries = q[start:start + new].float()
+        k = keys.float().repeat_interleave(group, dim=1)
+        v = values.float().repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", queries, k) * scale
+        visible = torch.arange(done + new, device=q.device)[None, :] <= torch.arange(done, done + new, device=q.device)[:, None]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v))
+        start += new
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICES)
+def test_mixed_step_matches_per_sequence_reference(device, dtype):
+    generator = torch.Generator().manual_seed(7)
+    q, k, v, cache_layer, meta, full_k, full_v = build_step(device, dtype, generator)
+    write_kv(k, v, cache_layer, meta.slot_mapping)
+    scale = HEAD_DIM ** -0.5
+    plan = meta.plan()
+    assert plan.decode_tokens is not None and plan.fresh_tokens is not None and plan.chunks, \
+        "the step must exercise all three row groups"
+    out = paged_attention(q, k, v, cache_layer, meta, scale)
+    expected = reference(q, full_k, full_v, scale)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    error = ((out.float() - expected).norm() / expected.norm()).item()
+    assert error < tolerance, f"relative error {error:.2e} on {device}"
