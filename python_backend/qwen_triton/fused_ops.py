@@ -1,4 +1,5 @@
-"""The element-wise parts of a decoder layer: add + RMSNorm, RMSNorm, rotary embedding, SiLU*up.
+"""The element-wise parts of a decoder layer: add + RMSNorm, RMSNorm, rotary embedding (alone, or
+with the new K/V written into a float paged cache), SiLU*up.
 
 Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)`` picks):
 - on CUDA with Triton, the hand-written kernels of ``kernels/elementwise.py``: one launch each, for
@@ -17,10 +18,11 @@ Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)``
 The kernels round to the model dtype exactly where these functions do; what they cannot repeat is the
 order in which torch adds up a row's squares for the RMSNorm variance (see kernels/elementwise.py).
 
-Two differences in side effects, never in returned values, on the kernels' side: ``rotary`` rotates q
-and k in place (model.py passes views into the fresh qkv output and uses only the returned tensors),
-and ``add_rms_norm`` writes ``x + residual`` into ``residual`` and returns that tensor (model.py
-replaces its residual with the returned one and never reads the old values).
+Two differences in side effects, never in returned values, on the kernels' side: ``rotary`` and
+``rotary_and_write_kv`` rotate q and k in place (model.py passes views into the fresh qkv output and
+uses only the returned tensors), and ``add_rms_norm`` writes ``x + residual`` into ``residual`` and
+returns that tensor (model.py replaces its residual with the returned one and never reads the old
+values).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .attention import write_kv
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -55,6 +58,25 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table:
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
+def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_table: torch.Tensor,
+                        sin_table: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, slot_mapping: torch.Tensor):
+    """``rotary``, then the rotated k and v [tokens, kv_heads, dim] stored at their slots (int64
+    [tokens]) of a float paged cache [num_blocks, block_size, kv_heads, dim] (``attention.write_kv``);
+    returns the rotated (q, k). One function, not two, so that the kernel side can do both in one
+    launch."""
+    if not _float_cache(k_cache) or not _float_cache(v_cache):
+        # Converting to int8 / fp8 here would store unscaled values: those caches need write_quantized_kv.
+        raise ValueError(f"k_cache/v_cache: float caches only, got {k_cache.dtype} and {v_cache.dtype}")
+    q, k = rotary(q, k, cos_table, sin_table, positions)
+    write_kv(k, v, (k_cache, v_cache, None, None), slot_mapping)
+    return q, k
+
+
+def _float_cache(cache: torch.Tensor) -> bool:
+    return cache.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -73,10 +95,11 @@ class FusedOps:
     rms_norm: Callable
     add_rms_norm: Callable
     rotary: Callable
+    rotary_and_write_kv: Callable
     silu_and_mul: Callable
 
 
-EAGER = FusedOps(rms_norm, add_rms_norm, rotary, silu_and_mul)
+EAGER = FusedOps(rms_norm, add_rms_norm, rotary, rotary_and_write_kv, silu_and_mul)
 _TRITON: FusedOps | None = None
 
 
@@ -91,5 +114,5 @@ def fused_ops(device: torch.device) -> FusedOps:
         from .kernels import elementwise   # imports triton: only here, never on CPU-only paths
 
         _TRITON = FusedOps(elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary,
-                           elementwise.silu_and_mul)
+                           elementwise.rotary_and_write_kv, elementwise.silu_and_mul)
     return _TRITON

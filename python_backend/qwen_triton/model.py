@@ -79,9 +79,15 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k, ops)
         cache_layer = kv_cache.layer(self.layer_index)
-        write_kv(k, v, cache_layer, meta.slot_mapping)
+        k_cache, v_cache, k_scale, _ = cache_layer
+        if k_scale is None:
+            # A float cache: the rotation and the K/V write are one kernel launch on CUDA.
+            q, k = ops.rotary_and_write_kv(q, k, v, rotary.cos, rotary.sin, positions, k_cache, v_cache,
+                                           meta.slot_mapping)
+        else:
+            q, k = rotary(positions, q, k, ops)
+            write_kv(k, v, cache_layer, meta.slot_mapping)
         if self.sliding_window:
             meta = meta.for_sliding_layer(self.sliding_window)
         out = paged_attention(q, k, v, cache_layer, meta, self.scale)

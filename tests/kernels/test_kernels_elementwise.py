@@ -5,7 +5,8 @@ On CPU the kernels run through Triton's interpreter (kernel_env.py sets TRITON_I
 compiled; either way they are compared with the eager functions on the same device.
 
 Bit for bit (torch.equal) wherever the arithmetic allows it:
-- rotary, in every dtype: only products and sums, each rounded where the eager code rounds.
+- rotary, in every dtype: only products and sums, each rounded where the eager code rounds; and
+  rotary with the KV-cache write (against rotary then index_copy_), for every pair of q and cache dtypes.
 - the ``x + residual`` sum of add_rms_norm, in every dtype.
 - RMSNorm on inputs whose float32 sum of squares is exact whatever the order of the additions
   (multiples of 1/8 up to 4 in magnitude, so every square and partial sum fits float32's 24 bits).
@@ -159,9 +160,10 @@ def qkv_case(generator, rows, heads, kv_heads, head_dim, dtype):
 
 
 def split_qkv(qkv, heads, kv_heads, head_dim):
+    """q, k and v as model.py views them: [rows, heads, dim] column slices of the qkv rows."""
     q_size, kv_size = heads * head_dim, kv_heads * head_dim
     q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-    return q.view(-1, heads, head_dim), k.view(-1, kv_heads, head_dim), v
+    return q.view(-1, heads, head_dim), k.view(-1, kv_heads, head_dim), v.view(-1, kv_heads, head_dim)
 
 
 @pytest.mark.parametrize("rows,shape", ROTARY_SHAPES)
@@ -199,6 +201,149 @@ def test_rotary_copies_views_without_unit_stride(generator, device, dtype):
     out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
     assert_equal(out_q, expected_q, "q (copied)")
     assert_equal(out_k, expected_k, "k")
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# rotary_and_write_kv: (rows, (q heads, kv heads, head dim), q dtype, cache dtype). Every pair of q and
+# cache dtypes on decode-sized batches of Qwen2.5 0.5B and 7B heads and an odd head dim; prefill-sized
+# chunks (seconds each in the interpreter) on fewer pairs: each dtype with a cache of its own dtype, and
+# caches of another.
+_DTYPE_PAIRS = [(dtype, cache) for dtype in DTYPES for cache in DTYPES]
+ROTARY_KV_CASES = [(rows, heads, *pair) for rows in (1, 3, 8) for heads in ((14, 2, 64), (28, 4, 128))
+                   for pair in _DTYPE_PAIRS]
+ROTARY_KV_CASES += [(5, (5, 1, 80), *pair) for pair in _DTYPE_PAIRS]
+ROTARY_KV_CASES += [(256, (14, 2, 64), dtype, dtype) for dtype in DTYPES]
+ROTARY_KV_CASES += [(256, (14, 2, 64), torch.float32, torch.bfloat16),
+                    (256, (14, 2, 64), torch.bfloat16, torch.float16),
+                    (256, (28, 4, 128), torch.bfloat16, torch.bfloat16),
+                    (256, (28, 4, 128), torch.float32, torch.float16)]
+ROTARY_KV_IDS = [f"{rows}-{'x'.join(map(str, heads))}-{_short(dtype)}-cache_{_short(cache)}"
+                 for rows, heads, dtype, cache in ROTARY_KV_CASES]
+BLOCK_SIZE = 16
+
+
+def kv_cache_case(generator, rows, kv_heads, head_dim, dtype):
+    """k_cache and v_cache of ``dtype`` with room for ``rows`` tokens and spare blocks, filled with random
+    values (a slot written by mistake shows), and one distinct slot per row, in no order."""
+    num_blocks = rows // BLOCK_SIZE + 3
+    k_cache, v_cache = (torch.randn(num_blocks, BLOCK_SIZE, kv_heads, head_dim, generator=generator).to(dtype)
+                        for _ in range(2))
+    slots = torch.randperm(num_blocks * BLOCK_SIZE, generator=generator)[:rows]
+    return k_cache, v_cache, slots
+
+
+def unfused_rotary_write_kv(q, k, v, tables, positions, k_cache, v_cache, slots):
+    """The two steps the fused op replaces: the eager rotary (the rotary kernel's reference, bit for bit),
+    then one index_copy_ into each cache."""
+    from qwen_triton import fused_ops
+
+    q, k = fused_ops.rotary(q, k, tables.cos, tables.sin, positions)
+    k_cache.view(-1, *k.shape[1:]).index_copy_(0, slots, k.to(k_cache.dtype))
+    v_cache.view(-1, *v.shape[1:]).index_copy_(0, slots, v.to(v_cache.dtype))
+    return q, k
+
+
+# 7e4 overflows float16 (to inf, as on the GPU and in torch); numpy warns about it in the interpreter.
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("rows,shape,dtype,cache_dtype", ROTARY_KV_CASES, ids=ROTARY_KV_IDS)
+def test_rotary_and_write_kv(generator, device, rows, shape, dtype, cache_dtype):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+    from qwen_triton.model import RotaryEmbedding
+
+    heads, kv_heads, head_dim = shape
+    tables = RotaryEmbedding(head_dim, MAX_POSITIONS, 1e6).to(device)
+    qkv, positions = qkv_case(generator, rows, heads, kv_heads, head_dim, dtype)
+    # The edges of a conversion between cache dtypes, in v: beyond float16's range, float16 subnormals.
+    qkv[0, -4:] = torch.tensor([7e4, -7e4, 1e-6, 3e-5]).to(dtype)
+    k_cache, v_cache, slots = kv_cache_case(generator, rows, kv_heads, head_dim, cache_dtype)
+    qkv, positions, k_cache, v_cache, slots = (t.to(device) for t in (qkv, positions, k_cache, v_cache, slots))
+    initial_caches = k_cache.clone(), v_cache.clone()
+    expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+    expected_q, expected_k = unfused_rotary_write_kv(*split_qkv(qkv, heads, kv_heads, head_dim), tables,
+                                                     positions, expected_k_cache, expected_v_cache, slots)
+
+    qkv_before = qkv.clone()
+    q, k, v = split_qkv(qkv, heads, kv_heads, head_dim)
+    out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions,
+                                                   k_cache, v_cache, slots)
+    assert out_q is q and out_k is k, "rotated in place, in the qkv buffer"
+    assert_equal(out_q, expected_q, "q")
+    assert_equal(out_k, expected_k, "k")
+    assert torch.equal(v, split_qkv(qkv_before, heads, kv_heads, head_dim)[2]), "v must not be written"
+    assert_equal(k_cache, expected_k_cache, "k_cache (the written slots and the others)")
+    assert_equal(v_cache, expected_v_cache, "v_cache (the written slots and the others)")
+
+    # The eager function, which CPU engines run, is the same two steps.
+    eager_k_cache, eager_v_cache = initial_caches
+    eager_q, eager_k = fused_ops.rotary_and_write_kv(*split_qkv(qkv_before, heads, kv_heads, head_dim),
+                                                     tables.cos, tables.sin, positions, eager_k_cache,
+                                                     eager_v_cache, slots)
+    assert_equal(eager_q, expected_q, "eager q")
+    assert_equal(eager_k, expected_k, "eager k")
+    assert_equal(eager_k_cache, expected_k_cache, "eager k_cache")
+    assert_equal(eager_v_cache, expected_v_cache, "eager v_cache")
+
+
+def test_rotary_and_write_kv_padding_rows_stay_in_the_scratch_block(generator, device):
+    """A CUDA-graph decode batch padded up to its captured size: the padding rows have position 0 and all
+    write the first slot of the scratch block (model_runner.py). The real rows' slots get their values, no
+    other slot changes, and the scratch slot holds one padding row's K/V (which one is unspecified)."""
+    from qwen_triton.kernels import elementwise
+    from qwen_triton.model import RotaryEmbedding
+
+    real, padded, heads, kv_heads, head_dim = 3, 5, 14, 2, 64
+    tables = RotaryEmbedding(head_dim, MAX_POSITIONS, 1e6).to(device)
+    qkv, positions = qkv_case(generator, real + padded, heads, kv_heads, head_dim, torch.bfloat16)
+    k_cache, v_cache, _ = kv_cache_case(generator, real, kv_heads, head_dim, torch.bfloat16)
+    scratch_block = k_cache.shape[0] - 1                  # the engine's extra block at the end
+    slots = torch.cat([torch.randperm(scratch_block * BLOCK_SIZE, generator=generator)[:real],
+                       torch.full((padded,), scratch_block * BLOCK_SIZE, dtype=torch.long)])
+    positions[real:] = 0
+    qkv, positions, k_cache, v_cache, slots = (t.to(device) for t in (qkv, positions, k_cache, v_cache, slots))
+    expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+    q, k, v = split_qkv(qkv.clone(), heads, kv_heads, head_dim)
+    _, expected_k = unfused_rotary_write_kv(q[:real], k[:real], v[:real], tables, positions[:real],
+                                            expected_k_cache, expected_v_cache, slots[:real])
+    scratch_before = k_cache[scratch_block].clone(), v_cache[scratch_block].clone()
+
+    q, k, v = split_qkv(qkv, heads, kv_heads, head_dim)
+    _, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache, v_cache,
+                                               slots)
+    assert_equal(out_k[:real], expected_k, "k of the real rows")
+    assert_equal(k_cache[:scratch_block], expected_k_cache[:scratch_block], "k_cache outside the scratch block")
+    assert_equal(v_cache[:scratch_block], expected_v_cache[:scratch_block], "v_cache outside the scratch block")
+    for cache, before, new in ((k_cache, scratch_before[0], out_k), (v_cache, scratch_before[1], v)):
+        assert torch.equal(cache[scratch_block, 1:], before[1:]), "only the scratch slot itself is written"
+        assert any(torch.equal(cache[scratch_block, 0], row) for row in new[real:]), "a padding row's value"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rotary_and_write_kv_copies_views_without_unit_stride(generator, device, dtype):
+    """q and v whose head dim is strided are copied first (as ``rotary`` does): the returned q is the
+    rotated copy, and the cache still gets the rotated k and the values of v."""
+    from qwen_triton.kernels import elementwise
+    from qwen_triton.model import RotaryEmbedding
+
+    tables = RotaryEmbedding(64, MAX_POSITIONS, 1e4).to(device)
+    q = torch.randn(64, 4, 5, generator=generator).to(dtype).to(device).transpose(0, 2)   # [5, 4, 64], dim strided
+    k = torch.randn(5, 2, 64, generator=generator).to(dtype).to(device)
+    v = torch.randn(64, 2, 5, generator=generator).to(dtype).to(device).transpose(0, 2)
+    positions = torch.tensor([9, 3, 4000, 0, 3], device=device)                          # a repeat too
+    k_cache, v_cache, slots = (t.to(device) for t in kv_cache_case(generator, 5, 2, 64, torch.float32))
+    expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+    expected_q, expected_k = unfused_rotary_write_kv(q, k, v, tables, positions,
+                                                     expected_k_cache, expected_v_cache, slots)
+    out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions,
+                                                   k_cache, v_cache, slots)
+    assert out_q is not q, "a copy of q is rotated and returned"
+    assert_equal(out_q, expected_q, "q (copied)")
+    assert_equal(out_k, expected_k, "k")
+    assert_equal(k_cache, expected_k_cache, "k_cache")
+    assert_equal(v_cache, expected_v_cache, "v_cache")
 
 
 # exp(90) overflows float32 (to inf, as on the GPU); numpy warns about it in the interpreter.
@@ -244,6 +389,17 @@ def test_repeat_launches(generator, device):
         out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
         assert_equal(out_q, expected_q, "q")
         assert_equal(out_k, expected_k, "k")
+        q, k, v = split_qkv(qkv, 14, 2, 64)      # rotated above: rotated again, into a fresh cache
+        k_cache, v_cache, slots = (t.to(device) for t in kv_cache_case(generator, 5, 2, 64, torch.bfloat16))
+        expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+        expected_q, expected_k = unfused_rotary_write_kv(q, k, v, tables, positions, expected_k_cache,
+                                                         expected_v_cache, slots)
+        out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache,
+                                                       v_cache, slots)
+        assert_equal(out_q, expected_q, "q (rotary_and_write_kv)")
+        assert_equal(out_k, expected_k, "k (rotary_and_write_kv)")
+        assert_equal(k_cache, expected_k_cache, "k_cache")
+        assert_equal(v_cache, expected_v_cache, "v_cache")
         gate_up = (torch.randn(5, 2000, generator=generator) * 4).bfloat16().to(device)
         assert_equal(elementwise.silu_and_mul(gate_up), fused_ops.silu_and_mul(gate_up), "silu(gate) * up")
 
@@ -260,6 +416,11 @@ def test_zero_rows(device):
     table = torch.zeros(16, 64, device=device)
     out_q, out_k = elementwise.rotary(q, k, table, table, torch.empty(0, dtype=torch.long, device=device))
     assert out_q.shape == q.shape and out_k.shape == k.shape
+    cache = torch.zeros(2, 16, 2, 64, device=device)
+    no_slots = torch.empty(0, dtype=torch.long, device=device)
+    out_q, out_k = elementwise.rotary_and_write_kv(q, k, k.clone(), table, table, no_slots, cache, cache.clone(),
+                                                   no_slots)
+    assert out_q.shape == q.shape and out_k.shape == k.shape and not cache.any()
 
 
 def test_bad_arguments_are_named(device):
@@ -281,6 +442,40 @@ def test_bad_arguments_are_named(device):
                            table[:, :32], table, torch.zeros(2, dtype=torch.long, device=device))
 
 
+def test_rotary_and_write_kv_bad_arguments_are_named(device):
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import elementwise
+
+    q, k = torch.zeros(2, 4, 64, device=device), torch.zeros(2, 2, 64, device=device)
+    table, positions = torch.zeros(16, 64, device=device), torch.zeros(2, dtype=torch.long, device=device)
+    cache, slots = torch.zeros(3, 16, 2, 64, device=device), torch.arange(2, device=device)
+
+    def call(v=k, k_cache=cache, v_cache=cache, slot_mapping=slots, q=q, op=elementwise.rotary_and_write_kv):
+        op(q, k, v, table, table, positions, k_cache, v_cache, slot_mapping)
+
+    with pytest.raises(ValueError, match="^v:"):
+        call(v=torch.zeros(2, 2, 32, device=device))
+    with pytest.raises(ValueError, match="^v:"):
+        call(v=k.half())
+    with pytest.raises(ValueError, match="^k_cache:"):
+        call(k_cache=torch.zeros(3, 16, 4, 64, device=device))        # other kv heads
+    with pytest.raises(ValueError, match="^k_cache:.*quantized"):
+        call(k_cache=cache.to(torch.int8))
+    with pytest.raises(ValueError, match="^v_cache:"):
+        call(v_cache=torch.zeros(16, 3, 2, 64, device=device).transpose(0, 1))   # no [slots, ...] view
+    with pytest.raises(ValueError, match="^v_cache:"):
+        call(v_cache=torch.zeros(3, 16, 2, 128, device=device)[..., ::2])       # head dim strided
+    with pytest.raises(ValueError, match="^slot_mapping:"):
+        call(slot_mapping=slots.int())
+    with pytest.raises(ValueError, match="^slot_mapping:"):
+        call(slot_mapping=torch.arange(3, device=device))
+    with pytest.raises(ValueError, match="q/k"):
+        call(q=torch.zeros(3, 4, 64, device=device))
+    with pytest.raises(ValueError, match="k_cache/v_cache"):
+        # The eager function too: never an unscaled write into an int8 cache.
+        call(v_cache=cache.to(torch.int8), op=fused_ops.rotary_and_write_kv)
+
+
 def test_fused_ops_picks_the_kernels_on_cuda_only():
     from qwen_triton import fused_ops, kernels
 
@@ -290,5 +485,6 @@ def test_fused_ops_picks_the_kernels_on_cuda_only():
         from qwen_triton.kernels import elementwise
 
         ops = fused_ops.fused_ops(torch.device("cuda", 0))
-        assert (ops.rms_norm, ops.add_rms_norm, ops.rotary, ops.silu_and_mul) == (
-            elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary, elementwise.silu_and_mul)
+        assert (ops.rms_norm, ops.add_rms_norm, ops.rotary, ops.rotary_and_write_kv, ops.silu_and_mul) == (
+            elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary, elementwise.rotary_and_write_kv,
+            elementwise.silu_and_mul)

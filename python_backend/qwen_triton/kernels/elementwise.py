@@ -1,6 +1,7 @@
 """The element-wise parts of a decoder layer (Triton language kernels): add + RMSNorm, RMSNorm,
-rotary embedding (rotate-half / NeoX form) and SiLU(gate) * up. Each is one launch for any number
-of tokens, prefill and decode alike.
+rotary embedding (rotate-half / NeoX form), rotary embedding together with the write of the new K
+and V into a float paged KV cache, and SiLU(gate) * up. Each is one launch for any number of tokens,
+prefill and decode alike.
 
 Why hand-written: in eager torch these parts are about a thousand small kernels per 7B prefill
 (RMSNorm alone is seven), and launching them made a 512-token prefill host-bound; torch.compile
@@ -104,14 +105,44 @@ def _rms_norm_kernel(
 
 
 @triton.jit
-def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.constexpr,
-                  NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HALF: tl.constexpr):
-    """Rotate the NUM_HEADS heads of one token in place; cos*/sin* are the token's first and second
-    halves, already rounded to the dtype. With x = (x1, x2) the eager code computes
-    x * cos + (-x2, x1) * sin, rounding each product and the sum to the dtype."""
-    heads = tl.arange(0, HEADS_PAD)
-    mask = (heads < NUM_HEADS)[:, None] & dim_ok[None, :]
-    ptr1 = base + heads[:, None] * STRIDE_H + dims[None, :]
+def _convert(x, dtype: tl.constexpr, target: tl.constexpr):
+    """``x`` (of ``dtype``) as ``target``, as torch's ``.to(target)`` converts it: exactly through
+    float32 (which holds every float16 and bfloat16 value), then rounded to nearest even."""
+    if dtype == target:
+        return x
+    else:
+        return _round(x.to(tl.float32), target)
+
+
+@triton.jit
+def _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS: tl.constexpr,
+             STRIDE_SIN: tl.constexpr, HALF: tl.constexpr, dtype: tl.constexpr):
+    """(cos1, sin1, cos2, sin2): the first and second halves of the token's cos/sin rows. The tables
+    are float32; eager torch rounds them to the model dtype before multiplying, so these are rounded
+    to ``dtype`` (and kept in float32 for the arithmetic)."""
+    position = tl.load(pos_ptr + token).to(tl.int64)
+    cos_row = cos_ptr + position * STRIDE_COS + dims
+    sin_row = sin_ptr + position * STRIDE_SIN + dims
+    cos1 = _round(tl.load(cos_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    cos2 = _round(tl.load(cos_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    sin1 = _round(tl.load(sin_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    sin2 = _round(tl.load(sin_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    return cos1, sin1, cos2, sin2
+
+
+@triton.jit
+def _heads(dims, dim_ok, NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr):
+    """(head index [HEADS_PAD, 1], mask [HEADS_PAD, HALF_PAD]): the first-half columns of a token's
+    heads."""
+    heads = tl.arange(0, HEADS_PAD)[:, None]
+    return heads, (heads < NUM_HEADS) & dim_ok[None, :]
+
+
+@triton.jit
+def _rotated(ptr1, mask, cos1, sin1, cos2, sin2, HALF: tl.constexpr):
+    """The heads whose first halves ``ptr1`` points at, rotated: (first, second) halves in their dtype.
+    With x = (x1, x2) the eager code computes x * cos + (-x2, x1) * sin, rounding each product and the
+    sum to the dtype."""
     x1 = tl.load(ptr1, mask=mask, other=0.0)
     x2 = tl.load(ptr1 + HALF, mask=mask, other=0.0)
     dtype = x1.dtype
@@ -122,8 +153,18 @@ def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.const
     b = _round(x2 * sin1[None, :], dtype).to(tl.float32)
     c = _round(x2 * cos2[None, :], dtype).to(tl.float32)
     d = _round(x1 * sin2[None, :], dtype).to(tl.float32)
-    tl.store(ptr1, _round(a - b, dtype), mask=mask)
-    tl.store(ptr1 + HALF, _round(c + d, dtype), mask=mask)
+    return _round(a - b, dtype), _round(c + d, dtype)
+
+
+@triton.jit
+def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.constexpr,
+                  NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HALF: tl.constexpr):
+    """Rotate the NUM_HEADS heads of one token in place."""
+    heads, mask = _heads(dims, dim_ok, NUM_HEADS, HEADS_PAD)
+    ptr1 = base + heads * STRIDE_H + dims[None, :]
+    first, second = _rotated(ptr1, mask, cos1, sin1, cos2, sin2, HALF)
+    tl.store(ptr1, first, mask=mask)
+    tl.store(ptr1 + HALF, second, mask=mask)
 
 
 @triton.jit
@@ -137,21 +178,56 @@ def _rotary_kernel(
 ):
     # One program per token: the token's cos/sin row is read once for all its q and k heads.
     token = tl.program_id(0).to(tl.int64)
-    position = tl.load(pos_ptr + token).to(tl.int64)
     dims = tl.arange(0, HALF_PAD)
     dim_ok = dims < HALF
-    dtype = q_ptr.dtype.element_ty
-    cos_row = cos_ptr + position * STRIDE_COS + dims
-    sin_row = sin_ptr + position * STRIDE_SIN + dims
-    # The tables are float32; eager torch rounds them to the model dtype before multiplying.
-    cos1 = _round(tl.load(cos_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
-    cos2 = _round(tl.load(cos_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
-    sin1 = _round(tl.load(sin_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
-    sin2 = _round(tl.load(sin_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    cos1, sin1, cos2, sin2 = _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS, STRIDE_SIN,
+                                      HALF, q_ptr.dtype.element_ty)
     _rotate_heads(q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH,
                   NUM_Q_HEADS, Q_HEADS_PAD, HALF)
     _rotate_heads(k_ptr + token * STRIDE_KT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_KH,
                   NUM_KV_HEADS, KV_HEADS_PAD, HALF)
+
+
+@triton.jit
+def _rotary_write_kv_kernel(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
+    STRIDE_QT: tl.constexpr, STRIDE_QH: tl.constexpr, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
+    STRIDE_VT: tl.constexpr, STRIDE_VH: tl.constexpr, STRIDE_COS: tl.constexpr, STRIDE_SIN: tl.constexpr,
+    STRIDE_KC_SLOT: tl.constexpr, STRIDE_KC_HEAD: tl.constexpr,
+    STRIDE_VC_SLOT: tl.constexpr, STRIDE_VC_HEAD: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+):
+    # _rotary_kernel, plus: the rotated k and the token's v also go to its slot of the paged cache,
+    # converted to the cache's dtype. One program per token, as there.
+    token = tl.program_id(0).to(tl.int64)
+    dims = tl.arange(0, HALF_PAD)
+    dim_ok = dims < HALF
+    dtype = q_ptr.dtype.element_ty
+    cos1, sin1, cos2, sin2 = _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS, STRIDE_SIN,
+                                      HALF, dtype)
+    _rotate_heads(q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH,
+                  NUM_Q_HEADS, Q_HEADS_PAD, HALF)
+
+    heads, mask = _heads(dims, dim_ok, NUM_KV_HEADS, KV_HEADS_PAD)
+    cols = dims[None, :]
+    # int64: a slot times its stride passes 2**31 in caches of a few GiB.
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    k1 = k_ptr + token * STRIDE_KT + heads * STRIDE_KH + cols
+    k_first, k_second = _rotated(k1, mask, cos1, sin1, cos2, sin2, HALF)
+    tl.store(k1, k_first, mask=mask)
+    tl.store(k1 + HALF, k_second, mask=mask)
+    k_cache_dtype = k_cache_ptr.dtype.element_ty
+    kc1 = k_cache_ptr + slot * STRIDE_KC_SLOT + heads * STRIDE_KC_HEAD + cols
+    tl.store(kc1, _convert(k_first, dtype, k_cache_dtype), mask=mask)
+    tl.store(kc1 + HALF, _convert(k_second, dtype, k_cache_dtype), mask=mask)
+
+    v_cache_dtype = v_cache_ptr.dtype.element_ty
+    v1 = v_ptr + token * STRIDE_VT + heads * STRIDE_VH + cols
+    vc1 = v_cache_ptr + slot * STRIDE_VC_SLOT + heads * STRIDE_VC_HEAD + cols
+    tl.store(vc1, _convert(tl.load(v1, mask=mask, other=0.0), dtype, v_cache_dtype), mask=mask)
+    tl.store(vc1 + HALF, _convert(tl.load(v1 + HALF, mask=mask, other=0.0), dtype, v_cache_dtype), mask=mask)
 
 
 @triton.jit
@@ -226,6 +302,7 @@ class _Launcher:
 
 _launch_rms_norm = _Launcher(_rms_norm_kernel)
 _launch_rotary = _Launcher(_rotary_kernel)
+_launch_rotary_write_kv = _Launcher(_rotary_write_kv_kernel)
 _launch_silu_and_mul = _Launcher(_silu_and_mul_kernel)
 
 
@@ -315,18 +392,13 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     return (out if x2 is x else out.view(x.shape)), new_residual
 
 
-def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
-           positions: torch.Tensor):
-    """``fused_ops.rotary`` in one launch, in place: rotates q [tokens, heads, dim] and
-    k [tokens, kv_heads, dim] by the cos/sin rows [max_positions, dim] at each token's position and
-    returns (q, k), the same tensors. q and k may be strided views (the column slices of the fused
-    qkv output); only their last dimension must be unit-stride, else they are copied first and the
-    copies are rotated and returned. Positions must be < max_positions (not checked: that would
-    need a device sync)."""
+def _check_rotary(q, k, cos_table, sin_table, positions) -> None:
+    """ValueError naming the argument unless q [tokens, heads, dim], k [tokens, kv_heads, dim] of one
+    supported dtype, float [max_positions, dim] tables and positions [tokens]."""
     if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
         raise ValueError(f"q/k: expected [tokens, heads, dim] and [tokens, kv_heads, dim], got "
                          f"{tuple(q.shape)} and {tuple(k.shape)}")
-    tokens, num_heads, dim = q.shape
+    tokens, _, dim = q.shape
     if dim % 2:
         raise ValueError(f"q/k: head dim {dim} must be even for the rotate-half form")
     if q.dtype != k.dtype:
@@ -338,18 +410,92 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table:
                              f"{table.dtype} {tuple(table.shape)}")
     if positions.shape != (tokens,):
         raise ValueError(f"positions: expected shape ({tokens},), got {tuple(positions.shape)}")
+
+
+def _rotary_sizes(q, k):
+    """The constexprs both rotary kernels end with: the head counts and half the head dim, each followed
+    by the power of 2 the kernel's blocks are padded to."""
+    num_heads, num_kv_heads, half = q.shape[1], k.shape[1], q.shape[2] // 2
+    return (num_heads, triton.next_power_of_2(num_heads), num_kv_heads, triton.next_power_of_2(num_kv_heads),
+            half, triton.next_power_of_2(half))
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
+           positions: torch.Tensor):
+    """``fused_ops.rotary`` in one launch, in place: rotates q [tokens, heads, dim] and
+    k [tokens, kv_heads, dim] by the cos/sin rows [max_positions, dim] at each token's position and
+    returns (q, k), the same tensors. q and k may be strided views (the column slices of the fused
+    qkv output); only their last dimension must be unit-stride, else they are copied first and the
+    copies are rotated and returned. Positions must be < max_positions (not checked: that would
+    need a device sync)."""
+    _check_rotary(q, k, cos_table, sin_table, positions)
     q, k = _unit_stride(q), _unit_stride(k)
+    tokens = q.shape[0]
     if tokens == 0:
         return q, k
     cos_table, sin_table, positions = _unit_stride(cos_table), _unit_stride(sin_table), _unit_stride(positions)
-    half = dim // 2
-    num_kv_heads = k.shape[1]
     _launch_rotary(
         (tokens, 1, 1),
         (q, k, cos_table, sin_table, positions,
          q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_table.stride(0), sin_table.stride(0),
-         num_heads, triton.next_power_of_2(num_heads), num_kv_heads, triton.next_power_of_2(num_kv_heads),
-         half, triton.next_power_of_2(half)),
+         *_rotary_sizes(q, k)),
+        4)
+    return q, k
+
+
+def _cache_slots(name: str, cache: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """A float cache [num_blocks, block_size, kv_heads, head_dim] as [slots, kv_heads, head_dim], the
+    view the slot numbers index (block * block_size + offset). Never a copy: the writes must land in
+    the cache itself, so a cache whose blocks cannot be viewed that way is refused."""
+    if cache.dim() != 4 or cache.shape[2:] != k.shape[1:]:
+        raise ValueError(f"{name}: expected [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}], got "
+                         f"{tuple(cache.shape)}")
+    if cache.dtype not in _DTYPES:
+        raise ValueError(f"{name}: dtype {cache.dtype} is not a float cache (float16, bfloat16, float32); "
+                         f"quantized caches are written by kv_quant.write_quantized_kv")
+    try:
+        slots = cache.view(-1, *k.shape[1:])
+    except RuntimeError:
+        slots = None
+    if slots is None or slots.stride(-1) != 1:
+        raise ValueError(f"{name}: strides {cache.stride()} do not make one [slots, heads, dim] view with "
+                         f"unit-stride rows")
+    return slots
+
+
+def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_table: torch.Tensor,
+                        sin_table: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, slot_mapping: torch.Tensor):
+    """``fused_ops.rotary_and_write_kv`` in one launch: ``rotary`` (q and k rotated in place, the same
+    contract) and the rotated k and the unchanged v [tokens, kv_heads, dim] stored at each token's slot
+    of the float caches [num_blocks, block_size, kv_heads, dim], converted to each cache's dtype as
+    ``k.to(k_cache.dtype)`` converts. Returns (q, k). Saves the two ``index_copy_`` launches that
+    wrote the cache after the rotary kernel: a couple of microseconds per layer in a batch-1 decode step.
+
+    slot_mapping: int64 [tokens]. Slots must lie in the cache (not checked: a device sync); tokens that
+    share a slot (CUDA-graph padding rows all write one scratch slot) leave one of their values there,
+    which one unspecified, as ``index_copy_`` does."""
+    _check_rotary(q, k, cos_table, sin_table, positions)
+    if v.shape != k.shape or v.dtype != k.dtype:
+        raise ValueError(f"v: expected k's shape {tuple(k.shape)} and dtype {k.dtype}, got "
+                         f"{tuple(v.shape)} and {v.dtype}")
+    k_slots, v_slots = _cache_slots("k_cache", k_cache, k), _cache_slots("v_cache", v_cache, k)
+    tokens = q.shape[0]
+    if slot_mapping.shape != (tokens,) or slot_mapping.dtype != torch.int64:
+        raise ValueError(f"slot_mapping: expected int64 of shape ({tokens},), got {slot_mapping.dtype} "
+                         f"{tuple(slot_mapping.shape)}")
+    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
+    if tokens == 0:
+        return q, k
+    cos_table, sin_table, positions = _unit_stride(cos_table), _unit_stride(sin_table), _unit_stride(positions)
+    slot_mapping = _unit_stride(slot_mapping)
+    _launch_rotary_write_kv(
+        (tokens, 1, 1),
+        (q, k, v, cos_table, sin_table, positions, slot_mapping, k_slots, v_slots,
+         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+         cos_table.stride(0), sin_table.stride(0),
+         k_slots.stride(0), k_slots.stride(1), v_slots.stride(0), v_slots.stride(1),
+         *_rotary_sizes(q, k)),
         4)
     return q, k
 
