@@ -15,11 +15,20 @@ the L2 cache, median of replays):
   activation quantization) and the bound (weight bytes / copy bandwidth);
 - small sweeps of launch settings, so the defaults in the kernels can be chosen from data.
 It prints one table last and writes every number to the JSON file.
+
+To time a change of the linear kernels against the code it replaces, in one run on one card:
+
+    git show HEAD:python_backend/qwen_triton/kernels/quant_matmul.py > /tmp/quant_matmul_base.py
+    PYTHONPATH=python_backend python3 benchmarks/kernel_bench.py --skip attention --formats bf16,int4 \
+        --baseline /tmp/quant_matmul_base.py --out kb.json
+
+(``--baseline`` adds an ``int4_base`` column, and so on per kernel format, with the saved copy's defaults.)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import statistics
@@ -40,6 +49,7 @@ LINEAR_SHAPES = {            # name: (out_features, in_features)
     "qkv 4608x3584": (4608, 3584),
     "o 3584x3584": (3584, 3584),
     "up 18944x3584": (18944, 3584),
+    "gate_up 37888x3584": (37888, 3584),   # the model's fused gate + up projection
     "down 3584x18944": (3584, 18944),
 }
 GROUP = 128
@@ -48,6 +58,8 @@ SAVE_PROGRESS = lambda: None   # main() replaces it: write the JSON so far (a ki
 LINEAR_COLUMNS = ("bf16", "int8", "int8_best", "int4", "int4_best", "fp8_wo", "fp8_wo_best", "fp8", "fp8_mm_only")
 KERNEL_FORMATS = ("int8", "int4", "fp8_wo")   # the formats our kernels serve: checked, swept
 DEVICE = "cuda"     # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
+FORMATS = set(LINEAR_COLUMNS)   # main() narrows them with --formats
+BASELINE = None     # main() sets it with --baseline: a saved copy of quant_matmul, timed as "<fmt>_base"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,18 +267,21 @@ def weight_bytes(forms, fmt):
 
 
 def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
+    kernels = qm
+    if fmt.endswith("_base"):
+        kernels, fmt = BASELINE, fmt[: -len("_base")]
     if fmt == "bf16":
         return lambda: F.linear(x, forms["bf16"])
     if fmt == "int8":
         m = forms["int8"]
-        return lambda: qm.int8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
+        return lambda: kernels.int8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
     if fmt == "int4":
         m = forms["int4"]
-        return lambda: qm.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path,
-                                         split_k=split_k)
+        return lambda: kernels.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path,
+                                           split_k=split_k)
     if fmt == "fp8_wo":
         m = forms["fp8"]
-        return lambda: qm.fp8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
+        return lambda: kernels.fp8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
     if fmt == "fp8":           # _scaled_mm with per-token activation quantization, whatever kernels are registered
         m = forms["fp8"]
         return lambda: m._scaled_mm_forward(x)
@@ -283,32 +298,57 @@ def qm_fp8_activation(x):
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def check_linears(results):
+def check_linears(results, shapes, formats):
+    """Every kernel format, path and K split against x.float() @ the dequantized float32 weight: the
+    benchmarked shapes plus one whose K is not a multiple of the tile; int4 also with fp16 x and
+    symmetric storage (the two conversions of its packed path, and the zero point 8)."""
     torch.manual_seed(2)
-    for out_f, in_f in ((4608, 3584), (1000, 3000)):    # 3000: a K that is not a multiple of the tile
+    for out_f, in_f in [LINEAR_SHAPES[name] for name in shapes] + [(1000, 3000)]:
         forms = make_weights(out_f, in_f)
-        for rows in (1, 2, 3, 16, 64):
+        for rows in (1, 3, 4, 16, 64):
             x = torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16)
-            for fmt in KERNEL_FORMATS:
+            for fmt in formats:
                 expected = x.float() @ forms[stored_form(fmt)].dequantize_weight(torch.float32).T
-                for path in ("gemv", "gemm"):
+                for path in (None, "gemv", "gemm"):
                     for split_k in (None, 1, 3):
                         out = linear_call(fmt, forms, x, path=path, split_k=split_k)()
                         err = rel_error(out, expected)
                         results.append(dict(fmt=fmt, shape=[out_f, in_f], rows=rows, path=path, split_k=split_k,
                                             rel_error=err, ok=err < 1e-2))
+            if "int4" in formats and rows in (1, 16):
+                check_int4_variants(forms["int4"], x, results)
+        del forms
+        torch.cuda.empty_cache()
 
 
-def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
-    for name, (out_f, in_f) in LINEAR_SHAPES.items():
+def check_int4_variants(module, x, results):
+    """int4 with float16 activations, and symmetric (zeros None: zero point 8) on the same codes."""
+    weight = module.dequantize_weight(torch.float32)
+    sym_weight = ref.int4_dequantize(module.qweight, module.scales, None, GROUP)
+    for name, xs, zeros, w in (("int4 fp16", x.half(), module.zeros, weight),
+                               ("int4 symmetric", x, None, sym_weight)):
+        expected = xs.float() @ w.T
+        for split_k in (None, 1, 3):
+            out = qm.int4_linear(xs, module.qweight, module.scales, zeros, GROUP, split_k=split_k)
+            err = rel_error(out, expected)
+            results.append(dict(fmt=name, shape=list(module.qweight.shape), rows=x.shape[0], path=None,
+                                split_k=split_k, rel_error=err, ok=err < 1e-2))
+
+
+def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps, shapes, sweep_formats):
+    for name in shapes:
+        out_f, in_f = LINEAR_SHAPES[name]
         base = make_weights(out_f, in_f)
         copies = copies_needed(weight_bytes(base, "int4"), l2_bytes, cap=24)
         sets = [base] + [make_weights(out_f, in_f) for _ in range(copies - 1)]
         for rows in rows_list:
             xs = [torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16) for _ in sets]
             row = dict(shape=name, rows=rows, copies=copies)
-            for fmt in ("bf16", "int8", "int4", "fp8_wo", "fp8", "fp8_mm_only"):
-                moved = weight_bytes(base, fmt) + rows * (in_f + out_f) * 2
+            timed_formats = [f for f in ("bf16", "int8", "int4", "fp8_wo", "fp8", "fp8_mm_only") if f in FORMATS]
+            if BASELINE is not None:
+                timed_formats += [f + "_base" for f in KERNEL_FORMATS if f in FORMATS]
+            for fmt in timed_formats:
+                moved = weight_bytes(base, fmt.removesuffix("_base")) + rows * (in_f + out_f) * 2
                 try:
                     us = time_calls([linear_call(fmt, s, x) for s, x in zip(sets, xs)])[0]
                 except Exception as exc:  # noqa: BLE001
@@ -317,7 +357,7 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
                 bound = moved / bandwidth * 1e6
                 row[fmt] = dict(us=us, bound_us=bound, pct_of_bound=100 * bound / us, gbps=moved / us / 1e3)
             rows_out.append(row)
-            sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps)
+            sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats)
             for fmt in KERNEL_FORMATS:
                 tried = [s for s in sweeps if s["shape"] == name and s["rows"] == rows and s["fmt"] == fmt
                          and s.get("us") and "config" in s]
@@ -327,7 +367,7 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps):
                                               config=best["config"], split_k=best["split_k"], path=best.get("path"))
             print(f"linear {name} rows={rows}: " + ", ".join(
                 f"{f} {row[f]['us']:.1f}us ({row[f]['pct_of_bound']:.0f}%)" if "us" in row[f] else f"{f} err"
-                for f in LINEAR_COLUMNS if f in row), flush=True)
+                for f in linear_columns() if f in row), flush=True)
         del sets, base
         torch.cuda.empty_cache()
         SAVE_PROGRESS()
@@ -341,12 +381,36 @@ GEMV_SWEEP = {
     "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
              dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)],
 }
-GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-              dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
-              dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4)]
+BYTE_GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
+                   dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+                   dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4)]
+GEMM_SWEEP = {
+    "int8": BYTE_GEMM_SWEEP,
+    "fp8_wo": BYTE_GEMM_SWEEP,
+    # int4's default first: it alone also tries other K splits (the others: the default split only).
+    # BLOCK_K 256 / 512 span two / four groups of 128: 128 / 256 contiguous bytes of each weight row.
+    # SERIAL=False: the separate split-sum kernel; PACKED_CVT=False: the pure-Triton conversion.
+    "int4": [dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3),
+             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3),
+             dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
+             dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3),
+             dict(BLOCK_N=64, BLOCK_K=512, num_warps=4, num_stages=3),
+             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=4),
+             dict(BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3),
+             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+             dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3, SERIAL=False),
+             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3, PACKED_CVT=False)],
+}
+EXTRA_SPLITS = (2, 4, 8, 16)
 
 
-def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
+def gemv_max_rows(kernels, fmt):
+    """GEMV_MAX_ROWS was one number for every format before int4 moved to the GEMM."""
+    limit = kernels.GEMV_MAX_ROWS
+    return limit[stored_form(fmt)] if isinstance(limit, dict) else limit
+
+
+def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
     def timed(fmt, **overrides):
         try:
             return time_calls([linear_call(fmt, s, x, **overrides) for s, x in zip(sets, xs)])[0]
@@ -354,11 +418,15 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps):
             print("sweep failed", fmt, overrides, repr(exc)[:300])
             return None
 
-    for fmt in KERNEL_FORMATS:
-        configs = GEMV_SWEEP[fmt] if rows <= qm.GEMV_MAX_ROWS else GEMM_SWEEP
+    for fmt in sweep_formats:
+        configs = GEMV_SWEEP[fmt] if rows <= gemv_max_rows(qm, fmt) else GEMM_SWEEP[fmt]
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
-        for config in configs:
-            for split_k in (None, 1):
+        for i, config in enumerate(configs):
+            if fmt == "int4":   # many configs: other splits for the first (the default) only
+                splits = (None, 1) + EXTRA_SPLITS if i == 0 else (None,)
+            else:
+                splits = (None, 1)
+            for split_k in splits:
                 us = timed(fmt, config=config, split_k=split_k)
                 sweeps.append(dict(fmt=fmt, shape=name, rows=rows, config=config, split_k=split_k, us=us,
                                    pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
@@ -391,14 +459,29 @@ def print_table(report):
               + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}")
     print("\nWeight-only linears (rows = batch), us per call, % of bandwidth bound")
     print("(int8/int4/fp8_wo: default launch settings; *_best: best of the sweep, see linear_sweep in the JSON;")
+    print(" *_base: the --baseline copy of the kernels, default settings;")
     print(" fp8_wo: weight-only Triton kernel; fp8: Fp8Linear's per-token quantization + _scaled_mm;")
     print(" fp8_mm_only: _scaled_mm alone on pre-quantized activations)")
-    fmts = LINEAR_COLUMNS
+    fmts = [f for f in linear_columns() if any(f in row for row in report["linears"])]
     print(f"{'shape':>16} {'rows':>4} | " + " | ".join(f"{f:>14}" for f in fmts))
     for row in report["linears"]:
         cells = [f"{row[f]['us']:8.1f} {row[f]['pct_of_bound']:4.0f}%" if "us" in row.get(f, {}) else f"{'-':>14}"
                  for f in fmts]
         print(f"{row['shape']:>16} {row['rows']:>4} | " + " | ".join(cells))
+
+
+def linear_columns():
+    base = tuple(f + "_base" for f in KERNEL_FORMATS) if BASELINE is not None else ()
+    return LINEAR_COLUMNS + base
+
+
+def load_baseline(path):
+    """A saved copy of quant_matmul.py, imported as a sibling of the current one (its relative imports
+    resolve in qwen_triton.kernels)."""
+    spec = importlib.util.spec_from_file_location("qwen_triton.kernels._baseline_quant_matmul", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv=None):
@@ -407,13 +490,30 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16,64,256")
     parser.add_argument("--contexts", default="512,1024,2048,4096")
     parser.add_argument("--rows", default="1,4,16,64")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: attention,linears,sweeps")
+    parser.add_argument("--skip", default="",
+                        help="comma list of sections to skip: checks,attention,linears,sweeps")
+    parser.add_argument("--formats", default=",".join(LINEAR_COLUMNS),
+                        help="linear formats to check and time (of %s)" % ", ".join(LINEAR_COLUMNS))
+    parser.add_argument("--shapes", default="qkv,o,up,gate_up,down",
+                        help="linear shapes by name: " + ", ".join(LINEAR_SHAPES))
+    parser.add_argument("--baseline", help="a saved quant_matmul.py to time beside the current kernels")
+    parser.add_argument("--sweep", help="kernel formats whose launch settings to sweep (default: those timed)")
+    parser.add_argument("--check", help="kernel formats to check against the reference (default: those timed)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("kernel_bench needs a CUDA GPU")
     import triton
 
     skip = set(filter(None, args.skip.split(",")))
+    global FORMATS, BASELINE
+    FORMATS = set(filter(None, args.formats.split(",")))
+    BASELINE = load_baseline(args.baseline) if args.baseline else None
+    by_prefix = {name.split()[0]: name for name in LINEAR_SHAPES}
+    shapes = [by_prefix[s] for s in args.shapes.split(",") if s]
+    swept = set(args.sweep.split(",")) if args.sweep is not None else FORMATS
+    sweep_formats = [] if "sweeps" in skip else [f for f in KERNEL_FORMATS if f in FORMATS & swept]
+    checked = set(args.check.split(",")) if args.check is not None else FORMATS
+    check_formats = [f for f in KERNEL_FORMATS if f in checked]
     props = torch.cuda.get_device_properties(0)
     report = dict(date=time.strftime("%Y-%m-%d"), device=props.name, sms=props.multi_processor_count,
                   l2_bytes=props.L2_cache_size, torch=torch.__version__, triton=triton.__version__,
@@ -443,8 +543,10 @@ def main(argv=None):
         with open(args.out, "w") as fh:
             json.dump(report, fh, indent=1)
 
-    section("check_attention", check_attention, report["checks"])
-    section("check_linears", check_linears, report["checks"])
+    if "checks" not in skip:
+        if "attention" not in skip:
+            section("check_attention", check_attention, report["checks"])
+        section("check_linears", check_linears, report["checks"], shapes, check_formats)
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (16, 4096), (256, 4096)}
@@ -453,7 +555,7 @@ def main(argv=None):
                 sweep_shapes, report["attention"], report["attention_sweep"])
     if "linears" not in skip:
         section("linears", bench_linears, [int(r) for r in args.rows.split(",")], bandwidth,
-                props.L2_cache_size, report["linears"], report["linear_sweep"])
+                props.L2_cache_size, report["linears"], report["linear_sweep"], shapes, sweep_formats)
     print_table(report)
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=1)

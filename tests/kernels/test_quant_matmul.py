@@ -81,6 +81,38 @@ def test_int4_linear(generator, device, rel_error, path, symmetric, split_k, gro
     assert rel_error(out, expected) < 2e-3
 
 
+@pytest.mark.parametrize("rows", [1, 17])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 6e-3), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("split_k", [None, 3])
+def test_int4_linear_rows_and_dtypes(generator, device, rel_error, poisoned_outputs, rows, dtype, tolerance,
+                                     split_k):
+    """The default path (the GEMM at every row count) in both 16-bit activation dtypes, which the
+    CUDA kernel converts nibbles to with different inline PTX; 17 rows need a second row tile; 37
+    outputs leave a ragged column tile; bias added once after the split-K sum."""
+    from qwen_triton.kernels import int4_linear
+    from qwen_triton.kernels.reference import int4_linear_reference
+
+    skip_interpreted_bf16_dot(device, dtype, "gemm")
+    x, packed, scales, zeros = int4_case(generator, 37, 384, rows, 64, dtype)
+    bias = torch.randn(37, generator=generator)
+    out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), 64,
+                      bias.to(dtype).to(device), split_k=split_k)
+    assert out.shape == (rows, 37) and out.dtype == dtype
+    expected = int4_linear_reference(x, packed, scales, zeros, 64, bias.to(dtype), dtype=torch.float64)
+    assert rel_error(out, expected) < tolerance
+
+
+def test_int4_linear_float_zero_points(generator, device, rel_error):
+    """Fractional zero points are allowed; the packed conversion (integers only) must not round them."""
+    from qwen_triton.kernels import int4_linear
+    from qwen_triton.kernels.reference import int4_linear_reference
+
+    x, packed, scales, _ = int4_case(generator, 32, 256, 4, 128, torch.float16)
+    zeros = torch.rand(32, 2, generator=generator) * 15
+    out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), 128)
+    assert rel_error(out, int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)) < 2e-3
+
+
 @pytest.mark.parametrize("path", [None, "gemv", "gemm"])
 @pytest.mark.parametrize("rows", [1, 3, 16, 17])
 @pytest.mark.parametrize("with_bias", [False, True])

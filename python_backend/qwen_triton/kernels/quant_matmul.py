@@ -12,15 +12,22 @@ Formats (those of quantization.py, which owns them):
   ``group_size`` input features.
 
 Two kernel shapes per format:
-- GEMV (few rows of x, decode at small batch): bound by reading the weight once. Each program owns
-  BLOCK_N output rows and streams their weight bytes with wide loads, multiply-adding into a 2-D
-  float32 accumulator that is reduced once at the end. The integer -> float conversion uses the
-  float32 "magic number" trick (OR the integer into the mantissa of 2**23, subtract 2**23): one
-  logic op and one add instead of a conversion instruction, whose throughput would otherwise cap
-  int4 at well under the memory bandwidth. fp8 uses the hardware e4m3 conversion.
-- GEMM (more rows): tensor-core dots on weights converted to the activations' dtype (int8,
-  nibbles and e4m3 values are all exact in bf16/fp16); scales (and zero points) are applied to the
-  dot's result, so the dot itself sees the stored values exactly.
+- GEMV (few rows of x, decode at small batch; int8 and fp8 at 1 row, int4 only on request): bound
+  by reading the weight once. Each program owns BLOCK_N output rows and streams their weight bytes
+  with wide loads, multiply-adding into a 2-D float32 accumulator that is reduced once at the end.
+  The integer -> float conversion uses the float32 "magic number" trick (OR the integer into the
+  mantissa of 2**23, subtract 2**23): one logic op and one add instead of a conversion instruction.
+  fp8 uses the hardware e4m3 conversion.
+- GEMM (more rows, and int4 at every row count, padded to 16): tensor-core dots on weights
+  converted to the activations' dtype (int8, int4 q - zero and e4m3 values are all exact in
+  bf16/fp16); scales are applied to the dot's float32 result. int4 on CUDA converts two nibbles per
+  instruction with inline PTX (`_NIBBLES_PTX`, ~1.4 instructions per weight against ~7 in the float32
+  path, which left int4 instruction-bound), feeds the low nibbles (even inputs) and high nibbles (odd
+  inputs) to two dots against x's even and odd columns, and reads two groups per K step.
+  The CPU interpreter (and float32 x, and float zero points) take a pure-Triton conversion.
+
+Narrow outputs split K across programs. int4 adds the float32 partials up in the last program of
+each output tile (SERIAL: an atomic count per tile); int8 and fp8 launch _sum_splits_kernel.
 
 int8 and fp8 share every kernel line but the byte -> float conversion (the ``FMT`` constexpr picks
 it); quantization.Fp8Linear sends small batches here and prefill to torch._scaled_mm.
@@ -38,10 +45,15 @@ from . import multiprocessor_count
 
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
 # tensor-core GEMM (rows padded to 16). Measured on H100 (benchmarks/kernel_bench.py, 2026-11-25):
-# at 1 row the two tie within 5 %, at 4 rows GEMV re-reads the weight and is 2-3x slower.
-GEMV_MAX_ROWS = 1
+# int8 at 1 row: the two tie within 5 %; at 4 rows GEMV re-reads the weight and is 2-3x slower.
+# int4 always takes the GEMM: its packed conversion feeds tensor cores at ~1.4 instructions per
+# weight, where the GEMV's float32 FMAs need ~7.
+GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 0}
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)   # see _packed_cvt_applies
+
+
 @triton.jit
 def _int8_to_float(w_u8, FAST_CVT: tl.constexpr):
     """uint8 view of int8 weights -> float32 values -128..127."""
@@ -97,27 +109,126 @@ def _int4_tile(w_ptr, scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, str
     return tl.interleave(low, high), scale
 
 
+# Inline PTX for the int4 -> bf16 / fp16 conversion, the inner loop's cost: four packed bytes per
+# call (8 weights). The nibbles are masked, PRMT puts each under the exponent byte of MAGIC (bf16
+# 0x43nn = 128 + n, fp16 0x64nn = 1024 + n: exact), and one packed FMA per pair subtracts MAGIC +
+# zero point, passed in pairs as $5 / $6 (negated). 11 instructions for 8 weights, against ~7 per
+# weight for the float32 magic-number path (which leaves int4 instruction-bound).
+_NIBBLES_PTX = """{
+.reg .b32 lo, hi, magic, one;
+and.b32 lo, $4, 0x0F0F0F0F;
+shr.u32 hi, $4, 4;
+and.b32 hi, hi, 0x0F0F0F0F;
+mov.b32 magic, MAGIC;
+mov.b32 one, ONE;
+prmt.b32 $0, lo, magic, 0x4140;
+prmt.b32 $1, lo, magic, 0x4342;
+prmt.b32 $2, hi, magic, 0x4140;
+prmt.b32 $3, hi, magic, 0x4342;
+fma.rn.TYPE $0, $0, one, $5;
+fma.rn.TYPE $1, $1, one, $6;
+fma.rn.TYPE $2, $2, one, $5;
+fma.rn.TYPE $3, $3, one, $6;
+}"""
+_NIBBLES_BF16 = tl.constexpr(_NIBBLES_PTX.replace("MAGIC", "0x43434343").replace("ONE", "0x3F803F80")
+                              .replace("TYPE", "bf16x2"))
+_NIBBLES_F16 = tl.constexpr(_NIBBLES_PTX.replace("MAGIC", "0x64646464").replace("ONE", "0x3C003C00")
+                             .replace("TYPE", "f16x2"))
+
+
 @triton.jit
-def _store_output(y, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr, stride_ym,
-                  FMT: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
-    """y [R, BLOCK_N] float32 -> the output, or this split's float32 partial [splits, M, N]."""
+def _int4_values(packed, zero, DTYPE: tl.constexpr, PACKED_CVT: tl.constexpr):
+    """uint8 [R, C] and zero points [R] (float32) -> (low nibble - zero, high nibble - zero) [R, C]
+    as DTYPE: small integers, exact in bf16 / fp16 / float32."""
+    if PACKED_CVT:   # CUDA, bf16 / fp16 only: inline PTX, which the CPU interpreter cannot run
+        # Each packed pair of outputs gets the pair of its own elements' zero points (broadcast
+        # along the row: in any register layout, element i of a pack meets its own row's value).
+        if DTYPE == tl.bfloat16:
+            bias = tl.broadcast_to((-128.0 - zero).to(tl.bfloat16)[:, None], packed.shape)
+            return tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r,r,r", [packed, bias],
+                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            bias = tl.broadcast_to((-1024.0 - zero).to(tl.float16)[:, None], packed.shape)
+            return tl.inline_asm_elementwise(_NIBBLES_F16, "=r,=r,=r,=r,r,r,r", [packed, bias],
+                                             dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        packed = packed.to(tl.int32)
+        low = (packed & 0x0F).to(tl.float32) - zero[:, None]
+        high = (packed >> 4).to(tl.float32) - zero[:, None]
+        return low.to(DTYPE), high.to(DTYPE)
+
+
+@triton.jit
+def _int4_group(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP: tl.constexpr,
+                HAS_ZEROS: tl.constexpr):
+    """Scale and zero point [BLOCK_N] (float32) of the group holding input k0; of the last group
+    for k0 past K (a tile there has zero x, so any finite scale will do)."""
+    group = tl.minimum(k0, K - 1) // GROUP
+    scale = tl.load(scales_ptr + cols * stride_sn + group, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + cols * stride_zn + group, mask=col_ok, other=0).to(tl.float32)
+    else:
+        zero = tl.full(scale.shape, 8.0, tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def _int4_dot(x, w_ptr, cols, col_ok, k0, K, stride_wn, scale, zero, EVEN_K: tl.constexpr,
+              PACKED_CVT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """float32 [BLOCK_M, BLOCK_N] = x [BLOCK_M, BLOCK_K] @ ((q - zero) * scale)^T for inputs k0.. of
+    one group (BLOCK_K divides GROUP): dots on q - zero (exact in x's dtype), the scale applied to
+    their float32 result. Low nibbles hold the even inputs and high nibbles the odd ones; x is split
+    the same way instead of interleaving the weights (a dot sums over k in any order)."""
+    half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (2 * half < K)[None, :]
+    packed = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + half[None, :], mask=mask, other=0)
+    low, high = _int4_values(packed, zero, x.dtype, PACKED_CVT)
+    x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_K // 2, 2]))
+    # Two independent dots, not one accumulating into the other: half as long a chain of dependent
+    # tensor-core instructions per tile.
+    return (tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))) * scale[None, :]
+
+
+@triton.jit
+def _store_output(y, rows, cols, row_ok, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
+                  stride_ym, FMT: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                  SERIAL: tl.constexpr):
+    """y [R, BLOCK_N] float32 -> the output, or this split's float32 partial [splits, M, N]. With
+    SERIAL, the last split program of the output tile to finish adds the partials up and writes the
+    output itself, which saves the launch of _sum_splits_kernel."""
     if FMT != "int4":   # per-channel formats scale the output; int4 scaled each group already
         y = y * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT:
-        tl.store(part_ptr + (split * M + rows[:, None]).to(tl.int64) * N + cols[None, :], y, mask=mask)
+        parts = part_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
+        tl.store(parts + tl.program_id(2).to(tl.int64) * M * N, y, mask=mask)
+        if SERIAL:
+            tl.debug_barrier()   # every thread's partial is stored before the program counts itself done
+            counter = count_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+            if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(2) - 1:
+                total = tl.zeros_like(y)
+                for split in range(0, tl.num_programs(2)):   # .cg: from L2, where the others' stores are
+                    total += tl.load(parts + (split * M).to(tl.int64) * N, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                _store_y(total, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS)
+                tl.store(counter, 0)   # zero again for the next launch
     else:
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        _store_y(y, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS)
+
+
+@triton.jit
+def _store_y(y, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
+    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
     FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FAST_CVT: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
@@ -146,16 +257,17 @@ def _gemv_kernel(
             acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
-    _store_output(y, rows, cols, rows < M, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr,
-                  stride_ym, FMT, HAS_BIAS, SPLIT)
+    _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
+                  stride_ym, FMT, HAS_BIAS, SPLIT, SERIAL)
 
 
 @triton.jit
 def _gemm_kernel(
-    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
+    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
     FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FAST_CVT: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
+    PACKED_CVT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Tensor-core dots on weight tiles converted to x's dtype (int8 values, int4 q - zero and e4m3
@@ -167,26 +279,38 @@ def _gemm_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     col_ok = cols < N
-    ks = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + rows[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     k_start = split * k_per_split
     for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        if EVEN_K:
-            x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None], other=0.0)
-        else:
-            x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
         if FMT == "int4":
-            # (q - zero) is exact in x's dtype; the group scale multiplies the tile's dot.
-            w, scale = _int4_tile(w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
-                                  stride_zn, GROUP, HAS_ZEROS, EVEN_K, FAST_CVT, BLOCK_K)
-            acc += tl.dot(x, tl.trans(w.to(x.dtype))) * scale[None, :]
+            # BLOCK_K may span several groups: one dot per group, their loads issued together, so
+            # each weight row is read in longer contiguous pieces (see GEMM_CONFIG).
+            SUB_K: tl.constexpr = BLOCK_K if BLOCK_K < GROUP else GROUP
+            for j in tl.static_range(BLOCK_K // SUB_K):
+                kj = k0 + j * SUB_K
+                x = _x_tile(x_rows, row_ok, kj, K, EVEN_K, SUB_K)
+                scale, zero = _int4_group(scale_ptr, zeros_ptr, cols, col_ok, kj, K, stride_sn, stride_zn,
+                                          GROUP, HAS_ZEROS)
+                acc += _int4_dot(x, w_ptr, cols, col_ok, kj, K, stride_wn, scale, zero, EVEN_K, PACKED_CVT,
+                                 BLOCK_M, SUB_K)
         else:
+            x = _x_tile(x_rows, row_ok, k0, K, EVEN_K, BLOCK_K)
             w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
-    _store_output(acc, rows, cols, row_ok, col_ok, M, N, split, scale_ptr, bias_ptr, y_ptr, part_ptr,
-                  stride_ym, FMT, HAS_BIAS, SPLIT)
+    _store_output(acc, rows, cols, row_ok, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
+                  stride_ym, FMT, HAS_BIAS, SPLIT, SERIAL)
+
+
+@triton.jit
+def _x_tile(x_rows, row_ok, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x [BLOCK_M, BLOCK_K] from input k0 on, zeros for rows past M (and inputs past K)."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        return tl.load(x_rows + ks[None, :], mask=row_ok[:, None], other=0.0)
+    else:
+        return tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & (ks < K)[None, :], other=0.0)
 
 
 @triton.jit
@@ -211,34 +335,59 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 
 # Best of the sweep on H100 (Qwen2.5-7B shapes) on 2026-11-25; see docs/benchmarks.md "GPU kernels".
 # fp8 starts from int8's settings (same bytes per weight, same loads); not swept yet.
+# int4 (GEMM only; its GEMV serves path="gemv"): best of the packed-conversion sweep at 1 and 16
+# rows (2026-11-25, evening). BLOCK_K 256 spans two groups of 128, so each weight row is read 128
+# contiguous bytes at a time: at BLOCK_N 64, gate_up (37888 x 3584, 1 row) took 42.5 us against
+# 48.6 us with BLOCK_K 128 (64-byte pieces).
+# SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
 GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
                "int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
                "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)}
 GEMM_CONFIG = {"int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-               "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+               "int4": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3, SERIAL=True),
                "fp8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)}
+# Overrides of GEMM_CONFIG above 16 rows (BLOCK_M 32 / 64: tiles of 64 rows run on wgmma and need
+# more registers); measured at 64 rows only.
+GEMM_CONFIG_MANY_ROWS = {"int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=4)}
 # Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
 # (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
 # once more) under an eighth of the weight bytes.
 PROGRAMS_PER_SM = 4
-MIN_TILES_PER_SPLIT = 4
+MIN_TILES_PER_SPLIT = {"int8": 4, "fp8": 4, "int4": 2}   # int4's K tiles are twice as long
+
+# int32 counters (one per output tile) for SERIAL split-K, per device; each launch leaves them zero.
+# Allocated once and never replaced: CUDA graphs keep the address they were captured with. Shared
+# by all streams, so two SERIAL launches must not run at once on one device (one engine per process
+# launches on one stream; Triton's Python-backend instances are separate processes).
+_SPLIT_COUNTERS: dict = {}
+_MAX_COUNTED_TILES = 1 << 16
+
+
+def _split_counters(device: torch.device, tiles: int):
+    """Zeroed counters for the launch's output tiles, or None (then _sum_splits_kernel adds up)."""
+    counters = _SPLIT_COUNTERS.get(device)
+    if counters is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None   # not from a graph's memory pool: an eager launch (warm-up) allocates them
+        counters = _SPLIT_COUNTERS[device] = torch.zeros(_MAX_COUNTED_TILES, dtype=torch.int32, device=device)
+    return counters if tiles <= counters.numel() else None
 
 
 def choose_split_k(programs: int, rows: int, out_features: int, in_features: int, block_k: int,
-                   weight_bytes: int, device: torch.device) -> int:
+                   weight_bytes: int, device: torch.device, fmt: str = "int8") -> int:
     if device.type != "cuda":
         return 1
     wanted = PROGRAMS_PER_SM * multiprocessor_count(device.index or 0)
     split = math.ceil(wanted / programs)
-    split = min(split, in_features // (block_k * MIN_TILES_PER_SPLIT),
+    split = min(split, in_features // (block_k * MIN_TILES_PER_SPLIT[fmt]),
                 weight_bytes // (8 * rows * out_features * 4))
     return max(1, split)
 
 
-def _use_gemv(rows: int, path: str | None) -> bool:
+def _use_gemv(rows: int, path: str | None, fmt: str) -> bool:
     if path not in (None, "gemv", "gemm"):
         raise ValueError(f"path: {path!r} is not one of None (automatic), 'gemv', 'gemm'")
-    return rows <= GEMV_MAX_ROWS if path is None else path == "gemv"
+    return rows <= GEMV_MAX_ROWS[fmt] if path is None else path == "gemv"
 
 
 def _as_rows(x: torch.Tensor, in_features: int, name: str) -> torch.Tensor:
@@ -255,6 +404,12 @@ def _check_bias(bias, out_features: int):
         raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
 
 
+def _packed_cvt_applies(x: torch.Tensor, zeros) -> bool:
+    """int4's inline-PTX conversion: on CUDA, for bf16 / fp16 x, with integer zero points (it adds
+    them in x's dtype next to 128 or 1024, exact for integers only; float zeros take the float32 path)."""
+    return x.is_cuda and x.dtype in _PACKED_CVT_DTYPES and (zeros is None or not zeros.dtype.is_floating_point)
+
+
 def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_features, name,
             config, path, split_k):
     """Shared host side of int8_linear / fp8_linear / int4_linear: pick kernel, tiles and K split;
@@ -263,30 +418,37 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     rows = _as_rows(x, in_features, name)
     m = rows.shape[0]
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
-    gemv = _use_gemv(m, path)
-    cfg = {**(GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt], "FAST_CVT": True, **(config or {})}
-    if not gemv and "BLOCK_M" not in (config or {}):
-        cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
-    if fmt == "int4":
-        cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size)   # a tile never straddles two groups
+    gemv = _use_gemv(m, path, fmt)
+    cfg = {**(GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt], "FAST_CVT": True}
+    if not gemv and m > 16:
+        cfg.update(GEMM_CONFIG_MANY_ROWS.get(fmt, {}))
+    cfg.update(config or {})
+    if not gemv:
+        if "BLOCK_M" not in (config or {}):
+            cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
+        cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
+    if fmt == "int4" and (gemv or cfg["BLOCK_K"] < group_size):
+        cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size)   # within one group, or whole groups (GEMM)
     block_k = cfg["BLOCK_K"]
     grid_n = triton.cdiv(out_features, cfg["BLOCK_N"])
     grid_m = m if gemv else triton.cdiv(m, cfg["BLOCK_M"])
     if split_k is None:
         split_k = choose_split_k(grid_n * grid_m, m, out_features, in_features, block_k,
-                                 weight.numel() * weight.element_size(), x.device)
+                                 weight.numel() * weight.element_size(), x.device, fmt)
     k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
     split_k = triton.cdiv(in_features, k_per_split)          # no empty splits
     part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=x.device) if split_k > 1 else y
+    counters = _split_counters(x.device, grid_n * grid_m) if split_k > 1 and cfg.get("SERIAL") else None
+    cfg["SERIAL"] = counters is not None
     zeros_arg = zeros if zeros is not None else scale
     kernel = _gemv_kernel if gemv else _gemm_kernel
     kernel[(grid_n, grid_m, split_k)](
         rows, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
-        m, out_features, in_features, k_per_split,
+        counters if counters is not None else part, m, out_features, in_features, k_per_split,
         rows.stride(0), weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
         FMT=fmt, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
         EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, **cfg)
-    if split_k > 1:
+    if split_k > 1 and counters is None:
         block = 1024
         _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
             part, bias if bias is not None else part, y, m, out_features, split_k, y.stride(0),
