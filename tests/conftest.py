@@ -19,6 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton picks interpreter or compiler when its modules are first imported, and torch itself imports
+# triton from modules the engine uses (torch.nn.attention.bias, at the collection of tests/engine): so on a
+# machine without CUDA the interpreter switch is set here, before any test module is collected. (The
+# kernel tests' kernel_env.py sets the same switch; this keeps a whole-suite run from importing triton first.)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = REPO_ROOT / "models" / "smollm2-135m-instruct"
