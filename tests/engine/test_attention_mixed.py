@@ -2,7 +2,8 @@
 per-sequence reference: every query attends to its sequence's keys up to its own position.
 
 Runs on CPU (the math backend) and, where there is a GPU, on CUDA in bfloat16, where the prompt rows take
-the flash kernel (the fresh prompts' causal mask and the chunks' bottom-right causal mask)."""
+the flash kernel (the fresh prompts in its variable-length form, the chunks with a bottom-right causal
+mask)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,25 @@ from qwen_triton.attention import AttentionMetadata, paged_attention, write_kv
 
 BLOCK = 16
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64
-# (tokens computed before this step, tokens in this step) per sequence.
-SEQUENCES = [(37, 1), (0, 29), (90, 1), (40, 23), (0, 64), (16, 16), (5, 1)]
+# (tokens computed before this step, tokens in this step) per sequence. In the first step the fresh
+# prompts are scattered among the other rows (their rows are gathered); in the others they come last,
+# as the scheduler orders them (one run of rows, taken as a view), of mixed lengths (the variable-length
+# flash kernel on CUDA) or of one length (a [prompts, length] grid for the fixed-length kernel).
+STEPS = {"scattered": [(37, 1), (0, 29), (90, 1), (40, 23), (0, 64), (16, 16), (5, 1)],
+         "fresh_last": [(37, 1), (40, 23), (90, 1), (0, 29), (0, 64), (0, 7)],
+         "fresh_uniform": [(37, 1), (40, 23), (90, 1), (0, 48), (0, 48), (0, 48)]}
 
 DEVICES = [("cpu", torch.float32)] + ([("cuda", torch.bfloat16)] if torch.cuda.is_available() else [])
 
 
-def build_step(device, dtype, generator):
+def build_step(sequences, device, dtype, generator):
     """A KV cache already holding each sequence's earlier tokens, and this step's q/k/v and metadata."""
-    num_blocks = sum(-(-(done + new) // BLOCK) for done, new in SEQUENCES) + 2
+    num_blocks = sum(-(-(done + new) // BLOCK) for done, new in sequences) + 2
     k_cache = torch.zeros(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, dtype=dtype, device=device)
     v_cache = torch.zeros_like(k_cache)
     order = torch.randperm(num_blocks - 1, generator=generator).tolist()   # scattered, never block 0 first
     tables, slots, full_k, full_v = [], [], [], []
-    for done, new in SEQUENCES:
+    for done, new in sequences:
         total = done + new
         table = [order.pop() for _ in range(-(-total // BLOCK))]
         keys = torch.randn(total, KV_HEADS, HEAD_DIM, generator=generator).to(dtype).to(device)
@@ -42,19 +48,23 @@ def build_step(device, dtype, generator):
     block_tables = torch.tensor([t + [num_blocks - 1] * (width - len(t)) for t in tables], dtype=torch.int32)
     meta = AttentionMetadata(
         slot_mapping=torch.tensor(slots, device=device), block_tables=block_tables.to(device),
-        context_lens=torch.tensor([d + n for d, n in SEQUENCES], dtype=torch.int32, device=device),
-        is_decode=False, query_lens=[n for _, n in SEQUENCES], context_lens_cpu=[d + n for d, n in SEQUENCES])
-    new_k = torch.cat([keys[done:] for keys, (done, _) in zip(full_k, SEQUENCES)])
-    new_v = torch.cat([values[done:] for values, (done, _) in zip(full_v, SEQUENCES)])
+        context_lens=torch.tensor([d + n for d, n in sequences], dtype=torch.int32, device=device),
+        is_decode=False, query_lens=[n for _, n in sequences], context_lens_cpu=[d + n for d, n in sequences])
+    new_k = torch.cat([keys[done:] for keys, (done, _) in zip(full_k, sequences)])
+    new_v = torch.cat([values[done:] for values, (done, _) in zip(full_v, sequences)])
     q = torch.randn(len(slots), HEADS, HEAD_DIM, generator=generator).to(dtype).to(device)
+    # As the model passes them: views into one fused QKV output, rows strided by the three together.
+    qkv = torch.cat([q.flatten(1), new_k.flatten(1), new_v.flatten(1)], dim=1)
+    q, new_k, new_v = (part.view(-1, heads, HEAD_DIM) for part, heads in zip(
+        qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=1), (HEADS, KV_HEADS, KV_HEADS)))
     return q, new_k, new_v, (k_cache, v_cache, None, None), meta, full_k, full_v
 
 
-def reference(q, full_k, full_v, scale):
+def reference(sequences, q, full_k, full_v, scale):
     """float32 softmax attention, sequence by sequence, query position p seeing keys 0..p."""
     out, start = [], 0
     group = HEADS // KV_HEADS
-    for (done, new), keys, values in zip(SEQUENCES, full_k, full_v):
+    for (done, new), keys, values in zip(sequences, full_k, full_v):
         queries = q[start:start + new].float()
         k = keys.float().repeat_interleave(group, dim=1)
         v = values.float().repeat_interleave(group, dim=1)
@@ -66,17 +76,20 @@ def reference(q, full_k, full_v, scale):
     return torch.cat(out)
 
 
+@pytest.mark.parametrize("step", sorted(STEPS))
 @pytest.mark.parametrize("device,dtype", DEVICES)
-def test_mixed_step_matches_per_sequence_reference(device, dtype):
+def test_mixed_step_matches_per_sequence_reference(device, dtype, step):
     generator = torch.Generator().manual_seed(7)
-    q, k, v, cache_layer, meta, full_k, full_v = build_step(device, dtype, generator)
+    sequences = STEPS[step]
+    q, k, v, cache_layer, meta, full_k, full_v = build_step(sequences, device, dtype, generator)
     write_kv(k, v, cache_layer, meta.slot_mapping)
     scale = HEAD_DIM ** -0.5
     plan = meta.plan()
-    assert plan.decode_tokens is not None and plan.fresh_tokens is not None and plan.chunks, \
-        "the step must exercise all three row groups"
+    assert plan.decode_tokens is not None and plan.fresh and plan.chunks, "the step must exercise all three row groups"
+    assert (plan.fresh_range is not None) == (step != "scattered")
+    assert plan.fresh_uniform == (step == "fresh_uniform")
     out = paged_attention(q, k, v, cache_layer, meta, scale)
-    expected = reference(q, full_k, full_v, scale)
+    expected = reference(sequences, q, full_k, full_v, scale)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     error = ((out.float() - expected).norm() / expected.norm()).item()
     assert error < tolerance, f"relative error {error:.2e} on {device}"
