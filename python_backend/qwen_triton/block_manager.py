@@ -95,7 +95,9 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         tokens = seq.all_token_ids
-        for i in range(len(seq.block_hashes), seq.num_computed_tokens // self.block_size):
+        # Only blocks whose tokens the host has: a token still on the device (see Sequence.pending_tokens)
+        # is computed but cannot be hashed yet; the engine registers its block once it is appended.
+        for i in range(len(seq.block_hashes), min(seq.num_computed_tokens, len(tokens)) // self.block_size):
             chunk = tuple(tokens[i * self.block_size:(i + 1) * self.block_size])
             block_hash = chain_hash(seq.block_hashes[-1] if seq.block_hashes else None, chunk)
             seq.block_hashes.append(block_hash)

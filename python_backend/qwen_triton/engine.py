@@ -20,7 +20,7 @@ from .prequantized import install_quantized_layers, prequantized_config
 from .sampler import SampledTokens, Sampler
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSequence, Scheduler
-from .sequence import Sequence, SequenceStatus
+from .sequence import Sequence
 from .tokenization import PromptTokenizer
 from .transfer import to_device
 
@@ -69,7 +69,7 @@ class EngineStats:
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
-    steps_launched_ahead: int = 0   # decode steps queued before the previous step's tokens were read
+    steps_launched_ahead: int = 0   # steps queued before the previous step's tokens were read
 
 
 @dataclass
@@ -104,7 +104,7 @@ class LLMEngine:
                                   cuda_graphs=config.cuda_graphs)
         self.sampler = Sampler(self.hf_config.vocab_size)
         self.requests: dict[str, _Request] = {}
-        self._in_flight: _LaunchedStep | None = None  # a decode step launched ahead (see step())
+        self._in_flight: _LaunchedStep | None = None  # a step launched ahead (see step())
         self.steps_launched_ahead = 0
         self.prompt_tokens_total = self.generation_tokens_total = 0
         torch.manual_seed(config.seed)  # the shared stream of unseeded requests
@@ -217,11 +217,12 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one step and return what it produced.
 
-        With `overlap_steps`, a pure decode step is followed on the device by the next one before the host
-        reads its tokens: the next step's inputs are the sampled tokens still on the device, so the host's
-        bookkeeping (appending tokens, detokenizing, stop checks, building outputs) runs while the GPU
-        computes, instead of between GPU steps. A sequence that turns out to have finished just wastes its
-        row of the step launched ahead.
+        With `overlap_steps`, the next step is scheduled and queued on the device before the host reads this
+        step's tokens: rows continuing a sequence that sampled here take their input token from the device,
+        so the host's bookkeeping (appending tokens, detokenizing, stop checks, building outputs) and the
+        next step's preparation run while the GPU computes, instead of between GPU steps. This holds for
+        steps with prompt chunks too (requests arriving under load). A sequence that turns out to have
+        finished just wastes its row of the step launched ahead.
         """
         try:
             current = self._in_flight
@@ -236,48 +237,43 @@ class LLMEngine:
             self._in_flight = None  # the caller fails the requests; nothing may point at their state
             raise
 
-    def _launch(self, scheduled: list[ScheduledSequence]) -> _LaunchedStep:
-        logits = self.runner.run(scheduled)
+    def _launch(self, scheduled: list[ScheduledSequence], in_flight: _LaunchedStep | None = None) -> _LaunchedStep:
+        """Queue the step on the device. Rows whose input is a token of ``in_flight`` read it there."""
+        logits = self.runner.run(scheduled, self._device_inputs(scheduled, in_flight))
         sampling = [item.seq for item in scheduled if item.samples]
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_tokens
             self.block_manager.register_full_blocks(item.seq)
+        for seq in sampling:
+            seq.pending_tokens += 1
         return _LaunchedStep(sampling, self.sampler.sample(logits, sampling) if sampling else None)
 
-    def _launch_ahead(self, current: _LaunchedStep) -> _LaunchedStep | None:
-        """The decode step after `current`, fed by its tokens on the device; None where the scheduler must
-        decide the next step (requests waiting, sequences not in `current`, blocks running out)."""
-        rows = self._ahead_rows(current)
-        if not rows:
+    @staticmethod
+    def _device_inputs(scheduled: list[ScheduledSequence], in_flight: _LaunchedStep | None) -> torch.Tensor | None:
+        """One device token per scheduled row, the in-flight step's token for rows whose input it is (others:
+        any value, unread); None when no row needs one."""
+        if in_flight is None or not any(item.input_on_device for item in scheduled):
             return None
-        seqs = [current.seqs[row] for row in rows]
-        for seq in seqs:
-            self.block_manager.append_slots(seq, 1)
-        tokens = current.sampled.tokens
-        if len(rows) < len(current.seqs):
-            tokens = tokens.index_select(0, to_device(rows, torch.long, tokens.device))
-        logits = self.runner.run([ScheduledSequence(seq, 1) for seq in seqs], input_ids=tokens)
-        for seq in seqs:
-            # Its last token is still on the device; the prefix cache indexes the block once the host has it.
-            seq.num_computed_tokens += 1
-        self.steps_launched_ahead += 1
-        return _LaunchedStep(seqs, self.sampler.sample(logits, seqs))
+        row_of = {id(seq): row for row, seq in enumerate(in_flight.seqs)}
+        rows = [row_of[id(item.seq)] if item.input_on_device else 0 for item in scheduled]
+        tokens = in_flight.sampled.tokens
+        if rows == list(range(len(tokens))):
+            return tokens
+        return tokens.index_select(0, to_device(rows, torch.long, tokens.device))
 
-    def _ahead_rows(self, current: _LaunchedStep) -> list[int]:
-        """Rows of `current` whose sequences go on in the step launched ahead (empty: launch none)."""
-        if current.sampled is None or self.scheduler.waiting:
-            return []
-        in_current = {id(seq) for seq in current.seqs}
-        if any(id(seq) not in in_current for seq in self.scheduler.running):
-            return []  # a sequence mid-prompt: the scheduler gives it its chunk
+    def _launch_ahead(self, current: _LaunchedStep) -> _LaunchedStep | None:
+        """The step after `current`, scheduled and queued before the host reads `current`'s tokens; None
+        where the scheduler has nothing to run or must wait for them (penalties read the token history on
+        the host, which lacks the tokens still on the device)."""
+        if current.sampled is None or any(seq.params.has_penalties for seq in current.seqs):
+            return None
         # A sequence whose token on its way is certainly its last (a length limit) sits the step out.
-        rows = [row for row, seq in enumerate(current.seqs)
-                if seq.status is SequenceStatus.RUNNING and not self._at_length_limit(seq, pending=1)]
-        # Penalties read the token history on the host, which lacks the tokens still on the device.
-        if any(current.seqs[row].params.has_penalties for row in rows):
-            return []
-        needed = sum(self.block_manager.blocks_needed(current.seqs[row], 1) for row in rows)
-        return rows if needed <= self.block_manager.num_free_blocks else []
+        scheduled = self.scheduler.schedule(
+            sits_out=lambda seq: seq.pending_tokens > 0 and self._at_length_limit(seq, seq.pending_tokens))
+        if not scheduled:
+            return None
+        self.steps_launched_ahead += 1
+        return self._launch(scheduled, in_flight=current)
 
     def _at_length_limit(self, seq: Sequence, pending: int = 0) -> bool:
         """max_tokens or max_model_len reached, counting `pending` tokens not yet appended."""
@@ -296,6 +292,7 @@ class LLMEngine:
             if request is None or request.seq is not seq:
                 continue  # finished or aborted while this step was on its way: its token is void
             seq.first_token_time = seq.first_token_time or now
+            seq.pending_tokens -= 1
             self._append(request, token, logprob)
             if not seq.is_finished:
                 self.block_manager.register_full_blocks(seq)

@@ -9,6 +9,7 @@ triton package) every step runs eagerly.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,13 +48,14 @@ class ModelRunner:
                 self._capture_graphs(max_num_seqs)
 
     @torch.inference_mode()
-    def run(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [number of sampling sequences, vocab] in float32.
 
-        `input_ids`: for a decode step launched before the host has read the previous step's tokens, the
-        device tensor holding them (one per scheduled sequence); otherwise they come from the sequences.
+        `device_ids`: for a step launched before the host has read the previous step's tokens, a device tensor
+        with one token per scheduled row: the input of each row whose input is still on the device
+        (`ScheduledSequence.input_on_device`); other rows' entries are not read.
         """
-        inputs = self._prepare(scheduled, input_ids)
+        inputs = self._prepare(scheduled, device_ids)
         batch = len(scheduled)
         if inputs.meta.is_decode and self.graph_sizes and batch <= self.graph_sizes[-1]:
             hidden = self._replay(inputs, batch)
@@ -63,36 +65,48 @@ class ModelRunner:
             hidden = hidden[inputs.sample_rows]
         return self.model.compute_logits(hidden)
 
-    def _prepare(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor | None) -> StepInputs:
+    def _prepare(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> StepInputs:
+        on_device = [row for row, item in enumerate(scheduled) if item.input_on_device] if device_ids is not None else []
         if all(item.num_tokens == 1 for item in scheduled):
-            host_ids, positions, slots, context_lens = self._decode_rows(scheduled, input_ids is None)
+            host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
             query_lens = [1] * len(scheduled)
-            # Usually every row samples (no gather needed); a prompt's 1-token chunk that is not its last does
-            # not. Rows fed by device input ids continue a generation, so they always sample.
-            sampling = [row for row, item in enumerate(scheduled) if input_ids is not None or item.samples]
+            # Usually every row samples (no gather needed); a prompt's 1-token chunk that is not its last does not.
+            sampling = [row for row, item in enumerate(scheduled) if item.samples]
             sample_rows = None if len(sampling) == len(scheduled) else sampling
         else:
-            assert input_ids is None, "device input ids are for decode steps"
             host_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
         meta = AttentionMetadata(
             slot_mapping=to_device(slots, torch.long, self.device), block_tables=self._block_tables(scheduled),
             context_lens=to_device(context_lens, torch.int32, self.device),
             is_decode=len(positions) == len(scheduled), query_lens=query_lens, context_lens_cpu=context_lens,
             window=self.window, sinks=self.sinks)
-        if input_ids is None:
-            input_ids = to_device(host_ids, torch.long, self.device)
+        input_ids = self._input_ids(host_ids, on_device, device_ids, query_lens)
         return StepInputs(input_ids, to_device(positions, torch.long, self.device), meta,
                           None if sample_rows is None else to_device(sample_rows, torch.long, self.device))
 
-    def _decode_rows(self, scheduled: list[ScheduledSequence], with_ids: bool):
-        """One new token per sequence: the common step, kept to a few list operations per row."""
+    def _input_ids(self, host_ids: list[int], on_device: list[int], device_ids: torch.Tensor | None,
+                   query_lens: list[int]) -> torch.Tensor:
+        """The step's input tokens: the host's, with the rows in `on_device` (one token each, the last of
+        their row) taken from `device_ids`."""
+        if on_device and len(on_device) == len(host_ids):
+            return device_ids   # a decode step continuing every row of the step in flight
+        input_ids = to_device(host_ids, torch.long, self.device)
+        if on_device:
+            ends = list(itertools.accumulate(query_lens))
+            flat = to_device([ends[row] - 1 for row in on_device], torch.long, self.device)
+            rows = to_device(on_device, torch.long, self.device)
+            input_ids.index_copy_(0, flat, device_ids.index_select(0, rows))
+        return input_ids
+
+    def _decode_rows(self, scheduled: list[ScheduledSequence]):
+        """One new token per sequence: the common step, kept to a few list operations per row. A row whose
+        input is still on the device gets a placeholder id (see _input_ids)."""
         bs = self.block_size
         input_ids, positions, slots = [], [], []
         for item in scheduled:
             seq = item.seq
             pos = seq.num_computed_tokens
-            if with_ids:
-                input_ids.append(seq.token_ids[pos])
+            input_ids.append(seq.token_ids[pos] if pos < len(seq.token_ids) else 0)
             positions.append(pos)
             slots.append(seq.block_table[pos // bs] * bs + pos % bs)
         return input_ids, positions, slots, [p + 1 for p in positions]
@@ -103,6 +117,8 @@ class ModelRunner:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_tokens
             input_ids += seq.token_ids[start:end]
+            if end > len(seq.token_ids):   # its last input is still on the device (see _input_ids)
+                input_ids.append(0)
             positions += range(start, end)
             slots += [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
                       for p in range(start, end)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from .block_manager import BlockManager
 from .config import EngineConfig
@@ -25,7 +26,12 @@ class ScheduledSequence:
     @property
     def samples(self) -> bool:
         """The chunk reaches the sequence's last token, so the step yields its next token."""
-        return self.seq.num_computed_tokens + self.num_tokens == len(self.seq)
+        return self.seq.num_computed_tokens + self.num_tokens == len(self.seq) + self.seq.pending_tokens
+
+    @property
+    def input_on_device(self) -> bool:
+        """Its input is a token sampled by the step in flight, which the host has not read yet."""
+        return self.seq.num_computed_tokens + self.num_tokens > len(self.seq)
 
 
 class Scheduler:
@@ -48,13 +54,15 @@ class Scheduler:
                 return seq
         return None
 
-    def schedule(self) -> list[ScheduledSequence]:
+    def schedule(self, sits_out: Callable[[Sequence], bool] | None = None) -> list[ScheduledSequence]:
+        """The next step. ``sits_out``: running sequences it names get no tokens this step (the engine's
+        step launched ahead leaves out those whose token in flight may be their last)."""
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledSequence] = []
         preempted = False
         for seq in list(self.running):
-            if seq.status is not SequenceStatus.RUNNING or budget == 0:
-                continue  # preempted below as a victim, or no budget left this step
+            if seq.status is not SequenceStatus.RUNNING or budget == 0 or (sits_out and sits_out(seq)):
+                continue  # preempted below as a victim, no budget left this step, or told to wait
             num_tokens = min(seq.num_uncomputed_tokens, budget)
             while not self.block_manager.can_append(seq, num_tokens):
                 self._preempt(self.running[-1])

@@ -30,6 +30,9 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # prefix-cache hash of each full block
     num_computed_tokens: int = 0       # tokens whose K/V are in the cache
+    # Sampled on the device by a launched step, not yet appended by the host (at most two: the engine
+    # launches one step ahead). A step launched meanwhile takes them as its inputs from the device.
+    pending_tokens: int = 0
     num_cached_prompt_tokens: int = 0  # of those, reused from the prefix cache
     finish_reason: str | None = None
     generator: torch.Generator | None = None
@@ -56,7 +59,7 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return len(self) - self.num_computed_tokens
+        return len(self) + self.pending_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

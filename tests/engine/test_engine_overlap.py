@@ -1,8 +1,9 @@
-"""Overlapped steps (decode step n+1 launched before the host reads step n's tokens) change no result.
+"""Overlapped steps (step n+1 scheduled and launched before the host reads step n's tokens) change no result.
 
-The engine launches a step ahead only in the steady decode state; these tests drive it through the
-transitions around that state: sequences finishing by length, stop token and stop string while a step is
-on its way, aborts in flight, a request arriving mid-flight, and penalties (which turn it off).
+These tests drive the engine through the transitions around the steady state: sequences finishing by
+length, stop token and stop string while a step is on its way, aborts in flight, requests arriving
+mid-flight (their prompt chunks ride in steps launched ahead beside decode rows fed from the device),
+and penalties (which turn overlap off).
 """
 
 from __future__ import annotations
@@ -96,3 +97,30 @@ def test_penalties_turn_overlap_off(tiny_qwen2, prompts):
     engine = make_engine(tiny_qwen2)
     assert run_all(engine, requests) == expected
     assert engine.stats().steps_launched_ahead == 0
+
+
+def test_prompt_chunks_ride_in_steps_launched_ahead(tiny_qwen2, prompts, reference):
+    """Requests arriving in waves while others decode, prompts cut into chunks: steps launched ahead mix
+    prompt chunks with decode rows whose input tokens are still on the device; the tokens stay the same."""
+    engine = make_engine(tiny_qwen2, max_num_batched_tokens=6)
+    mixed_ahead = []
+    run = engine.runner.run
+
+    def recording_run(scheduled, device_ids=None):
+        if device_ids is not None and any(item.num_tokens > 1 for item in scheduled):
+            mixed_ahead.append(sum(item.input_on_device for item in scheduled))
+        return run(scheduled, device_ids)
+
+    engine.runner.run = recording_run
+    tokens = {rid: [] for rid in prompts}
+    waves = [["p0"], ["p1", "p2"], ["p3", "p4"]]
+    while waves or engine.has_unfinished():
+        if waves:
+            for rid in waves.pop(0):
+                engine.add_request(rid, prompts[rid], greedy(24, ignore_eos=True))
+        for _ in range(3):
+            for out in engine.step():
+                tokens[out.request_id] += out.token_ids
+    assert tokens == reference
+    assert mixed_ahead and max(mixed_ahead) > 0, "no step launched ahead carried prompt chunks and decode rows"
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
