@@ -226,3 +226,48 @@ def test_bad_inputs_name_the_field(generator, device):
         int4_linear(x4, packed, scales[:, :2], zeros, 32)
     with pytest.raises(ValueError, match="zeros"):
         int4_linear(x4, packed, scales, zeros[:8], 32)
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),    # one group a step
+                                    dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3)])   # capped to two
+def test_int4_gemm_group_steps(generator, device, rel_error, config):
+    """The GEMM's K step spans one or two groups (scales and zero points loaded a step ahead, picked by
+    column); 40 outputs leave a ragged column tile, 640 inputs an odd number of groups of 128."""
+    from qwen_triton.kernels import int4_linear
+    from qwen_triton.kernels.reference import int4_linear_reference
+
+    x, packed, scales, zeros = int4_case(generator, 40, 640, 3, 128, torch.float16)
+    for split_k in (None, 2):
+        out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), 128,
+                          config=config, path="gemm", split_k=split_k)
+        assert rel_error(out, int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)) < 2e-3
+
+
+def test_int4_path_by_measured_shape():
+    """int4 takes the GEMV only at 1-2 rows of short, wide layers (0.5B gate_up), the GEMM elsewhere."""
+    from qwen_triton.kernels import quant_matmul as qm
+
+    assert qm._use_gemv(1, None, "int4", 9728, 896) and qm._use_gemv(2, None, "int4", 9728, 896)
+    assert not qm._use_gemv(4, None, "int4", 9728, 896)
+    for out_f, in_f in ((1152, 896), (896, 896), (896, 4864), (4608, 3584), (37888, 3584), (3584, 18944)):
+        assert not qm._use_gemv(1, None, "int4", out_f, in_f)
+    assert qm._use_gemv(1, None, "int8", 4608, 3584) and qm._use_gemv(64, "gemv", "int4", 4608, 3584)
+
+
+def test_int4_split_k_choice(monkeypatch):
+    """The measured split choices on a 132-multiprocessor H100: 64-row layers split (the old cap on the
+    partials' bytes kept them at 1), short-K 0.5B layers split down to one K step a program."""
+    from qwen_triton.kernels import quant_matmul as qm
+
+    monkeypatch.setattr(qm, "multiprocessor_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+
+    def split(rows, out_f, in_f, block_n, block_m=16):
+        tiles = -(-out_f // block_n) * -(-rows // block_m)
+        return qm.choose_split_k(tiles, rows, out_f, in_f, 256, out_f * in_f // 2, cuda, "int4")
+
+    assert split(64, 4608, 3584, 64, block_m=64) == 3
+    assert split(64, 3584, 18944, 64, block_m=64) == 4    # 5 (past one wave) measured 80 us against 58
+    assert split(1, 3584, 18944, 64) == 8
+    assert split(1, 37888, 3584, 64) == 1
+    assert split(1, 1152, 896, 32) == 4          # K 896: four steps of 256, one a split

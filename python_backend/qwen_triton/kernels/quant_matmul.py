@@ -12,18 +12,20 @@ Formats (those of quantization.py, which owns them):
   ``group_size`` input features.
 
 Two kernel shapes per format:
-- GEMV (few rows of x, decode at small batch; int8 and fp8 at 1 row, int4 only on request): bound
-  by reading the weight once. Each program owns BLOCK_N output rows and streams their weight bytes
-  with wide loads, multiply-adding into a 2-D float32 accumulator that is reduced once at the end.
-  The integer -> float conversion uses the float32 "magic number" trick (OR the integer into the
-  mantissa of 2**23, subtract 2**23): one logic op and one add instead of a conversion instruction.
-  fp8 uses the hardware e4m3 conversion.
+- GEMV (few rows of x, decode at small batch; int8 and fp8 at 1 row, int4 at 1-2 rows of short,
+  wide layers, INT4_GEMV_SHAPES): bound by reading the weight once. Each program owns BLOCK_N output
+  rows and streams their weight bytes with wide loads, multiply-adding into a 2-D float32
+  accumulator that is reduced once at the end. int8 -> float uses the float32 "magic number" trick
+  (OR the integer into the mantissa of 2**23, subtract 2**23): one logic op and one add instead of a
+  conversion instruction; fp8 the hardware e4m3 conversion; int4 the GEMM's packed PTX (below), its
+  even and odd inputs multiplied by x's even and odd columns.
 - GEMM (more rows, and int4 at every row count, padded to 16): tensor-core dots on weights
   converted to the activations' dtype (int8, int4 q - zero and e4m3 values are all exact in
   bf16/fp16); scales are applied to the dot's float32 result. int4 on CUDA converts two nibbles per
   instruction with inline PTX (`_NIBBLES_PTX`, ~1.4 instructions per weight against ~7 in the float32
   path, which left int4 instruction-bound), feeds the low nibbles (even inputs) and high nibbles (odd
-  inputs) to two dots against x's even and odd columns, and reads two groups per K step.
+  inputs) to two dots against x's even and odd columns, and reads two groups per K step; the
+  step's scales and zero points are loaded one step ahead.
   The CPU interpreter (and float32 x, and float zero points) take a pure-Triton conversion.
 
 Narrow outputs split K across programs. int4 adds the float32 partials up in the last program of
@@ -46,9 +48,15 @@ from . import multiprocessor_count
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
 # tensor-core GEMM (rows padded to 16). Measured on H100 (benchmarks/kernel_bench.py, 2026-11-25):
 # int8 at 1 row: the two tie within 5 %; at 4 rows GEMV re-reads the weight and is 2-3x slower.
-# int4 always takes the GEMM: its packed conversion feeds tensor cores at ~1.4 instructions per
-# weight, where the GEMV's float32 FMAs need ~7.
-GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 0}
+# int4 takes the GEMV only on short, wide layers (INT4_GEMV_SHAPES); elsewhere its GEMM wins.
+GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 2}
+# int4 at <= GEMV_MAX_ROWS rows: the GEMV where K is too short for the GEMM's pipeline to reach a
+# steady state and N alone fills the GPU with GEMV programs. Measured crossover, H100, 2026-11-25,
+# weights rotated through 4x the L2 (helper 11's int4 sweep; docs/benchmarks.md "int4 decode"):
+# 0.5B gate_up 9728x896 at 1 / 2 rows: GEMV 7.7 / 7.9 us, GEMM 9.4 / 9.6 (4 rows: 13.4 against 9.8);
+# 0.5B qkv 1152x896 and o 896x896: GEMM 5.4 and 5.2, GEMV 5.7 and 5.0-5.5 (kept on the GEMM);
+# 7B gate_up 37888x3584: GEMM 39.2, GEMV 47.7; 0.5B down 896x4864: GEMM 5.9, GEMV 8.2.
+INT4_GEMV_SHAPES = dict(max_in_features=1024, min_out_features=4096)
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)   # see _packed_cvt_applies
@@ -79,34 +87,6 @@ def _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT: tl.constexpr, EVEN_K:
         return w.to(tl.float8e4nv, bitcast=True)   # masked-off bytes are 0x00, which is +0.0
     else:
         return _int8_to_float(w, FAST_CVT)
-
-
-@triton.jit
-def _int4_tile(w_ptr, scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn, stride_zn,
-               GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr,
-               BLOCK_K: tl.constexpr):
-    """int4 weights as (q - zero) [BLOCK_N, BLOCK_K] float32 (small exact integers) and the
-    group's scale [BLOCK_N]; BLOCK_K divides GROUP, so one scale and zero point per row."""
-    half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (2 * half < K)[None, :]
-    packed = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + half[None, :], mask=mask, other=0)
-    packed = packed.to(tl.int32)
-    group = k0 // GROUP
-    scale = tl.load(scales_ptr + cols * stride_sn + group, mask=col_ok, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + cols * stride_zn + group, mask=col_ok, other=0).to(tl.float32)
-    else:
-        zero = tl.full(scale.shape, 8.0, tl.float32)
-    if FAST_CVT:
-        # Nibble OR-ed under the exponent of 2**23 (a logic op), minus 2**23 + zero (one add),
-        # instead of an integer -> float conversion (a quarter-rate instruction).
-        offset = (8388608.0 + zero)[:, None]
-        low = ((packed & 0x0F) | 0x4B000000).to(tl.float32, bitcast=True) - offset
-        high = ((packed >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - offset
-    else:
-        low = (packed & 0x0F).to(tl.float32) - zero[:, None]
-        high = (packed >> 4).to(tl.float32) - zero[:, None]
-    return tl.interleave(low, high), scale
 
 
 # Inline PTX for the int4 -> bf16 / fp16 conversion, the inner loop's cost: four packed bytes per
@@ -173,6 +153,50 @@ def _int4_group(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn
 
 
 @triton.jit
+def _int4_gemv_step(x, w_ptr, scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn, stride_zn,
+                    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, EVEN_K: tl.constexpr, PACKED_CVT: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """float32 [BLOCK_N, BLOCK_K / 2]: the products of one x row's inputs k0.. (BLOCK_K <= GROUP, one
+    group) with their weights, even and odd inputs added pairwise, scaled. On CUDA the nibbles become
+    x's dtype through the packed PTX (as for the GEMM); the products and sums are float32 FMAs."""
+    half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (2 * half < K)[None, :]
+    packed = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + half[None, :], mask=mask, other=0)
+    scale, zero = _int4_group(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP, HAS_ZEROS)
+    low, high = _int4_values(packed, zero, x.dtype if PACKED_CVT else tl.float32, PACKED_CVT)
+    x_even, x_odd = tl.split(tl.reshape(x.to(tl.float32), [BLOCK_K // 2, 2]))
+    return (low.to(tl.float32) * x_even[None, :] + high.to(tl.float32) * x_odd[None, :]) * scale[:, None]
+
+
+@triton.jit
+def _int4_groups(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP: tl.constexpr,
+                 HAS_ZEROS: tl.constexpr, SUB_K: tl.constexpr, NG: tl.constexpr):
+    """Scales and zero points [BLOCK_N, NG] (float32) of the NG pieces of SUB_K inputs from k0 on (the
+    same group twice where SUB_K < GROUP); past K, the last group's (valid memory, unused). Loaded as
+    one 2-D tile, a loop-carried value whose layout Triton can fix; per-group 1-D loads carried
+    across the loop took a blocked layout that sent every converted weight tile through shared memory
+    again (seen in the TTGIR)."""
+    group = tl.minimum(k0 + tl.arange(0, NG) * SUB_K, K - 1) // GROUP
+    scale = tl.load(scales_ptr + cols[:, None] * stride_sn + group[None, :], mask=col_ok[:, None],
+                    other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + cols[:, None] * stride_zn + group[None, :], mask=col_ok[:, None],
+                       other=0).to(tl.float32)
+    else:
+        zero = tl.full(scale.shape, 8.0, tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def _column(t, j: tl.constexpr, NG: tl.constexpr):
+    """Column j of t [R, NG] as [R], NG 1 or 2 (tl.split halves a last dimension of 2)."""
+    if NG == 1:
+        return tl.reshape(t, [t.shape[0]])
+    else:
+        even, odd = tl.split(t)
+        return even if j == 0 else odd
+
+@triton.jit
 def _int4_dot(x, w_ptr, cols, col_ok, k0, K, stride_wn, scale, zero, EVEN_K: tl.constexpr,
               PACKED_CVT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """float32 [BLOCK_M, BLOCK_N] = x [BLOCK_M, BLOCK_K] @ ((q - zero) * scale)^T for inputs k0.. of
@@ -229,7 +253,7 @@ def _gemv_kernel(
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
     FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PACKED_CVT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
     reduce once at the end (no per-iteration cross-thread reduction)."""
@@ -240,21 +264,21 @@ def _gemv_kernel(
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_xm
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    ACC_K: tl.constexpr = BLOCK_K // 2 if FMT == "int4" else BLOCK_K   # int4: even and odd inputs summed
+    acc = tl.zeros([BLOCK_N, ACC_K], tl.float32)
     k_start = split * k_per_split
     for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
         if EVEN_K:
-            x = tl.load(x_row + k0 + ks).to(tl.float32)
+            x = tl.load(x_row + k0 + ks)
         else:
-            x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0).to(tl.float32)
+            x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0)
         if FMT == "int4":
-            w, scale = _int4_tile(w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
-                                  stride_zn, GROUP, HAS_ZEROS, EVEN_K, FAST_CVT, BLOCK_K)
-            acc += (w * x[None, :]) * scale[:, None]
+            acc += _int4_gemv_step(x, w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
+                                   stride_zn, GROUP, HAS_ZEROS, EVEN_K, PACKED_CVT, BLOCK_K)
         else:
             w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
-            acc += w.to(tl.float32) * x[None, :]
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
     _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
@@ -282,19 +306,26 @@ def _gemm_kernel(
     x_rows = x_ptr + rows[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     k_start = split * k_per_split
+    # int4: BLOCK_K spans one or two groups (NG): one dot per group, their loads issued together, so
+    # each weight row is read in longer contiguous pieces (see GEMM_CONFIG). The scales and zero points
+    # of a step are loaded one step ahead: the pipeliner leaves these small loads in the loop, where
+    # each would stall its step for a whole memory round trip.
+    SUB_K: tl.constexpr = BLOCK_K if BLOCK_K < GROUP else GROUP
+    NG: tl.constexpr = BLOCK_K // SUB_K
+    if FMT == "int4":
+        scale_next, zero_next = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k_start, K, stride_sn, stride_zn,
+                                             GROUP, HAS_ZEROS, SUB_K, NG)
     for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
         if FMT == "int4":
-            # BLOCK_K may span several groups: one dot per group, their loads issued together, so
-            # each weight row is read in longer contiguous pieces (see GEMM_CONFIG).
-            SUB_K: tl.constexpr = BLOCK_K if BLOCK_K < GROUP else GROUP
-            for j in tl.static_range(BLOCK_K // SUB_K):
+            scales, zeros = scale_next, zero_next
+            scale_next, zero_next = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k0 + BLOCK_K, K, stride_sn,
+                                                 stride_zn, GROUP, HAS_ZEROS, SUB_K, NG)
+            for j in tl.static_range(NG):
                 kj = k0 + j * SUB_K
                 x = _x_tile(x_rows, row_ok, kj, K, EVEN_K, SUB_K)
-                scale, zero = _int4_group(scale_ptr, zeros_ptr, cols, col_ok, kj, K, stride_sn, stride_zn,
-                                          GROUP, HAS_ZEROS)
-                acc += _int4_dot(x, w_ptr, cols, col_ok, kj, K, stride_wn, scale, zero, EVEN_K, PACKED_CVT,
-                                 BLOCK_M, SUB_K)
+                acc += _int4_dot(x, w_ptr, cols, col_ok, kj, K, stride_wn, _column(scales, j, NG),
+                                 _column(zeros, j, NG), EVEN_K, PACKED_CVT, BLOCK_M, SUB_K)
         else:
             x = _x_tile(x_rows, row_ok, k0, K, EVEN_K, BLOCK_K)
             w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
@@ -335,25 +366,40 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 
 # Best of the sweep on H100 (Qwen2.5-7B shapes) on 2026-11-25; see docs/benchmarks.md "GPU kernels".
 # fp8 starts from int8's settings (same bytes per weight, same loads); not swept yet.
-# int4 (GEMM only; its GEMV serves path="gemv"): best of the packed-conversion sweep at 1 and 16
-# rows (2026-11-25, evening). BLOCK_K 256 spans two groups of 128, so each weight row is read 128
-# contiguous bytes at a time: at BLOCK_N 64, gate_up (37888 x 3584, 1 row) took 42.5 us against
-# 48.6 us with BLOCK_K 128 (64-byte pieces).
+# int4: helper 11's sweep (2026-11-25, docs/benchmarks.md "int4 decode"): at 1 and 16 rows BLOCK_N 64
+# with 4 warps was best or within 3 % on every 7B layer (gate_up 39.2 us against 46.6 at BLOCK_N 32
+# with 2 warps); narrower layers (out < 2048: 0.5B qkv / o / down) keep BLOCK_N 32, 2 warps
+# (INT4_NARROW), which gives them twice the column tiles. BLOCK_K 256 spans two groups of 128, so each
+# weight row is read 128 contiguous bytes at a time; 512 (four groups) and num_stages 4 were slower
+# everywhere (more shared memory a program, fewer programs a multiprocessor). The GEMV (short wide
+# layers only, INT4_GEMV_SHAPES): BLOCK_N 32, 4 warps.
 # SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
 GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-               "int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
+               "int4": dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
                "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)}
 GEMM_CONFIG = {"int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-               "int4": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3, SERIAL=True),
+               "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=True),
                "fp8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)}
+INT4_NARROW = dict(max_out_features=2047, BLOCK_N=32, num_warps=2)
 # Overrides of GEMM_CONFIG above 16 rows (BLOCK_M 32 / 64: tiles of 64 rows run on wgmma and need
-# more registers); measured at 64 rows only.
-GEMM_CONFIG_MANY_ROWS = {"int4": dict(BLOCK_N=64, BLOCK_K=128, num_warps=4)}
+# more registers); measured at 64 rows only. int4: BLOCK_K 256 instead of 128 took gate_up from 118
+# to 87 us and qkv from 27 to 18 (with 4 splits).
+GEMM_CONFIG_MANY_ROWS = {"int4": dict(BLOCK_N=64, BLOCK_K=256, num_warps=4)}
 # Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
 # (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
-# once more) under an eighth of the weight bytes.
+# once more) under PARTIAL_BYTES times the weight bytes.
 PROGRAMS_PER_SM = 4
-MIN_TILES_PER_SPLIT = {"int8": 4, "fp8": 4, "int4": 2}   # int4's K tiles are twice as long
+MIN_TILES_PER_SPLIT = {"int8": 4, "fp8": 4, "int4": 1}
+PARTIAL_BYTES = {"int8": 1 / 8, "fp8": 1 / 8, "int4": 1.0}
+# int4, measured (helper 11's sweep, H100 2026-11-25): about 3 programs a multiprocessor at <= 16 rows
+# (7B down at 1 row: 8 splits 23.5 us, 10 splits 26.2, 4 splits 24.9; o: 7-8 splits 8.1, 4: 8.7) and
+# 2 above (64 rows, BLOCK_M 64: qkv 4 splits 17.5 us, 8: 22.2; o 2 splits 15.1, 8: 20.1). One K step
+# a split is enough: 0.5B qkv / o (K 896) went from 10 us at 1 split to 5.2-5.4 at 4. The float32
+# partials of 64 rows x 4 splits (qkv: 4.7 MB) stay in L2; the old cap (an eighth of the weight
+# bytes) kept 64-row qkv at 1 split, 31.8 us. Above 16 rows the programs must not pass the count
+# ("at most"): 64-row down at 5 splits (280 programs, past one wave of 2 a multiprocessor) took
+# 80.4 us against 57.6 at 4.
+INT4_PROGRAMS_PER_SM = ((16, 3, False), (1 << 30, 2, True))   # (up to rows, programs per SM, at most)
 
 # int32 counters (one per output tile) for SERIAL split-K, per device; each launch leaves them zero.
 # Allocated once and never replaced: CUDA graphs keep the address they were captured with. Shared
@@ -377,17 +423,30 @@ def choose_split_k(programs: int, rows: int, out_features: int, in_features: int
                    weight_bytes: int, device: torch.device, fmt: str = "int8") -> int:
     if device.type != "cuda":
         return 1
-    wanted = PROGRAMS_PER_SM * multiprocessor_count(device.index or 0)
-    split = math.ceil(wanted / programs)
-    split = min(split, in_features // (block_k * MIN_TILES_PER_SPLIT[fmt]),
-                weight_bytes // (8 * rows * out_features * 4))
+    per_sm, at_most = _programs_per_sm(rows, fmt)
+    wanted = per_sm * multiprocessor_count(device.index or 0)
+    split = wanted // programs if at_most else math.ceil(wanted / programs)
+    split = min(split, triton.cdiv(in_features, block_k * MIN_TILES_PER_SPLIT[fmt]),
+                int(PARTIAL_BYTES[fmt] * weight_bytes) // (rows * out_features * 4))
     return max(1, split)
 
 
-def _use_gemv(rows: int, path: str | None, fmt: str) -> bool:
+def _programs_per_sm(rows: int, fmt: str) -> tuple[int, bool]:
+    """(programs a multiprocessor to aim for, whether as a ceiling) for a launch of ``rows`` rows."""
+    if fmt != "int4":
+        return PROGRAMS_PER_SM, False
+    return next((per_sm, at_most) for max_rows, per_sm, at_most in INT4_PROGRAMS_PER_SM if rows <= max_rows)
+
+
+def _use_gemv(rows: int, path: str | None, fmt: str, out_features: int, in_features: int) -> bool:
     if path not in (None, "gemv", "gemm"):
         raise ValueError(f"path: {path!r} is not one of None (automatic), 'gemv', 'gemm'")
-    return rows <= GEMV_MAX_ROWS[fmt] if path is None else path == "gemv"
+    if path is not None:
+        return path == "gemv"
+    if fmt == "int4" and (in_features > INT4_GEMV_SHAPES["max_in_features"]
+                          or out_features < INT4_GEMV_SHAPES["min_out_features"]):
+        return False
+    return rows <= GEMV_MAX_ROWS[fmt]
 
 
 def _as_rows(x: torch.Tensor, in_features: int, name: str) -> torch.Tensor:
@@ -418,17 +477,19 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     rows = _as_rows(x, in_features, name)
     m = rows.shape[0]
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
-    gemv = _use_gemv(m, path, fmt)
+    gemv = _use_gemv(m, path, fmt, out_features, in_features)
     cfg = {**(GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt], "FAST_CVT": True}
     if not gemv and m > 16:
         cfg.update(GEMM_CONFIG_MANY_ROWS.get(fmt, {}))
+    elif not gemv and fmt == "int4" and out_features <= INT4_NARROW["max_out_features"]:
+        cfg.update(BLOCK_N=INT4_NARROW["BLOCK_N"], num_warps=INT4_NARROW["num_warps"])
     cfg.update(config or {})
+    cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
     if not gemv:
         if "BLOCK_M" not in (config or {}):
             cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
-        cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
-    if fmt == "int4" and (gemv or cfg["BLOCK_K"] < group_size):
-        cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size)   # within one group, or whole groups (GEMM)
+    if fmt == "int4":   # GEMV: within one group; GEMM: within one group, or two whole ones
+        cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size * (1 if gemv or cfg["BLOCK_K"] < group_size else 2))
     block_k = cfg["BLOCK_K"]
     grid_n = triton.cdiv(out_features, cfg["BLOCK_N"])
     grid_m = m if gemv else triton.cdiv(m, cfg["BLOCK_M"])
