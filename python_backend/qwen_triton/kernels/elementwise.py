@@ -169,27 +169,6 @@ def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.const
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr,
-    STRIDE_QT: tl.constexpr, STRIDE_QH: tl.constexpr, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
-    STRIDE_COS: tl.constexpr, STRIDE_SIN: tl.constexpr,
-    NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
-    NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
-):
-    # One program per token: the token's cos/sin row is read once for all its q and k heads.
-    token = tl.program_id(0).to(tl.int64)
-    dims = tl.arange(0, HALF_PAD)
-    dim_ok = dims < HALF
-    cos1, sin1, cos2, sin2 = _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS, STRIDE_SIN,
-                                      HALF, q_ptr.dtype.element_ty)
-    _rotate_heads(q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH,
-                  NUM_Q_HEADS, Q_HEADS_PAD, HALF)
-    _rotate_heads(k_ptr + token * STRIDE_KT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_KH,
-                  NUM_KV_HEADS, KV_HEADS_PAD, HALF)
-
-
-@triton.jit
-def _rotary_write_kv_kernel(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
     STRIDE_QT: tl.constexpr, STRIDE_QH: tl.constexpr, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
     STRIDE_VT: tl.constexpr, STRIDE_VH: tl.constexpr, STRIDE_COS: tl.constexpr, STRIDE_SIN: tl.constexpr,
@@ -197,19 +176,37 @@ def _rotary_write_kv_kernel(
     STRIDE_VC_SLOT: tl.constexpr, STRIDE_VC_HEAD: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, WRITE_KV: tl.constexpr,
 ):
-    # _rotary_kernel, plus: the rotated k and the token's v also go to its slot of the paged cache,
-    # converted to the cache's dtype. One program per token, as there.
+    # One program per token: the token's cos/sin row is read once for all its q and k heads. With
+    # WRITE_KV, the rotated k and the token's v also go to its slot of the paged cache (the v / slot /
+    # cache arguments are read only then).
     token = tl.program_id(0).to(tl.int64)
     dims = tl.arange(0, HALF_PAD)
     dim_ok = dims < HALF
-    dtype = q_ptr.dtype.element_ty
     cos1, sin1, cos2, sin2 = _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS, STRIDE_SIN,
-                                      HALF, dtype)
+                                      HALF, q_ptr.dtype.element_ty)
     _rotate_heads(q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH,
                   NUM_Q_HEADS, Q_HEADS_PAD, HALF)
+    if WRITE_KV:
+        _rotate_k_and_write_kv(k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, token, cos1, sin1, cos2, sin2,
+                               dims, dim_ok, STRIDE_KT, STRIDE_KH, STRIDE_VT, STRIDE_VH, STRIDE_KC_SLOT,
+                               STRIDE_KC_HEAD, STRIDE_VC_SLOT, STRIDE_VC_HEAD, NUM_KV_HEADS, KV_HEADS_PAD, HALF)
+    else:
+        _rotate_heads(k_ptr + token * STRIDE_KT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_KH,
+                      NUM_KV_HEADS, KV_HEADS_PAD, HALF)
 
+
+@triton.jit
+def _rotate_k_and_write_kv(k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, token, cos1, sin1, cos2, sin2,
+                           dims, dim_ok, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
+                           STRIDE_VT: tl.constexpr, STRIDE_VH: tl.constexpr,
+                           STRIDE_KC_SLOT: tl.constexpr, STRIDE_KC_HEAD: tl.constexpr,
+                           STRIDE_VC_SLOT: tl.constexpr, STRIDE_VC_HEAD: tl.constexpr,
+                           NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr, HALF: tl.constexpr):
+    """Rotate the token's k heads in place and store them, and its v, at the token's cache slot,
+    converted to each cache's dtype."""
+    dtype = k_ptr.dtype.element_ty
     heads, mask = _heads(dims, dim_ok, NUM_KV_HEADS, KV_HEADS_PAD)
     cols = dims[None, :]
     # int64: a slot times its stride passes 2**31 in caches of a few GiB.
@@ -302,7 +299,6 @@ class _Launcher:
 
 _launch_rms_norm = _Launcher(_rms_norm_kernel)
 _launch_rotary = _Launcher(_rotary_kernel)
-_launch_rotary_write_kv = _Launcher(_rotary_write_kv_kernel)
 _launch_silu_and_mul = _Launcher(_silu_and_mul_kernel)
 
 
@@ -413,8 +409,8 @@ def _check_rotary(q, k, cos_table, sin_table, positions) -> None:
 
 
 def _rotary_sizes(q, k):
-    """The constexprs both rotary kernels end with: the head counts and half the head dim, each followed
-    by the power of 2 the kernel's blocks are padded to."""
+    """The rotary kernel's size constexprs: the head counts and half the head dim, each followed by the
+    power of 2 the kernel's blocks are padded to."""
     num_heads, num_kv_heads, half = q.shape[1], k.shape[1], q.shape[2] // 2
     return (num_heads, triton.next_power_of_2(num_heads), num_kv_heads, triton.next_power_of_2(num_kv_heads),
             half, triton.next_power_of_2(half))
@@ -434,11 +430,12 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table:
     if tokens == 0:
         return q, k
     cos_table, sin_table, positions = _unit_stride(cos_table), _unit_stride(sin_table), _unit_stride(positions)
+    # No cache write: q stands in for the v and cache pointers and positions for the slots, never read.
     _launch_rotary(
         (tokens, 1, 1),
-        (q, k, cos_table, sin_table, positions,
-         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_table.stride(0), sin_table.stride(0),
-         *_rotary_sizes(q, k)),
+        (q, k, q, cos_table, sin_table, positions, positions, q, q,
+         q.stride(0), q.stride(1), k.stride(0), k.stride(1), 0, 0, cos_table.stride(0), sin_table.stride(0),
+         0, 0, 0, 0, *_rotary_sizes(q, k), False),
         4)
     return q, k
 
@@ -489,13 +486,13 @@ def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_t
         return q, k
     cos_table, sin_table, positions = _unit_stride(cos_table), _unit_stride(sin_table), _unit_stride(positions)
     slot_mapping = _unit_stride(slot_mapping)
-    _launch_rotary_write_kv(
+    _launch_rotary(
         (tokens, 1, 1),
         (q, k, v, cos_table, sin_table, positions, slot_mapping, k_slots, v_slots,
          q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
          cos_table.stride(0), sin_table.stride(0),
          k_slots.stride(0), k_slots.stride(1), v_slots.stride(0), v_slots.stride(1),
-         *_rotary_sizes(q, k)),
+         *_rotary_sizes(q, k), True),
         4)
     return q, k
 
