@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 import uuid
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
 
@@ -184,7 +185,7 @@ class AsyncGrpcTransport:
 
     async def _next_result(self, call):
         try:
-            result, error = await asyncio.wait_for(call.__anext__(), self.timeout)
+            result, error = await _within(self.timeout, call.__anext__())
         except asyncio.TimeoutError:
             raise RequestTimeoutError(f"no response from Triton at {self.url} within {self.timeout}s") from None
         except StopAsyncIteration:
@@ -194,3 +195,17 @@ class AsyncGrpcTransport:
         if error is not None:
             raise _from_triton(error, self.url)
         return result
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(seconds: float, awaitable):
+        """`await awaitable`, or asyncio.TimeoutError after `seconds`. It runs for every response of every
+        stream: asyncio.timeout does not wrap the awaitable in a new task as wait_for does before 3.12."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # Python 3.10
+
+    def _within(seconds: float, awaitable):
+        return asyncio.wait_for(awaitable, seconds)

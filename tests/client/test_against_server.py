@@ -116,6 +116,18 @@ def test_a_slow_answer_times_out(urls, protocol):
             client.generate(PROMPT, max_tokens=64, ignore_eos=True)
 
 
+def test_a_slow_answer_times_out_in_the_async_client(urls):
+    # Every response read of the async gRPC transport is bounded by the timeout; the server goes on serving.
+    async def attempt():
+        async with AsyncQwenClient(urls["grpc"], timeout=0.05) as client:
+            with pytest.raises(RequestTimeoutError):
+                await client.generate(PROMPT, max_tokens=64, ignore_eos=True)
+        async with AsyncQwenClient(urls["grpc"], timeout=120) as client:
+            assert len((await client.generate(PROMPT, GREEDY)).token_ids) == 8
+
+    asyncio.run(attempt())
+
+
 def _count_attempts(client: QwenClient) -> list:
     """Counts how often the client's transport is asked to send each request (no server-side change)."""
     attempts = []
