@@ -13,7 +13,14 @@ the L2 cache, median of replays):
 - int8 / int4 (group 128) / fp8 weight-only linears at Qwen2.5-7B shapes, rows 1/4/16/64, beside bf16
   torch matmul, fp8 torch._scaled_mm (quantization.Fp8Linear's W8A8 path, with and without its per-token
   activation quantization) and the bound (weight bytes / copy bandwidth);
-- small sweeps of launch settings, so the defaults in the kernels can be chosen from data.
+- small sweeps of launch settings, so the defaults in the kernels can be chosen from data;
+- with ``--formats bf16_gemv``: the dense few-row linears of kernels/dense_gemv.py against cuBLAS
+  (F.linear; for down_proj the SiLU*up kernel + F.linear the model ran before) at 1/2/4 rows on the
+  Qwen2.5-7B and -0.5B decode shapes, after a check on CUDA (graph replays included), and a sweep of
+  their launch settings (``--dense-deadline`` bounds its seconds):
+
+    PYTHONPATH=python_backend python3 benchmarks/kernel_bench.py --skip attention,linears \
+        --formats bf16_gemv --out kb.json
 It prints one table last and writes every number to the JSON file.
 
 To time a change of the linear kernels against the code it replaces, in one run on one card:
@@ -39,6 +46,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from qwen_triton.kernels import dense_gemv as dg
 from qwen_triton.kernels import paged_attention as pa
 from qwen_triton.kernels import quant_matmul as qm
 from qwen_triton.kernels import reference as ref
@@ -378,8 +386,9 @@ BYTE_GEMV_SWEEP = [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BL
 GEMV_SWEEP = {
     "int8": BYTE_GEMV_SWEEP,
     "fp8_wo": BYTE_GEMV_SWEEP,       # one byte per weight like int8; its conversion differs
-    "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
-             dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)],
+    # int4's GEMV serves short, wide layers only (quant_matmul.INT4_GEMV_SHAPES); its default first.
+    "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
+             dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4)],
 }
 BYTE_GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
                    dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
@@ -388,18 +397,17 @@ GEMM_SWEEP = {
     "int8": BYTE_GEMM_SWEEP,
     "fp8_wo": BYTE_GEMM_SWEEP,
     # int4's default first: it alone also tries other K splits (the others: the default split only).
-    # BLOCK_K 256 / 512 span two / four groups of 128: 128 / 256 contiguous bytes of each weight row.
-    # SERIAL=False: the separate split-sum kernel; PACKED_CVT=False: the pure-Triton conversion.
-    "int4": [dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3),
-             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3),
-             dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
-             dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3),
-             dict(BLOCK_N=64, BLOCK_K=512, num_warps=4, num_stages=3),
-             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=4),
-             dict(BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3),
+    # BLOCK_K 256 spans two groups of 128 (128 contiguous bytes of each weight row; the kernel takes
+    # at most two groups a step). SERIAL=False: the separate split-sum kernel; PACKED_CVT=False: the
+    # pure-Triton conversion. Out < 2048 (INT4_NARROW) runs BLOCK_N 32 / 2 warps by default.
+    "int4": [dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3),
+             dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3),
+             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=2),
+             dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=2),
              dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
-             dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3, SERIAL=False),
-             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3, PACKED_CVT=False)],
+             dict(BLOCK_N=128, BLOCK_K=256, num_warps=4, num_stages=3),
+             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=False),
+             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, PACKED_CVT=False)],
 }
 EXTRA_SPLITS = (2, 4, 8, 16)
 
@@ -408,6 +416,13 @@ def gemv_max_rows(kernels, fmt):
     """GEMV_MAX_ROWS was one number for every format before int4 moved to the GEMM."""
     limit = kernels.GEMV_MAX_ROWS
     return limit[stored_form(fmt)] if isinstance(limit, dict) else limit
+
+
+def uses_gemv(kernels, fmt, rows, name):
+    """Whether the automatic path is the GEMV; int4's depends on the layer's shape (INT4_GEMV_SHAPES)."""
+    if fmt == "int4" and hasattr(kernels, "INT4_GEMV_SHAPES"):
+        return kernels._use_gemv(rows, None, "int4", *LINEAR_SHAPES[name])
+    return rows <= gemv_max_rows(kernels, fmt)
 
 
 def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
@@ -419,7 +434,7 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
             return None
 
     for fmt in sweep_formats:
-        configs = GEMV_SWEEP[fmt] if rows <= gemv_max_rows(qm, fmt) else GEMM_SWEEP[fmt]
+        configs = GEMV_SWEEP[fmt] if uses_gemv(qm, fmt, rows, name) else GEMM_SWEEP[fmt]
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
         for i, config in enumerate(configs):
             if fmt == "int4":   # many configs: other splits for the first (the default) only
@@ -437,6 +452,182 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
                                    pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
 
 
+
+# ------------------------------------------------------------------------------------------------
+# Dense few-row linears (kernels/dense_gemv.py) against cuBLAS
+# ------------------------------------------------------------------------------------------------
+
+DENSE_SHAPES = {             # name: (out_features, in_features, bias, SiLU*up fused in front)
+    "7b qkv 4608x3584": (4608, 3584, True, False),
+    "7b o 3584x3584": (3584, 3584, False, False),
+    "7b gate_up 37888x3584": (37888, 3584, False, False),
+    "7b down+silu 3584x18944": (3584, 18944, False, True),
+    "0.5b qkv 1152x896": (1152, 896, True, False),
+    "0.5b o 896x896": (896, 896, False, False),
+    "0.5b gate_up 9728x896": (9728, 896, False, False),
+    "0.5b down+silu 896x4864": (896, 4864, False, True),
+}
+# Launch settings tried per rows of x (the default first); each with the K splits of DENSE_SPLITS.
+DENSE_SWEEP = {
+    1: [None, dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4), dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8),
+        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4), dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
+        dict(BLOCK_N=8, BLOCK_K=256, num_warps=4), dict(BLOCK_N=16, BLOCK_K=256, num_warps=4)],
+    2: [None, dict(BLOCK_N=4, BLOCK_K=512, num_warps=4), dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=8)],
+    4: [None, dict(BLOCK_N=4, BLOCK_K=256, num_warps=4), dict(BLOCK_N=8, BLOCK_K=512, num_warps=8),
+        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4)],
+}
+DENSE_SPLITS = (None, 1, 2, 4)
+# With SiLU*up fused in, more weight rows a thread share each SiLU; narrower tiles need more K splits.
+DENSE_SILU_SWEEP = {1: [None, dict(BLOCK_N=16, BLOCK_K=256, num_warps=4), dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
+                        dict(BLOCK_N=32, BLOCK_K=256, num_warps=8), dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
+                        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4)]}
+DENSE_SILU_SPLITS = (None, 2, 4, 6, 8)
+
+
+def dense_case(out_f, in_f, bias, silu, rows, dtype=torch.bfloat16):
+    """(weight, bias or None, x): x is the gate_up output [rows, 2 * in] when SiLU*up is fused in."""
+    weight = (torch.randn(out_f, in_f, device=DEVICE) * in_f ** -0.5).to(dtype)
+    b = torch.randn(out_f, device=DEVICE).to(dtype) if bias else None
+    x = torch.randn(rows, 2 * in_f if silu else in_f, device=DEVICE).to(dtype)
+    return weight, b, x
+
+
+def dense_call(kind, weight, bias, x, silu, config=None, split_k=None):
+    """kind "cublas": what the model ran before (F.linear, after the SiLU*up kernel for down_proj)."""
+    if kind == "cublas":
+        if silu:
+            from qwen_triton.kernels import elementwise
+
+            return lambda: F.linear(elementwise.silu_and_mul(x), weight, bias)
+        return lambda: F.linear(x, weight, bias)
+    fn = dg.dense_silu_linear if silu else dg.dense_linear
+    return lambda: fn(x, weight, bias, config=config, split_k=split_k)
+
+
+def dense_reference(weight, bias, x, silu):
+    """float64 result; the SiLU*up input rounded to x's dtype as the eager silu_and_mul rounds it."""
+    if silu:
+        gate, up = x.float().chunk(2, dim=-1)
+        x = (F.silu(gate).to(x.dtype).float() * up).to(x.dtype)
+    return F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+
+
+def check_dense(results):
+    """Every shape at 1, 3 and 6 rows (launches of 1-4 rows), the default and a forced K split, fp16
+    on two shapes, ragged shapes, and graph replays with new inputs."""
+    torch.manual_seed(4)
+    shapes = list(DENSE_SHAPES.values()) + [(1000, 3000, True, False), (1000, 3000, False, True)]
+    for out_f, in_f, bias, silu in shapes:
+        for dtype in (torch.bfloat16, torch.float16) if out_f in (4608, 1000) else (torch.bfloat16,):
+            weight, b, _ = dense_case(out_f, in_f, bias, silu, 1, dtype)
+            for rows in (1, 3, 6):   # launches of 1, 3, 4 + 2 rows
+                x = dense_case(1, in_f, False, silu, rows, dtype)[2]
+                expected = dense_reference(weight, b, x, silu)
+                for split_k in (None, 3):
+                    err = rel_error(dense_call("gemv", weight, b, x, silu, split_k=split_k)(), expected)
+                    results.append(dict(fmt=f"dense {dtype}", shape=[out_f, in_f], rows=rows, silu=silu,
+                                        split_k=split_k, rel_error=err, ok=err < 1e-2))
+    check_dense_graphs(results)
+
+
+def check_dense_graphs(results):
+    """Graph replays with new inputs: the split-K tile counters must be back at zero after each; and
+    the path taken when a graph is captured before the counters exist (a separate sum kernel)."""
+    weight, b, x = dense_case(3584, 18944, False, True, 1)
+    counters = dg._split_counters
+    for fallback in (False, True):
+        if fallback:
+            dg._split_counters = lambda device, tiles: None
+        try:
+            call = dense_call("gemv", weight, b, x, True, split_k=4)
+            call()   # compile outside the capture
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = call()
+        finally:
+            dg._split_counters = counters
+        for replay in range(3):
+            x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            err = rel_error(out, dense_reference(weight, b, x, True))
+            results.append(dict(fmt="dense graph" + (" fallback" if fallback else ""), shape=[3584, 18944],
+                                rows=1, replay=replay, rel_error=err, ok=err < 1e-2))
+        del graph
+
+
+def dense_bytes(out_f, in_f, bias, silu, rows):
+    return 2 * (out_f * in_f + rows * (2 * in_f if silu else in_f) + rows * out_f + (out_f if bias else 0))
+
+
+def time_dense(kind, sets, silu, **overrides):
+    try:
+        return time_calls([dense_call(kind, w, b, x, silu, **overrides) for w, b, x in sets])[0]
+    except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
+        print("dense timing failed", kind, overrides, repr(exc)[:300], flush=True)
+        return None
+
+
+def dense_sets(name, rows, l2_bytes):
+    out_f, in_f, bias, silu = DENSE_SHAPES[name]
+    copies = copies_needed(2 * out_f * in_f, l2_bytes, cap=32)
+    return [dense_case(out_f, in_f, bias, silu, rows) for _ in range(copies)]
+
+
+def bench_dense(rows_list, bandwidth, l2_bytes, rows_out, sweeps, deadline, sweep_filter=""):
+    """Defaults of every shape and row count first (the table), then the sweep until the deadline."""
+    for name, (out_f, in_f, bias, silu) in DENSE_SHAPES.items():
+        for rows in rows_list:
+            sets = dense_sets(name, rows, l2_bytes)
+            bound = dense_bytes(out_f, in_f, bias, silu, rows) / bandwidth * 1e6
+            row = dict(shape=name, rows=rows, bound_us=bound, cublas_us=time_dense("cublas", sets, silu),
+                       gemv_us=time_dense("gemv", sets, silu))
+            rows_out.append(row)
+            print(f"dense {name} rows={rows}: cublas {row['cublas_us']} us, gemv {row['gemv_us']} us, "
+                  f"bound {bound:.1f} us", flush=True)
+            del sets
+        SAVE_PROGRESS()
+    # 7B shapes first, one row first: what the deadline must not cut.
+    order = sorted(((rows, name) for rows in rows_list for name in DENSE_SHAPES if sweep_filter in name),
+                   key=lambda item: (not item[1].startswith("7b"), item[0]))
+    for rows, name in order:
+        if time.time() > deadline:
+            print("dense sweep: deadline reached", flush=True)
+            return
+        silu = DENSE_SHAPES[name][3]
+        sets = dense_sets(name, rows, l2_bytes)
+        table, splits = (DENSE_SILU_SWEEP, DENSE_SILU_SPLITS) if silu and rows in DENSE_SILU_SWEEP else \
+            (DENSE_SWEEP, DENSE_SPLITS)
+        for config in table[min(r for r in table if r >= rows)]:
+            for split_k in splits:
+                us = time_dense("gemv", sets, silu, config=config, split_k=split_k)
+                sweeps.append(dict(shape=name, rows=rows, config=config, split_k=split_k, us=us))
+        del sets
+        SAVE_PROGRESS()
+
+
+def print_dense_table(report):
+    if not report["dense"]:
+        return
+    print("\nDense linears, bf16 (rows = batch): us per call; % = bound (weight + activations / copy rate) / time")
+    print("(cublas: F.linear, down+silu: SiLU*up kernel + F.linear; gemv: dense_gemv defaults; best: sweep)")
+    print(f"{'shape':>24} {'rows':>4} | {'bound':>6} | {'cublas':>13} | {'gemv':>13} | {'best':>13} | best config")
+    for row in report["dense"]:
+        tried = [s for s in report["dense_sweep"] if s["shape"] == row["shape"] and s["rows"] == row["rows"]
+                 and s["us"]]
+        best = min(tried, key=lambda s: s["us"]) if tried else None
+        cells = [_dense_cell(row["cublas_us"], row["bound_us"]), _dense_cell(row["gemv_us"], row["bound_us"]),
+                 _dense_cell(best and best["us"], row["bound_us"])]
+        where = "" if best is None else f"{best['config'] or 'default'} split {best['split_k']}"
+        print(f"{row['shape']:>24} {row['rows']:>4} | {row['bound_us']:6.1f} | " + " | ".join(cells) + " | " + where)
+
+
+def _dense_cell(us, bound):
+    return f"{'-':>13}" if not us else f"{us:7.1f} {100 * bound / us:4.0f}%"
+
+
 # ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
@@ -450,6 +641,13 @@ def print_table(report):
           f"{max((c['rel_error'] for c in checks), default=0):.2e}")
     for c in bad[:10]:
         print("  FAIL", c)
+    if report["attention"]:
+        print_attention_table(report)
+    if report["linears"]:
+        print_linear_table(report)
+
+
+def print_attention_table(report):
     print("\nDecode attention, Qwen2.5-7B shape (28/4 heads, d128), us per layer call, % of bandwidth bound")
     print(f"{'batch':>5} {'ctx':>5} {'splits':>6} | {'bf16':>14} | {'int8 KV':>14} | {'fp8 KV':>14} | {'gather+SDPA':>11}")
     for row in report["attention"]:
@@ -457,6 +655,9 @@ def print_table(report):
         sdpa = row.get("sdpa_gather_us")
         print(f"{row['batch']:>5} {row['context']:>5} {row['splits']:>6} | " + " | ".join(cells)
               + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}")
+
+
+def print_linear_table(report):
     print("\nWeight-only linears (rows = batch), us per call, % of bandwidth bound")
     print("(int8/int4/fp8_wo: default launch settings; *_best: best of the sweep, see linear_sweep in the JSON;")
     print(" *_base: the --baseline copy of the kernels, default settings;")
@@ -499,7 +700,12 @@ def main(argv=None):
     parser.add_argument("--baseline", help="a saved quant_matmul.py to time beside the current kernels")
     parser.add_argument("--sweep", help="kernel formats whose launch settings to sweep (default: those timed)")
     parser.add_argument("--check", help="kernel formats to check against the reference (default: those timed)")
+    parser.add_argument("--dense-rows", default="1,2,4", help="rows of x for the bf16_gemv format")
+    parser.add_argument("--dense-deadline", type=float, default=1e9,
+                        help="seconds after the start past which the bf16_gemv sweep stops")
+    parser.add_argument("--dense-sweep-filter", default="", help="sweep only the bf16_gemv shapes naming this")
     args = parser.parse_args(argv)
+    started = time.time()
     if not torch.cuda.is_available():
         sys.exit("kernel_bench needs a CUDA GPU")
     import triton
@@ -518,7 +724,7 @@ def main(argv=None):
     report = dict(date=time.strftime("%Y-%m-%d"), device=props.name, sms=props.multi_processor_count,
                   l2_bytes=props.L2_cache_size, torch=torch.__version__, triton=triton.__version__,
                   command=" ".join(sys.argv), checks=[], attention=[], attention_sweep=[], linears=[],
-                  linear_sweep=[], errors=[])
+                  linear_sweep=[], dense=[], dense_sweep=[], errors=[])
     warm_up_clocks()
     bandwidth, read_bandwidth = memory_bandwidths()
     report["copy_bandwidth"], report["read_bandwidth"] = bandwidth, read_bandwidth
@@ -546,7 +752,10 @@ def main(argv=None):
     if "checks" not in skip:
         if "attention" not in skip:
             section("check_attention", check_attention, report["checks"])
-        section("check_linears", check_linears, report["checks"], shapes, check_formats)
+        if check_formats:
+            section("check_linears", check_linears, report["checks"], shapes, check_formats)
+        if "bf16_gemv" in FORMATS:
+            section("check_dense", check_dense, report["checks"])
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (16, 4096), (256, 4096)}
@@ -556,7 +765,12 @@ def main(argv=None):
     if "linears" not in skip:
         section("linears", bench_linears, [int(r) for r in args.rows.split(",")], bandwidth,
                 props.L2_cache_size, report["linears"], report["linear_sweep"], shapes, sweep_formats)
+    if "bf16_gemv" in FORMATS:
+        deadline = started + (args.dense_deadline if "sweeps" not in skip else 0)
+        section("dense", bench_dense, [int(r) for r in args.dense_rows.split(",")], bandwidth,
+                props.L2_cache_size, report["dense"], report["dense_sweep"], deadline, args.dense_sweep_filter)
     print_table(report)
+    print_dense_table(report)
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=1)
 

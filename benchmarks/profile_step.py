@@ -1,6 +1,9 @@
 """Where does one decode step's time go? Host (Python) versus the GPU work of the captured graph.
 
   python benchmarks/profile_step.py --tokenizer DIR --shape 7b --batch 1
+
+``--dense-max-rows 0`` sends every dense linear to cuBLAS (kernels/dense_gemv.py's GEMV off), for a
+before/after of that routing in one session.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ def main() -> int:
     parser.add_argument("--shape", default="7b")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--dense-max-rows", type=int, default=None,
+                        help="rows up to which dense linears take the Triton GEMV (default: the module's)")
     args = parser.parse_args()
+    if args.dense_max_rows is not None:
+        from qwen_triton.kernels import dense_gemv
+
+        dense_gemv.ROUTE_MAX_ROWS = args.dense_max_rows
     checkpoint = make_checkpoint(args.shape, args.tokenizer, Path(tempfile.mkdtemp()))
     engine = engine_for(checkpoint, max_num_seqs=max(8, args.batch))
     for i, ids in enumerate(prompt_ids(engine.hf_config.vocab_size, args.batch, 128)):

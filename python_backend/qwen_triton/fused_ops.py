@@ -1,5 +1,6 @@
 """The element-wise parts of a decoder layer: add + RMSNorm, RMSNorm, rotary embedding (alone, or
-with the new K/V written into a float paged cache), SiLU*up.
+with the new K/V written into a float paged cache), SiLU*up; and the layer's linears, which on CUDA
+take a GEMV kernel at decode-sized row counts.
 
 Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)`` picks):
 - on CUDA with Triton, the hand-written kernels of ``kernels/elementwise.py``: one launch each, for
@@ -14,6 +15,13 @@ Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)``
   compiled ops, 6.11 ms with the kernels; engine start-up (four CUDA graphs) 27.5 s -> 4.3 s.
 - elsewhere, the eager functions below. They are the reference: tests compare them with transformers
   bit for bit (float32, CPU), and the kernels with them (tests/kernels/test_kernels_elementwise.py).
+
+The linears: ``linear(module, x)`` is ``module(x)`` and ``silu_and_mul_linear(gate_up, module)`` is
+``module(silu_and_mul(gate_up))`` (the MLP's down projection). On CUDA, a plain bf16 / fp16
+``nn.Linear`` with at most ``dense_gemv.ROUTE_MAX_ROWS`` rows of input runs
+``kernels/dense_gemv.py`` instead of cuBLAS, the SiLU*up formed inside the down projection's kernel;
+quantized linears (quantization.py), float32 weights and more rows keep ``module(x)``. Those kernels
+add up in another order than cuBLAS, so their outputs can differ in the last bit.
 
 The kernels round to the model dtype exactly where these functions do; what they cannot repeat is the
 order in which torch adds up a row's squares for the RMSNorm variance (see kernels/elementwise.py).
@@ -32,6 +40,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import kernels
 from .attention import write_kv
@@ -87,19 +96,38 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer (nn.Linear or a quantized one) applied to x."""
+    return module(x)
+
+
+def silu_and_mul_linear(gate_up: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """The MLP's down projection of silu(gate) * up: one function, so that the kernel side can form
+    its input inside the matmul."""
+    return module(silu_and_mul(gate_up))
+
+
 @dataclass(frozen=True)
 class FusedOps:
-    """The functions a model calls for the element-wise parts of a layer (names and signatures of the
-    eager functions above)."""
+    """The functions a model calls for the element-wise parts of a layer and its linears (names and
+    signatures of the eager functions above). ``linear`` and ``silu_and_mul_linear`` default to the
+    eager ones, the latter with this set's ``silu_and_mul``."""
 
     rms_norm: Callable
     add_rms_norm: Callable
     rotary: Callable
     rotary_and_write_kv: Callable
     silu_and_mul: Callable
+    linear: Callable = linear
+    silu_and_mul_linear: Callable | None = None
+
+    def __post_init__(self):
+        if self.silu_and_mul_linear is None:
+            silu = self.silu_and_mul
+            object.__setattr__(self, "silu_and_mul_linear", lambda gate_up, module: module(silu(gate_up)))
 
 
-EAGER = FusedOps(rms_norm, add_rms_norm, rotary, rotary_and_write_kv, silu_and_mul)
+EAGER = FusedOps(rms_norm, add_rms_norm, rotary, rotary_and_write_kv, silu_and_mul, linear, silu_and_mul_linear)
 _TRITON: FusedOps | None = None
 
 
@@ -111,8 +139,30 @@ def fused_ops(device: torch.device) -> FusedOps:
     if _TRITON is None:
         if not kernels.kernels_usable(device):   # asked once: model.py calls this every step
             return EAGER
-        from .kernels import elementwise   # imports triton: only here, never on CPU-only paths
-
-        _TRITON = FusedOps(elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary,
-                           elementwise.rotary_and_write_kv, elementwise.silu_and_mul)
+        _TRITON = kernel_ops()
     return _TRITON
+
+
+def kernel_ops() -> FusedOps:
+    """The Triton set (what ``fused_ops`` returns on CUDA; on CPU, tests run it in the interpreter)."""
+    from .kernels import dense_gemv, elementwise   # imports triton: only here, never on CPU-only paths
+
+    def gemv_applies(module: nn.Module, x: torch.Tensor) -> bool:
+        # type(), not isinstance: a subclass may compute something else. Quantized linears are not
+        # nn.Linear at all. Row counts are fixed per CUDA graph, so a graph's choice is its replays'.
+        return (type(module) is nn.Linear and x.dim() == 2 and x.shape[0] <= dense_gemv.ROUTE_MAX_ROWS
+                and x.dtype in (torch.float16, torch.bfloat16) and module.weight.dtype == x.dtype)
+
+    def kernel_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if gemv_applies(module, x):
+            return dense_gemv.dense_linear(x, module.weight, module.bias)
+        return module(x)
+
+    def kernel_silu_and_mul_linear(gate_up: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        if gemv_applies(module, gate_up):
+            return dense_gemv.dense_silu_linear(gate_up, module.weight, module.bias)
+        return module(elementwise.silu_and_mul(gate_up))
+
+    return FusedOps(elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary,
+                    elementwise.rotary_and_write_kv, elementwise.silu_and_mul, kernel_linear,
+                    kernel_silu_and_mul_linear)

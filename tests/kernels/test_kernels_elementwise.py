@@ -291,7 +291,8 @@ def test_rotary_and_write_kv(generator, device, rows, shape, dtype, cache_dtype)
 def test_rotary_and_write_kv_padding_rows_stay_in_the_scratch_block(generator, device):
     """A CUDA-graph decode batch padded up to its captured size: the padding rows have position 0 and all
     write the first slot of the scratch block (model_runner.py). The real rows' slots get their values, no
-    other slot changes, and the scratch slot holds one padding row's K/V (which one is unspecified)."""
+    other slot changes, and every element of the scratch slot comes from one of the padding rows (which one
+    is unspecified: on a GPU the racing programs' stores interleave, so the slot may mix rows)."""
     from qwen_triton.kernels import elementwise
     from qwen_triton.model import RotaryEmbedding
 
@@ -318,7 +319,8 @@ def test_rotary_and_write_kv_padding_rows_stay_in_the_scratch_block(generator, d
     assert_equal(v_cache[:scratch_block], expected_v_cache[:scratch_block], "v_cache outside the scratch block")
     for cache, before, new in ((k_cache, scratch_before[0], out_k), (v_cache, scratch_before[1], v)):
         assert torch.equal(cache[scratch_block, 1:], before[1:]), "only the scratch slot itself is written"
-        assert any(torch.equal(cache[scratch_block, 0], row) for row in new[real:]), "a padding row's value"
+        from_a_padding_row = (cache[scratch_block, 0] == new[real:]).any(dim=0)
+        assert from_a_padding_row.all(), "scratch slot: an element that no padding row wrote"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -1,5 +1,6 @@
 """GPU fast-path kernels (Triton language): paged decode attention, weight-only quantized linears
-(int8, int4, fp8) and the element-wise parts of a decoder layer (add + RMSNorm, rotary, SiLU*up).
+(int8, int4, fp8), dense linears for a few rows (decode; down_proj with SiLU*up fused in) and the
+element-wise parts of a decoder layer (add + RMSNorm, rotary, SiLU*up).
 
 Importing this package never imports ``triton``: CPU-only code (and CI) can import it freely, ask
 ``kernels_usable(device)`` and fall back to the torch paths. The kernel functions themselves are
@@ -29,6 +30,8 @@ _LAZY_ATTRIBUTES = {
     "int8_linear": "quant_matmul",
     "fp8_linear": "quant_matmul",
     "int4_linear": "quant_matmul",
+    "dense_linear": "dense_gemv",
+    "dense_silu_linear": "dense_gemv",
     "rms_norm": "elementwise",
     "add_rms_norm": "elementwise",
     "rotary": "elementwise",

@@ -1,0 +1,303 @@
+"""Dense (bf16 / fp16 / float32) linears for a few rows of x (Triton language): decode at small batch.
+
+    dense_linear(x, weight, bias=None)           y = x @ weight^T (+ bias)
+    dense_silu_linear(gate_up, weight)           y = (silu(gate) * up) @ weight^T
+
+``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype; float32
+accumulation, y in x's dtype. ``dense_silu_linear`` takes the MLP's gate_up output [..., 2 * in]
+(gate first) and forms down_proj's input on the fly, so SiLU*up never goes through memory and needs
+no launch of its own.
+
+Why not cuBLAS: at one row a linear only streams its weight once, and on an H100 cuBLAS's decode
+kernels read at 2.2-2.8 TB/s against a 3.0 TB/s read ceiling (Qwen2.5-7B, 2026-11-25); down_proj
+(18944 inputs, 3584 outputs) also paid a split-K reduce kernel and a memset per call, and the SiLU
+kernel before it another launch. These kernels took a 7B batch-1 decode step's graph from 5.55 to
+5.14 ms (docs/benchmarks.md, "bf16 GEMV (helper 10)").
+
+Kernel shape: each program owns BLOCK_N output features (weight rows) and one slice of the input
+dimension, loads [BLOCK_N, BLOCK_K] weight tiles with 16-byte vectors and multiply-adds them into a
+float32 accumulator of the same shape per row of x, which is reduced across threads once, at the
+end. Up to MAX_ROWS rows share each weight tile (one accumulator each), so 2-4 rows read the weight
+once, as one row does. Narrow outputs split K so that the grid fills the GPU; the last program of
+each output tile to finish adds the float32 partials up (an atomic count per tile, the counters of
+quant_matmul), so a split costs no second launch. Inside a CUDA-graph capture before those counters
+exist, quant_matmul's separate sum kernel does it instead (captured, hence replayed, consistently).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import multiprocessor_count
+from .elementwise import _round
+from .quant_matmul import _split_counters, _sum_splits_kernel
+
+# Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
+MAX_ROWS = 4
+# Routing (fused_ops.py): up to this many rows the model's dense linears come here, above to cuBLAS.
+# On an H100 at Qwen2.5-7B shapes (docs/benchmarks.md, "bf16 GEMV (helper 10)"), one row beat cuBLAS
+# in every linear; at two rows o_proj and gate_up still won but qkv lost 2 us and down_proj (SiLU
+# computed per row) 18 us, a net loss per layer; at four rows every shape lost.
+ROUTE_MAX_ROWS = 1
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Launch settings by rows per launch (the first entry >= the rows), from the sweep of
+# benchmarks/kernel_bench.py --formats bf16_gemv on an H100 (2026-11-25). At one row, 4 weight rows
+# x 512 inputs at 4 warps (one row a warp, four 16-byte loads a thread and step) read Qwen2.5-7B's
+# gate_up (37888 x 3584) in 89.2 us (3.05 TB/s) against cuBLAS's 96.7; 8 or 16 rows a program ran
+# 3-6 % slower. More rows of x hold more accumulators, so the tile shrinks.
+CONFIG = {1: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+          2: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+          4: dict(BLOCK_N=8, BLOCK_K=256, num_warps=4)}
+# With SiLU*up formed in the kernel every thread computes it for its own inputs: with one weight row
+# a thread that is an exp and a division per weight, and the loop runs out of issue slots (7B
+# down_proj at one row: 67.3 us with 4 rows a program, 53.7 with 16 rows over 8 warps and K split 3).
+SILU_CONFIG = {1: dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
+               2: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+               4: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4)}
+# Split K until the grid has about this many programs per multiprocessor, each split at least this
+# many K tiles long (so the partials stay small next to the weight bytes).
+PROGRAMS_PER_SM = 4
+MIN_TILES_PER_SPLIT = 2
+
+
+@triton.jit
+def _to_dtype(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """float32 -> dtype, rounded to nearest even. The GPU's conversion does that; Triton's CPU
+    interpreter truncates bf16 (see elementwise.py), so there elementwise's integer rounding stands in."""
+    if INTERPRETED:
+        return _round(x, dtype)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
+def _x_values(x_row, k, k_ok, K, SILU: tl.constexpr, MASKED: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Inputs k [BLOCK_N, BLOCK_K] (the same inputs in every row) of one row of x as float32: x itself,
+    or (SILU) silu(gate) * up from the gate_up row, the SiLU and the product each rounded to x's dtype
+    as the eager silu_and_mul rounds them (so the fused path feeds the weights the values down_proj
+    would have read). Loaded in the weight tile's shape, hence its register layout: a [BLOCK_K]
+    load gets a layout of its own and is moved into the tile's through shared memory, two barriers a
+    step. The compiler drops the repeated loads (and SiLUs) of a thread's rows, unmasked ones at least."""
+    if MASKED:
+        first = tl.load(x_row + k, mask=k_ok, other=0.0)
+    else:
+        first = tl.load(x_row + k)
+    if SILU:
+        dtype = first.dtype
+        if MASKED:
+            up = tl.load(x_row + K + k, mask=k_ok, other=0.0)
+        else:
+            up = tl.load(x_row + K + k)
+        gate = first.to(tl.float32)
+        silu = _to_dtype(gate / (1.0 + tl.exp(-gate)), dtype, INTERPRETED).to(tl.float32)
+        return _to_dtype(silu * up.to(tl.float32), dtype, INTERPRETED).to(tl.float32)
+    else:
+        return first.to(tl.float32)
+
+
+@triton.jit
+def _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS: tl.constexpr, SILU: tl.constexpr,
+          MASKED: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Inputs k0..k0+BLOCK_K: one weight tile, multiply-added into each row's accumulator. Only the
+    last, ragged tile is MASKED: full tiles load without predicates."""
+    k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
+    k_ok = k < K
+    if MASKED:
+        w = tl.load(w_rows + k, mask=k_ok, other=0.0)
+    else:
+        w = tl.load(w_rows + k)
+    w = w.to(tl.float32)
+    acc0 += w * _x_values(x_ptr, k, k_ok, K, SILU, MASKED, INTERPRETED)
+    if ROWS > 1:
+        acc1 += w * _x_values(x_ptr + stride_xm, k, k_ok, K, SILU, MASKED, INTERPRETED)
+    if ROWS > 2:
+        acc2 += w * _x_values(x_ptr + 2 * stride_xm, k, k_ok, K, SILU, MASKED, INTERPRETED)
+    if ROWS > 3:
+        acc3 += w * _x_values(x_ptr + 3 * stride_xm, k, k_ok, K, SILU, MASKED, INTERPRETED)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def _row_result(acc, row, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, INTERPRETED: tl.constexpr):
+    """One row's [BLOCK_N] sums: to y (+ bias), or to this split's float32 partial [splits, ROWS, N]."""
+    y = tl.sum(acc, axis=1)
+    if SPLIT:
+        offset = (tl.program_id(1) * ROWS + row) * N   # splits x rows x N: far below 2**31
+        tl.store(part_ptr + offset + cols, y, mask=col_ok)
+    else:
+        _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS, INTERPRETED)
+
+
+@triton.jit
+def _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS: tl.constexpr,
+               INTERPRETED: tl.constexpr):
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + cols, _to_dtype(y, y_ptr.dtype.element_ty, INTERPRETED), mask=col_ok)
+
+
+@triton.jit
+def _finish_splits(count_ptr, part_ptr, bias_ptr, y_ptr, cols, col_ok, N, stride_ym, ROWS: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr):
+    """The last split program of this output tile to arrive adds every split's partial up."""
+    tl.debug_barrier()   # all of this program's partials are stored before it counts itself done
+    counter = count_ptr + tl.program_id(0)
+    if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(1) - 1:
+        for row in tl.static_range(ROWS):
+            total = tl.zeros(cols.shape, tl.float32)
+            for split in range(0, tl.num_programs(1)):
+                # .cg: read from L2, where the other programs' stores are, not a stale L1 line.
+                total += tl.load(part_ptr + (split * ROWS + row) * N + cols, mask=col_ok,
+                                 other=0.0, cache_modifier=".cg")
+            _write_row(total, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS, INTERPRETED)
+        tl.store(counter, 0)   # zero again for the next launch (or graph replay)
+
+
+@triton.jit
+def _dense_gemv_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K, k_per_split, stride_xm, stride_wn, stride_ym,
+    ROWS: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr, SERIAL: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Program (i, s): outputs i*BLOCK_N.. for ROWS rows of x, over the s-th slice of K."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    # Rows past N read the last weight row again instead of masking: the loads stay unpredicated
+    # 16-byte vectors, and the store drops those outputs.
+    w_rows = w_ptr + tl.minimum(cols, N - 1)[:, None].to(tl.int64) * stride_wn
+    # One accumulator per row (ROWS is a constexpr: the unused ones are compiled away).
+    acc0 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc3 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    k_start = tl.program_id(1) * k_per_split   # a multiple of BLOCK_K: aligned vector loads
+    k_full = tl.minimum(k_start + k_per_split, K // BLOCK_K * BLOCK_K)
+    for k0 in range(k_start, k_full, BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)
+        acc0, acc1, acc2, acc3 = _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, SILU,
+                                       False, INTERPRETED, BLOCK_N, BLOCK_K)
+    if not EVEN_K:
+        if k_full < tl.minimum(k_start + k_per_split, K):   # the ragged tile, in the last split
+            acc0, acc1, acc2, acc3 = _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k_full, K, ROWS,
+                                           SILU, True, INTERPRETED, BLOCK_N, BLOCK_K)
+    _row_result(acc0, 0, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
+                    INTERPRETED)
+    if ROWS > 1:
+        _row_result(acc1, 1, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
+                    INTERPRETED)
+    if ROWS > 2:
+        _row_result(acc2, 2, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
+                    INTERPRETED)
+    if ROWS > 3:
+        _row_result(acc3, 3, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
+                    INTERPRETED)
+    if SERIAL:
+        _finish_splits(count_ptr, part_ptr, bias_ptr, y_ptr, cols, col_ok, N, stride_ym, ROWS, HAS_BIAS,
+                       INTERPRETED)
+
+
+# -- host side ---------------------------------------------------------------------------------------
+
+
+def config_for(rows: int, silu: bool = False) -> dict:
+    """The launch settings for a launch of ``rows`` (1..MAX_ROWS) rows."""
+    table = SILU_CONFIG if silu else CONFIG
+    return dict(table[min(r for r in table if r >= rows)])
+
+
+def choose_split(tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
+    """K slices per output tile: enough programs for every multiprocessor (narrow outputs such as
+    o_proj and down_proj have a few hundred tiles for 132 SMs), none shorter than MIN_TILES_PER_SPLIT."""
+    if device.type != "cuda":
+        return 1
+    wanted = PROGRAMS_PER_SM * multiprocessor_count(device.index or 0)
+    split = min(math.ceil(wanted / tiles), in_features // (block_k * MIN_TILES_PER_SPLIT))
+    return max(1, split)
+
+
+def _check_weight(weight: torch.Tensor, dtype: torch.dtype) -> tuple[int, int]:
+    if weight.dim() != 2 or weight.stride(1) != 1:
+        raise ValueError(f"weight: expected a row-contiguous [out, in] matrix, got shape {tuple(weight.shape)} "
+                         f"strides {tuple(weight.stride())}")
+    if weight.dtype != dtype:
+        raise ValueError(f"weight: dtype {weight.dtype} differs from the input's {dtype}")
+    return weight.shape
+
+
+def _check_input(name: str, x: torch.Tensor, width: int) -> torch.Tensor:
+    """x [..., width] -> 2-D rows with a unit-stride last dimension."""
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{name}: dtype {x.dtype} not supported; use float16, bfloat16 or float32")
+    if x.dim() == 0 or x.shape[-1] != width:
+        raise ValueError(f"{name}: last dimension {tuple(x.shape)[-1:]} must be {width} (the weight's in_features"
+                         f"{' x 2, gate then up' if name == 'gate_up' else ''})")
+    rows = x.reshape(-1, width)
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _launch(rows, weight, bias, y, *, silu, config, split_k):
+    """One launch for up to MAX_ROWS rows (rows and y are matching row slices)."""
+    m = rows.shape[0]
+    out_features, in_features = weight.shape
+    cfg = {**config_for(m, silu), **(config or {})}
+    block_n, block_k = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tiles = triton.cdiv(out_features, block_n)
+    if split_k is None:
+        split_k = choose_split(tiles, in_features, block_k, rows.device)
+    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
+    split_k = triton.cdiv(in_features, k_per_split)   # no empty slices
+    part = counters = None
+    if split_k > 1:
+        part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=rows.device)
+        counters = _split_counters(rows.device, tiles)
+    bias_arg = bias if bias is not None else weight
+    _dense_gemv_kernel[(tiles, split_k)](
+        rows, weight, bias_arg, y, part if part is not None else y,
+        counters if counters is not None else y, out_features, in_features, k_per_split,
+        rows.stride(0), weight.stride(0), y.stride(0),
+        ROWS=m, SILU=silu, HAS_BIAS=bias is not None, EVEN_K=in_features % block_k == 0,
+        SPLIT=split_k > 1, SERIAL=counters is not None, INTERPRETED=not rows.is_cuda, **cfg)
+    if split_k > 1 and counters is None:   # captured before the counters existed: a second launch
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
+            part, bias_arg, y, m, out_features, split_k, y.stride(0), HAS_BIAS=bias is not None,
+            BLOCK=block, num_warps=4)
+
+
+def _run(rows, weight, bias, leading_shape, *, silu, config, split_k):
+    out_features = weight.shape[0]
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
+    y = torch.empty(rows.shape[0], out_features, dtype=rows.dtype, device=rows.device)
+    for start in range(0, rows.shape[0], MAX_ROWS):
+        stop = start + MAX_ROWS
+        _launch(rows[start:stop], weight, bias, y[start:stop], silu=silu, config=config, split_k=split_k)
+    return y.view(*leading_shape, out_features)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 config: dict | None = None, split_k: int | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for a few rows: x [..., in] -> [..., out] in x's dtype.
+
+    Keyword-only overrides, for benchmarks: ``config`` (BLOCK_N, BLOCK_K, num_warps), ``split_k``.
+    """
+    rows = _check_input("x", x, weight.shape[-1])
+    _check_weight(weight, x.dtype)
+    return _run(rows, weight, bias, x.shape[:-1], silu=False, config=config, split_k=split_k)
+
+
+def dense_silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                      config: dict | None = None, split_k: int | None = None) -> torch.Tensor:
+    """F.linear(silu(gate) * up, weight, bias) with gate_up [..., 2 * in] (gate first), without
+    materialising silu(gate) * up. Overrides as for `dense_linear`."""
+    rows = _check_input("gate_up", gate_up, 2 * weight.shape[-1])
+    _check_weight(weight, gate_up.dtype)
+    return _run(rows, weight, bias, gate_up.shape[:-1], silu=True, config=config, split_k=split_k)

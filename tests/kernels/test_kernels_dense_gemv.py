@@ -1,0 +1,193 @@
+"""The dense few-row linears (kernels/dense_gemv.py) against float64 references: plain x @ W^T (+ bias)
+and the variant that forms SiLU(gate) * up from the MLP's gate_up output on the fly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernel_env import PoisonedTorch, needs_kernels
+
+pytestmark = needs_kernels
+
+# 37 outputs: a ragged last tile for every BLOCK_N; 1000 inputs: not a multiple of any BLOCK_K.
+OUT, IN = 37, 1000
+# Output rounding alone is ~1e-3 (bf16, 8 mantissa bits) and ~1.5e-4 (fp16): measured 1.8e-3 and 2.1e-4.
+TOLERANCE = {torch.bfloat16: 4e-3, torch.float16: 6e-4, torch.float32: 1e-5}
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    """Outputs and split-K partials start as NaN: an element the kernel fails to write shows."""
+    from qwen_triton.kernels import dense_gemv
+
+    monkeypatch.setattr(dense_gemv, "torch", PoisonedTorch())
+
+
+def case(generator, rows, dtype, out_f=OUT, in_f=IN, width=None):
+    x = torch.randn(rows, width or in_f, generator=generator).to(dtype)
+    weight = (torch.randn(out_f, in_f, generator=generator) * in_f ** -0.5).to(dtype)
+    bias = torch.randn(out_f, generator=generator).to(dtype)
+    return x, weight, bias
+
+
+def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
+    """The eager silu_and_mul's roundings (SiLU and the product each in gate_up's dtype), then float64."""
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    return (F.silu(gate).to(gate_up.dtype).float() * up).to(gate_up.dtype).double()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("in_f", [IN, 1024])   # a ragged last K tile, and whole tiles only
+def test_dense_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, with_bias, in_f):
+    from qwen_triton.kernels import dense_linear
+
+    x, weight, bias = case(generator, rows, dtype, in_f=in_f)
+    bias = bias if with_bias else None
+    out = dense_linear(x.to(device), weight.to(device), None if bias is None else bias.to(device))
+    assert out.shape == (rows, OUT) and out.dtype == dtype
+    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    assert rel_error(out, expected) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("rows, split_k", [(1, 3), (4, 2), (6, 3)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dense_linear_split_k(generator, device, rel_error, poisoned_outputs, rows, split_k, with_bias):
+    """K split across programs, partials added by the last program of each tile; bias added once;
+    6 rows take two launches (4 + 2), each leaving the tile counters at zero for the next."""
+    from qwen_triton.kernels import dense_linear
+
+    x, weight, bias = case(generator, rows, torch.float16)
+    bias = bias if with_bias else None
+    out = dense_linear(x.to(device), weight.to(device), None if bias is None else bias.to(device),
+                       split_k=split_k, config=dict(BLOCK_N=16, BLOCK_K=128, num_warps=4))
+    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    assert rel_error(out, expected) < TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("split_k", [None, 2])
+def test_dense_silu_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, split_k):
+    from qwen_triton.kernels import dense_silu_linear
+
+    gate_up, weight, _ = case(generator, rows, dtype, width=2 * IN)
+    out = dense_silu_linear(gate_up.to(device), weight.to(device), split_k=split_k)
+    assert out.shape == (rows, OUT) and out.dtype == dtype
+    expected = silu_mul_reference(gate_up) @ weight.double().T
+    assert rel_error(out, expected) < TOLERANCE[dtype]
+
+
+def test_leading_shape_and_strided_rows(generator, device, rel_error):
+    """[batch, seq, in] keeps its leading shape; rows with a stride (a column slice) are read in place."""
+    from qwen_triton.kernels import dense_linear
+
+    x, weight, _ = case(generator, 4, torch.float16, in_f=256, width=300)
+    x = x.to(device)[:, 10:266]
+    out = dense_linear(x.reshape(2, 2, 256), weight.to(device))
+    assert out.shape == (2, 2, OUT)
+    expected = x.double().cpu() @ weight.double().T
+    assert rel_error(out.reshape(4, OUT), expected) < TOLERANCE[torch.float16]
+
+
+def test_zero_rows(device):
+    from qwen_triton.kernels import dense_linear
+
+    out = dense_linear(torch.empty(0, 64, dtype=torch.float16, device=device),
+                       torch.randn(8, 64).half().to(device))
+    assert out.shape == (0, 8)
+
+
+@pytest.mark.parametrize("bad, name", [
+    (dict(x_width=999), "x"),
+    (dict(x_dtype=torch.int32), "x"),
+    (dict(w_dtype=torch.float32), "weight"),
+    (dict(w_transposed=True), "weight"),
+    (dict(bias_len=OUT + 1), "bias"),
+])
+def test_bad_input_names_the_argument(device, bad, name):
+    from qwen_triton.kernels import dense_linear
+
+    x = torch.randn(2, bad.get("x_width", IN)).to(bad.get("x_dtype", torch.float16)).to(device)
+    weight = torch.randn(OUT, IN).to(bad.get("w_dtype", torch.float16)).to(device)
+    if bad.get("w_transposed"):
+        weight = torch.randn(IN, OUT).half().to(device).t()
+    bias = torch.randn(bad.get("bias_len", OUT)).half().to(device)
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        dense_linear(x, weight, bias)
+
+
+def test_silu_bad_width_names_gate_up(device):
+    from qwen_triton.kernels import dense_silu_linear
+
+    with pytest.raises(ValueError, match="^gate_up:"):
+        dense_silu_linear(torch.randn(1, IN).half().to(device), torch.randn(OUT, IN).half().to(device))
+
+
+class Routing:
+    """fused_ops' kernel set on this device, with the dense kernels counted."""
+
+    def __init__(self, monkeypatch):
+        from qwen_triton import fused_ops
+        from qwen_triton.kernels import dense_gemv
+
+        self.calls = []
+        for name in ("dense_linear", "dense_silu_linear"):
+            original = getattr(dense_gemv, name)
+            monkeypatch.setattr(dense_gemv, name, self.counted(name, original))
+        self.ops = fused_ops.kernel_ops()
+
+    def counted(self, name, fn):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+
+def mlp(dtype, device, hidden=64, inter=96):
+    from types import SimpleNamespace
+
+    from qwen_triton.model import MLP
+
+    torch.manual_seed(3)
+    return MLP(SimpleNamespace(hidden_size=hidden, intermediate_size=inter)).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("rows, routed", [(1, True), (5, False)])
+def test_mlp_routes_plain_bf16_linears_at_few_rows(device, rel_error, monkeypatch, rows, routed):
+    """fused_ops.kernel_ops: gate_up and down (SiLU fused in) take the GEMV up to ROUTE_MAX_ROWS rows,
+    cuBLAS (module(x)) above; either way the MLP computes what the eager ops compute."""
+    from qwen_triton import fused_ops
+    from qwen_triton.kernels import dense_gemv
+
+    monkeypatch.setattr(dense_gemv, "ROUTE_MAX_ROWS", 4)
+    routing = Routing(monkeypatch)
+    module = mlp(torch.bfloat16, device)
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(5)).bfloat16().to(device)
+    with torch.inference_mode():
+        out = module(x, routing.ops)
+        expected = module(x, fused_ops.EAGER)
+    assert routing.calls == (["dense_linear", "dense_silu_linear"] if routed else [])
+    assert rel_error(out, expected) < 1e-2
+
+
+def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error, monkeypatch):
+    """A quantized down_proj gets SiLU*up then its own forward; a float32 model never routes."""
+    from qwen_triton import fused_ops
+    from qwen_triton.quantization import Int8Linear
+
+    routing = Routing(monkeypatch)
+    module = mlp(torch.bfloat16, device)
+    dense = module.down_proj
+    module.down_proj = Int8Linear.from_float(dense.weight).to(device)
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(6)).bfloat16().to(device)
+    with torch.inference_mode():
+        out = module(x, routing.ops)
+        expected = module(x, fused_ops.EAGER)
+    assert routing.calls == ["dense_linear"]   # gate_up only
+    assert rel_error(out, expected) < 1e-2
+    routing.calls.clear()
+    with torch.inference_mode():
+        mlp(torch.float32, device)(x.float(), routing.ops)
+    assert routing.calls == []
