@@ -47,9 +47,9 @@ def measure(checkpoint: Path, batch: int, steps: int) -> dict:
     run, prepare = engine.runner.run, engine.runner._prepare
 
     def timed(fn, record):
-        def wrapper(*args):
+        def wrapper(*args, **kwargs):
             start = time.perf_counter()
-            out = fn(*args)
+            out = fn(*args, **kwargs)
             record.append(time.perf_counter() - start)
             return out
         return wrapper
