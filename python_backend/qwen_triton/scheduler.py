@@ -10,7 +10,7 @@ to be recomputed later (its full blocks usually still sit in the prefix cache, w
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .block_manager import BlockManager
@@ -22,16 +22,15 @@ from .sequence import Sequence, SequenceStatus
 class ScheduledSequence:
     seq: Sequence
     num_tokens: int  # tokens computed for it in this step
+    # Both read by the runner and the engine; fixed when the step is scheduled, before its launch moves
+    # seq.num_computed_tokens on.
+    samples: bool = field(init=False)          # the chunk reaches the sequence's last token: it yields one
+    input_on_device: bool = field(init=False)  # its input is a token of the step in flight, not on the host
 
-    @property
-    def samples(self) -> bool:
-        """The chunk reaches the sequence's last token, so the step yields its next token."""
-        return self.seq.num_computed_tokens + self.num_tokens == len(self.seq) + self.seq.pending_tokens
-
-    @property
-    def input_on_device(self) -> bool:
-        """Its input is a token sampled by the step in flight, which the host has not read yet."""
-        return self.seq.num_computed_tokens + self.num_tokens > len(self.seq)
+    def __post_init__(self):
+        seq, end = self.seq, self.seq.num_computed_tokens + self.num_tokens
+        self.samples = end == len(seq) + seq.pending_tokens
+        self.input_on_device = end > len(seq)
 
 
 class Scheduler:
