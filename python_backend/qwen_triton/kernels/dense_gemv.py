@@ -34,7 +34,7 @@ import triton.language as tl
 
 from . import multiprocessor_count
 from .elementwise import _round
-from .quant_matmul import _split_counters, _sum_splits_kernel
+from .quant_matmul import _check_bias, _split_counters, k_slices, sum_splits
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
 MAX_ROWS = 4
@@ -252,8 +252,7 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
     tiles = triton.cdiv(out_features, block_n)
     if split_k is None:
         split_k = choose_split(tiles, in_features, block_k, rows.device)
-    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
-    split_k = triton.cdiv(in_features, k_per_split)   # no empty slices
+    k_per_split, split_k = k_slices(in_features, split_k, block_k)
     part = counters = None
     if split_k > 1:
         part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=rows.device)
@@ -266,16 +265,12 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
         ROWS=m, SILU=silu, HAS_BIAS=bias is not None, EVEN_K=in_features % block_k == 0,
         SPLIT=split_k > 1, SERIAL=counters is not None, INTERPRETED=not rows.is_cuda, **cfg)
     if split_k > 1 and counters is None:   # captured before the counters existed: a second launch
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
-            part, bias_arg, y, m, out_features, split_k, y.stride(0), HAS_BIAS=bias is not None,
-            BLOCK=block, num_warps=4)
+        sum_splits(part, bias, y)
 
 
 def _run(rows, weight, bias, leading_shape, *, silu, config, split_k):
     out_features = weight.shape[0]
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
+    _check_bias(bias, out_features)
     y = torch.empty(rows.shape[0], out_features, dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], MAX_ROWS):
         stop = start + MAX_ROWS

@@ -496,8 +496,7 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     if split_k is None:
         split_k = choose_split_k(grid_n * grid_m, m, out_features, in_features, block_k,
                                  weight.numel() * weight.element_size(), x.device, fmt)
-    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
-    split_k = triton.cdiv(in_features, k_per_split)          # no empty splits
+    k_per_split, split_k = k_slices(in_features, split_k, block_k)
     part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=x.device) if split_k > 1 else y
     counters = _split_counters(x.device, grid_n * grid_m) if split_k > 1 and cfg.get("SERIAL") else None
     cfg["SERIAL"] = counters is not None
@@ -510,11 +509,25 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
         FMT=fmt, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
         EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, **cfg)
     if split_k > 1 and counters is None:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
-            part, bias if bias is not None else part, y, m, out_features, split_k, y.stride(0),
-            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+        sum_splits(part, bias, y)
     return y.view(*x.shape[:-1], out_features)
+
+
+def k_slices(in_features: int, split_k: int, block_k: int) -> tuple[int, int]:
+    """(inputs per K slice, number of slices) for about ``split_k`` slices of whole BLOCK_K tiles,
+    none of them empty."""
+    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
+    return k_per_split, triton.cdiv(in_features, k_per_split)
+
+
+def sum_splits(part: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> None:
+    """y = the float32 split-K partials part [splits, rows, out] added up (+ bias), in a launch of its
+    own: for launches without the per-tile counters (see _split_counters)."""
+    splits, m, out_features = part.shape
+    block = 1024
+    _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
+        part, bias if bias is not None else part, y, m, out_features, splits, y.stride(0),
+        HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
 
 
 def _check_per_channel(qweight, scale, dtype, dtype_name):
