@@ -131,11 +131,7 @@ def _mixed(q, k, v, cache_layer, meta: AttentionMetadata, scale: float) -> torch
         tokens = plan.decode_tokens
         out[tokens] = _decode(q[tokens].contiguous(), cache_layer, plan.decode_meta, scale)
     if plan.fresh:
-        result = _fresh_prompts(q, k, v, plan, scale)
-        if plan.fresh_range is not None:
-            out[plan.fresh_range[0]:plan.fresh_range[1]] = result
-        else:
-            out[plan.fresh_tokens] = result
+        out[plan.fresh_rows] = _fresh_prompts(q, k, v, plan, scale)
     k_cache, v_cache, k_scale, v_scale = cache_layer
     for start, query_len, context_len, row in plan.chunks:
         k_ctx = gather_dequantized(k_cache, k_scale, meta.block_tables[row], context_len, q.dtype)
@@ -162,10 +158,7 @@ def _fresh_prompts(q, k, v, plan: "MixedPlan", scale: float) -> torch.Tensor:
     """Causal attention of whole prompts over their own K/V, rows in the order of plan.fresh_tokens."""
     if not _flash_usable(q):
         return _fresh_prompts_padded(q, k, v, plan, scale)
-    if plan.fresh_range is None:
-        q, k, v = (x[plan.fresh_tokens] for x in (q, k, v))
-    else:   # one run of rows (the scheduler puts new prompts last): views, no copies
-        q, k, v = (x[plan.fresh_range[0]:plan.fresh_range[1]] for x in (q, k, v))
+    q, k, v = (x[plan.fresh_rows] for x in (q, k, v))
     batch, longest = plan.fresh_shape
     if plan.fresh_uniform and batch > 1:
         # Prompts of one length are a [batch, length] grid of the same rows, for the fixed-length kernel:
@@ -230,6 +223,12 @@ class MixedPlan:
     def fresh_shape(self) -> tuple[int, int]:
         """(prompts, longest prompt)."""
         return len(self.fresh), max(n for _, n in self.fresh)
+
+    @property
+    def fresh_rows(self) -> slice | torch.Tensor:
+        """The fresh prompts' rows of a step's [tokens, ...] tensors, to read or to write: a slice (views,
+        no copies) when they are one run, as the scheduler puts new prompts last; else their indices."""
+        return slice(*self.fresh_range) if self.fresh_range is not None else self.fresh_tokens
 
     # Index tensors only the gathering paths need (built on first use, then shared by every layer).
     @functools.cached_property
