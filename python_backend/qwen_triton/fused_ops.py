@@ -110,21 +110,15 @@ def silu_and_mul_linear(gate_up: torch.Tensor, module: nn.Module) -> torch.Tenso
 @dataclass(frozen=True)
 class FusedOps:
     """The functions a model calls for the element-wise parts of a layer and its linears (names and
-    signatures of the eager functions above). ``linear`` and ``silu_and_mul_linear`` default to the
-    eager ones, the latter with this set's ``silu_and_mul``."""
+    signatures of the eager functions above)."""
 
     rms_norm: Callable
     add_rms_norm: Callable
     rotary: Callable
     rotary_and_write_kv: Callable
     silu_and_mul: Callable
-    linear: Callable = linear
-    silu_and_mul_linear: Callable | None = None
-
-    def __post_init__(self):
-        if self.silu_and_mul_linear is None:
-            silu = self.silu_and_mul
-            object.__setattr__(self, "silu_and_mul_linear", lambda gate_up, module: module(silu(gate_up)))
+    linear: Callable
+    silu_and_mul_linear: Callable
 
 
 EAGER = FusedOps(rms_norm, add_rms_norm, rotary, rotary_and_write_kv, silu_and_mul, linear, silu_and_mul_linear)

@@ -10,6 +10,8 @@ Within a tolerance, not bit for bit: the RMSNorm kernels add up a row's squares 
 torch (see test_kernels_elementwise.py), and that last-bit difference travels through the layers.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,8 +92,7 @@ def test_decoder_forward_with_the_kernels_matches_eager(device, monkeypatch):
     def unexpected(*args):
         raise AssertionError("a float cache must take the fused rotary_and_write_kv, not rotary")
 
-    kernels = fused_ops.FusedOps(elementwise.rms_norm, elementwise.add_rms_norm, unexpected, counted,
-                                 elementwise.silu_and_mul)
+    kernels = dataclasses.replace(fused_ops.kernel_ops(), rotary=unexpected, rotary_and_write_kv=counted)
     expected_logits, expected_cache = run(model, fused_ops.EAGER, device, monkeypatch)
     logits, cache = run(model, kernels, device, monkeypatch)
 
