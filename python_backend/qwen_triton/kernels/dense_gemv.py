@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
+from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 from .elementwise import _round
 from .quant_matmul import _check_bias, _split_counters, k_slices, sum_splits
 
@@ -165,9 +166,10 @@ def _dense_gemv_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K, k_per_split, stride_xm, stride_wn, stride_ym,
     ROWS: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr, SERIAL: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (i, s): outputs i*BLOCK_N.. for ROWS rows of x, over the s-th slice of K."""
+    wait_for_previous_kernel(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     # Rows past N read the last weight row again instead of masking: the loads stay unpredicated
@@ -258,12 +260,14 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
         part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=rows.device)
         counters = _split_counters(rows.device, tiles)
     bias_arg = bias if bias is not None else weight
+    pdl = pdl_enabled(rows.device)
     _dense_gemv_kernel[(tiles, split_k)](
         rows, weight, bias_arg, y, part if part is not None else y,
         counters if counters is not None else y, out_features, in_features, k_per_split,
         rows.stride(0), weight.stride(0), y.stride(0),
         ROWS=m, SILU=silu, HAS_BIAS=bias is not None, EVEN_K=in_features % block_k == 0,
-        SPLIT=split_k > 1, SERIAL=counters is not None, INTERPRETED=not rows.is_cuda, **cfg)
+        SPLIT=split_k > 1, SERIAL=counters is not None, INTERPRETED=not rows.is_cuda, PDL=pdl, **cfg,
+        **launch_options(pdl))
     if split_k > 1 and counters is None:   # captured before the counters existed: a second launch
         sum_splits(part, bias, y)
 

@@ -45,6 +45,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import interpreter_enabled
+from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # One program normalises a whole row held in registers; 16 warps keep that at <= 32 float32
@@ -75,8 +76,9 @@ def _rms_norm_kernel(
     eps, n_float, inv_n,
     STRIDE_X: tl.constexpr, STRIDE_R: tl.constexpr, STRIDE_O: tl.constexpr, STRIDE_S: tl.constexpr,
     N_COLS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, MEAN_BY_RECIPROCAL: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N_COLS
@@ -176,8 +178,9 @@ def _rotary_kernel(
     STRIDE_VC_SLOT: tl.constexpr, STRIDE_VC_HEAD: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, WRITE_KV: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, WRITE_KV: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(PDL)
     # One program per token: the token's cos/sin row is read once for all its q and k heads. With
     # WRITE_KV, the rotated k and the token's v also go to its slot of the paged cache (the v / slot /
     # cache arguments are read only then).
@@ -231,8 +234,9 @@ def _rotate_k_and_write_kv(k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, tok
 def _silu_and_mul_kernel(
     gate_up_ptr, out_ptr,
     STRIDE_IN: tl.constexpr, STRIDE_OUT: tl.constexpr, N_COLS: tl.constexpr,
-    BLOCK: tl.constexpr, LIBDEVICE_EXP: tl.constexpr,
+    BLOCK: tl.constexpr, LIBDEVICE_EXP: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N_COLS
@@ -271,6 +275,7 @@ class _Launcher:
     parameter in order, constexprs included, as JITFunction.run passes them on. Under the interpreter
     there is no compiled kernel and every launch goes through ``kernel[grid]``; so does every launch
     after a direct one failed (a Triton whose CompiledKernel takes other arguments).
+    Every kernel launched here ends in a ``PDL`` constexpr, which this appends (see pdl.py).
     """
 
     def __init__(self, kernel):
@@ -279,6 +284,8 @@ class _Launcher:
         self.direct = not interpreter_enabled()
 
     def __call__(self, grid: tuple[int, int, int], args: tuple, num_warps: int) -> None:
+        pdl = pdl_enabled(args[0].device)
+        args = (*args, pdl)
         key = None
         if self.direct:
             key = (num_warps, *[(a.dtype, a.data_ptr() % 16 == 0, a.get_device())
@@ -292,7 +299,7 @@ class _Launcher:
                     # Raised while parsing the arguments, before anything ran: the JIT path below
                     # launches instead, now and from now on.
                     self.direct, key = False, None
-        compiled = self.kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False)
+        compiled = self.kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **launch_options(pdl))
         if key is not None and hasattr(compiled, "__getitem__"):
             self.compiled[key] = compiled
 

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
+from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 _FLOAT_CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _QUANT_CACHE_DTYPES = (torch.int8, torch.float8_e4m3fn)
@@ -67,8 +68,9 @@ def _paged_decode_kernel(
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    KV_QUANT: tl.constexpr, KV_INT8: tl.constexpr,
+    KV_QUANT: tl.constexpr, KV_INT8: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -146,8 +148,9 @@ def _combine_splits_kernel(
     part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr,
     stride_ob, stride_oh,
     NUM_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -284,6 +287,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
     else:
         part_acc = part_max = part_sum = out   # placeholders: NUM_SPLITS=1 writes out directly
     dim_pad = _pow2_at_least(head_dim, 16)
+    pdl = pdl_enabled(q.device)
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, k_scale, v_scale, block_tables, context_lens,
         out, part_acc, part_max, part_sum,
@@ -294,13 +298,14 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
         NUM_HEADS=num_heads, SINGLE_SPLIT=num_splits == 1,
         GROUP=group, GROUP_PAD=_pow2_at_least(group, 16),
         HEAD_DIM=head_dim, DIM_PAD=dim_pad, PAGE_SIZE=page_size, BLOCK_N=block_n,
-        KV_QUANT=kv_quant, KV_INT8=k_cache.dtype == torch.int8, num_warps=num_warps, num_stages=num_stages,
+        KV_QUANT=kv_quant, KV_INT8=k_cache.dtype == torch.int8, PDL=pdl, num_warps=num_warps,
+        num_stages=num_stages, **launch_options(pdl),
     )
     if num_splits > 1:
         _combine_splits_kernel[(batch, num_heads)](
             part_acc, part_max, part_sum, out, out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, NUM_SPLITS=num_splits,
-            SPLITS_PAD=_pow2_at_least(num_splits, 2), HEAD_DIM=head_dim, DIM_PAD=dim_pad,
-            num_warps=4,
+            SPLITS_PAD=_pow2_at_least(num_splits, 2), HEAD_DIM=head_dim, DIM_PAD=dim_pad, PDL=pdl,
+            num_warps=4, **launch_options(pdl),
         )
     return out

@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
+from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
 # tensor-core GEMM (rows padded to 16). Measured on H100 (benchmarks/kernel_bench.py, 2026-11-25):
@@ -253,10 +254,11 @@ def _gemv_kernel(
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
     FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
-    PACKED_CVT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PACKED_CVT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
     reduce once at the end (no per-iteration cross-thread reduction)."""
+    wait_for_previous_kernel(PDL)
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     split = tl.program_id(2)
@@ -292,10 +294,11 @@ def _gemm_kernel(
     FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
     PACKED_CVT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """Tensor-core dots on weight tiles converted to x's dtype (int8 values, int4 q - zero and e4m3
     values are exact in bf16/fp16); scales multiply the dots' float32 results."""
+    wait_for_previous_kernel(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     split = tl.program_id(2)
@@ -346,8 +349,9 @@ def _x_tile(x_rows, row_ok, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
-                       HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """y = sum over splits of the float32 partials (+ bias), cast to y's dtype."""
+    wait_for_previous_kernel(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < M * N
     acc = tl.zeros([BLOCK], tl.float32)
@@ -502,12 +506,13 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     cfg["SERIAL"] = counters is not None
     zeros_arg = zeros if zeros is not None else scale
     kernel = _gemv_kernel if gemv else _gemm_kernel
+    pdl = pdl_enabled(x.device)
     kernel[(grid_n, grid_m, split_k)](
         rows, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
         counters if counters is not None else part, m, out_features, in_features, k_per_split,
         rows.stride(0), weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
         FMT=fmt, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
-        EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, **cfg)
+        EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, PDL=pdl, **cfg, **launch_options(pdl))
     if split_k > 1 and counters is None:
         sum_splits(part, bias, y)
     return y.view(*x.shape[:-1], out_features)
@@ -525,9 +530,10 @@ def sum_splits(part: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -
     own: for launches without the per-tile counters (see _split_counters)."""
     splits, m, out_features = part.shape
     block = 1024
+    pdl = pdl_enabled(y.device)
     _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
         part, bias if bias is not None else part, y, m, out_features, splits, y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+        HAS_BIAS=bias is not None, BLOCK=block, PDL=pdl, num_warps=4, **launch_options(pdl))
 
 
 def _check_per_channel(qweight, scale, dtype, dtype_name):
