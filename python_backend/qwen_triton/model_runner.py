@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .attention import AttentionMetadata, _cuda_decode_kernel
+from .graph_inputs import GraphInputs
 from .kv_cache import KVCache
 from .model import DecoderModel
 from .scheduler import ScheduledSequence
@@ -40,7 +41,7 @@ class ModelRunner:
         self.max_blocks = -(-max_model_len // self.block_size)
         self.window, self.sinks = window, sinks
         self.device = next(model.parameters()).device
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, GraphInputs]] = {}
         self.graph_sizes: list[int] = []
         if self.device.type == "cuda" and _cuda_decode_kernel() is not None:
             self._compile_decode_variants()
@@ -55,14 +56,15 @@ class ModelRunner:
         with one token per scheduled row: the input of each row whose input is still on the device
         (`ScheduledSequence.input_on_device`); other rows' entries are not read.
         """
-        inputs = self._prepare(scheduled, device_ids)
         batch = len(scheduled)
-        if inputs.meta.is_decode and self.graph_sizes and batch <= self.graph_sizes[-1]:
-            hidden = self._replay(inputs, batch)
+        if self.graph_sizes and batch <= self.graph_sizes[-1] and all(item.num_tokens == 1 for item in scheduled):
+            hidden, sample_rows = self._replay(scheduled, device_ids)
         else:
+            inputs = self._prepare(scheduled, device_ids)
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
-        if inputs.sample_rows is not None:
-            hidden = hidden[inputs.sample_rows]
+            sample_rows = inputs.sample_rows
+        if sample_rows is not None:
+            hidden = hidden[sample_rows]
         return self.model.compute_logits(hidden)
 
     def _prepare(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> StepInputs:
@@ -70,9 +72,7 @@ class ModelRunner:
         if all(item.num_tokens == 1 for item in scheduled):
             host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
             query_lens = [1] * len(scheduled)
-            # Usually every row samples (no gather needed); a prompt's 1-token chunk that is not its last does not.
-            sampling = [row for row, item in enumerate(scheduled) if item.samples]
-            sample_rows = None if len(sampling) == len(scheduled) else sampling
+            sample_rows = self._decode_sample_rows(scheduled)
         else:
             host_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
         meta = AttentionMetadata(
@@ -97,6 +97,13 @@ class ModelRunner:
             rows = to_device(on_device, torch.long, self.device)
             input_ids.index_copy_(0, flat, device_ids.index_select(0, rows))
         return input_ids
+
+    @staticmethod
+    def _decode_sample_rows(scheduled: list[ScheduledSequence]) -> list[int] | None:
+        """Rows of a decode step to sample: None for all, as usual (no gather needed); a prompt's 1-token
+        chunk that is not its last does not sample."""
+        sampling = [row for row, item in enumerate(scheduled) if item.samples]
+        return None if len(sampling) == len(scheduled) else sampling
 
     def _decode_rows(self, scheduled: list[ScheduledSequence]):
         """One new token per sequence: the common step, kept to a few list operations per row. A row whose
@@ -154,51 +161,34 @@ class ModelRunner:
     def _capture_graphs(self, max_num_seqs: int) -> None:
         sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
         self.graph_sizes = sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
-        largest = self.graph_sizes[-1]
-        self.static = StepInputs(
-            input_ids=torch.zeros(largest, dtype=torch.long, device=self.device),
-            positions=torch.zeros(largest, dtype=torch.long, device=self.device),
-            meta=AttentionMetadata(
-                slot_mapping=torch.full((largest,), self.scratch_block * self.block_size, dtype=torch.long,
-                                        device=self.device),
-                block_tables=torch.full((largest, self.max_blocks), self.scratch_block, dtype=torch.int32,
-                                        device=self.device),
-                context_lens=torch.ones(largest, dtype=torch.int32, device=self.device),
-                is_decode=True, window=self.window, sinks=self.sinks),
-            sample_rows=None)  # not read: run() takes the rows to sample from the step's own inputs
         pool = None
         for size in reversed(self.graph_sizes):  # largest first, so smaller graphs reuse its memory pool
-            meta = self._static_meta(size)
-            args = (self.static.input_ids[:size], self.static.positions[:size], meta, self.kv_cache)
+            inputs = GraphInputs(size, self.max_blocks, self.block_size, self.scratch_block, self.device,
+                                 self.window, self.sinks)
+            args = (inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
             self.model(*args)  # warm up (kernel compilation, autotuning) outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 out = self.model(*args)
-            self.graphs[size] = (graph, out)
+            self.graphs[size] = (graph, out, inputs)
             pool = graph.pool()
 
-    def _static_meta(self, size: int) -> AttentionMetadata:
-        m = self.static.meta
-        return AttentionMetadata(slot_mapping=m.slot_mapping[:size], block_tables=m.block_tables[:size],
-                                 context_lens=m.context_lens[:size], is_decode=True,
-                                 window=self.window, sinks=self.sinks)
-
-    def _replay(self, inputs: StepInputs, batch: int) -> torch.Tensor:
-        size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]
-        s = self.static
-        s.input_ids[:batch].copy_(inputs.input_ids)
-        s.positions[:batch].copy_(inputs.positions)
-        s.meta.slot_mapping[:batch].copy_(inputs.meta.slot_mapping)
-        s.meta.context_lens[:batch].copy_(inputs.meta.context_lens)
-        width = inputs.meta.block_tables.shape[1]
-        s.meta.block_tables[:batch, :width].copy_(inputs.meta.block_tables)
-        # Padding rows: position 0, one token of context in the scratch block.
-        s.input_ids[batch:size].zero_()
-        s.positions[batch:size].zero_()
-        s.meta.slot_mapping[batch:size].fill_(self.scratch_block * self.block_size)
-        s.meta.context_lens[batch:size].fill_(1)
-        s.meta.block_tables[batch:size].fill_(self.scratch_block)
-        graph, out = self.graphs[size]
+    def _replay(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None):
+        """A decode step through the graph of the next captured size: (hidden states of its rows, rows to
+        sample or None). One copy moves the host's inputs; rows whose input token is still on the device
+        (a step launched ahead) then take it from `device_ids`."""
+        batch = len(scheduled)
+        graph, out, inputs = self.graphs[self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]]
+        host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
+        inputs.upload(host_ids, positions, slots, context_lens, [item.seq.block_table for item in scheduled])
+        if device_ids is not None:
+            on_device = [row for row, item in enumerate(scheduled) if item.input_on_device]
+            if len(on_device) == batch:
+                inputs.input_ids[:batch].copy_(device_ids)
+            elif on_device:
+                rows = to_device(on_device, torch.long, self.device)
+                inputs.input_ids.index_copy_(0, rows, device_ids.index_select(0, rows))
         graph.replay()
-        return out[:batch]
+        sample_rows = self._decode_sample_rows(scheduled)
+        return out[:batch], None if sample_rows is None else to_device(sample_rows, torch.long, self.device)
