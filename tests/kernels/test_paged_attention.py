@@ -48,25 +48,6 @@ def test_matches_reference(generator, device, rel_error, dtype, num_splits):
     assert rel_error(out, expected) < (2e-3 if dtype == torch.float16 else 1e-3)
 
 
-@pytest.mark.parametrize("num_splits", [2, 8])
-def test_last_split_program_combines_like_the_combine_kernel(generator, device, rel_error, num_splits):
-    """The in-kernel combine (the default) against the second kernel, launched several times in a row
-    (each launch must leave its counters at zero for the next) and with splits left empty (a 5-token
-    sequence split 8 ways)."""
-    from qwen_triton.kernels import paged_decode_attention
-    from qwen_triton.kernels.quant_matmul import _split_counters
-    from qwen_triton.kernels.reference import paged_decode_attention_reference
-
-    q, k, v, tables, lens = make_case(generator, device)
-    expected = paged_decode_attention_reference(q, k, v, tables, lens, 0.125)
-    two_kernels = paged_decode_attention(q, k, v, tables, lens, 0.125, num_splits=num_splits, serial_combine=False)
-    for _ in range(3):
-        out = paged_decode_attention(q, k, v, tables, lens, 0.125, num_splits=num_splits)
-        assert rel_error(out, expected) < 2e-3
-        assert torch.allclose(out, two_kernels, atol=2e-3, rtol=0)
-    assert not _split_counters(q.device, 1).any()
-
-
 @pytest.mark.parametrize("window,sinks,num_splits", [(50, 4, 1), (50, 4, 4), (7, 0, 2), (1000, 2, 1)])
 def test_sliding_window_with_sinks(generator, device, rel_error, window, sinks, num_splits):
     from qwen_triton.kernels import paged_decode_attention

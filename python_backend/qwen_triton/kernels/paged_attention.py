@@ -8,8 +8,7 @@ Work split: one program per (sequence, kv head, split). A program handles all ``
 heads that share its kv head (GQA), so each K/V row is read once for the whole group; the group is
 padded to 16 rows so the scores and the weighted sum run as tensor-core dots. With few
 sequences the kv positions are also split across programs (flash-decoding): every split keeps a
-running max / sum / unnormalised output, and the last split program of a (sequence, kv head) to finish
-combines them (counted with an atomic; a second small kernel does it where no counters exist).
+running max / sum / unnormalised output, and a second small kernel combines the splits.
 
 The number of splits depends only on host-side shapes (batch, kv heads, block-table width), never
 on the context lengths held on the device: the launch is the same for every step, so a CUDA graph
@@ -30,7 +29,6 @@ import triton.language as tl
 
 from . import multiprocessor_count
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
-from .quant_matmul import _split_counters
 
 _FLOAT_CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _QUANT_CACHE_DTYPES = (torch.int8, torch.float8_e4m3fn)
@@ -55,7 +53,7 @@ def _dequant_values(x, dtype, INT8: tl.constexpr):
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
     block_tables_ptr, context_lens_ptr,
-    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, count_ptr,
+    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     scale_log2, window, sinks, num_splits,
     stride_qb, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -65,7 +63,7 @@ def _paged_decode_kernel(
     stride_bt,
     stride_ob, stride_oh,
     NUM_HEADS: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr, SERIAL: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
@@ -143,42 +141,6 @@ def _paged_decode_kernel(
         tl.store(part_sum_ptr + part, running_sum, mask=row_ok)
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc,
                  mask=row_ok[:, None] & dim_ok[None, :])
-        if SERIAL:
-            _combine_if_last(count_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, seq, kv_head, heads,
-                             row_ok, dims, dim_ok, num_splits, stride_ob, stride_oh, NUM_HEADS, HEAD_DIM, GROUP_PAD,
-                             DIM_PAD)
-
-
-@triton.jit
-def _combine_if_last(count_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, seq, kv_head, heads, row_ok,
-                     dims, dim_ok, num_splits, stride_ob, stride_oh, NUM_HEADS: tl.constexpr,
-                     HEAD_DIM: tl.constexpr, GROUP_PAD: tl.constexpr, DIM_PAD: tl.constexpr):
-    """The last split program of a (sequence, kv head) to finish combines every split's partials for
-    its query heads, as _combine_splits_kernel does, and saves that kernel's launch (one per layer
-    and decode step). Same arithmetic: the largest max first, then the weighted sums."""
-    tl.debug_barrier()   # every thread's partials are stored before the program counts itself done
-    counter = count_ptr + seq * tl.num_programs(1) + kv_head
-    if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-        base = (seq * NUM_HEADS + heads) * num_splits
-        overall = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        for split in range(0, num_splits):   # .cg: from L2, where the other programs' stores are
-            overall = tl.maximum(overall, tl.load(part_max_ptr + base + split, mask=row_ok, other=float("-inf"),
-                                                  cache_modifier=".cg"))
-        numerator = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
-        denominator = tl.zeros([GROUP_PAD], tl.float32)
-        for split in range(0, num_splits):
-            maxes = tl.load(part_max_ptr + base + split, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-            # Empty splits carry max = -inf: weight 0 (and no inf - inf).
-            weights = tl.where(maxes == float("-inf"), 0.0, tl.exp2(maxes - overall))
-            sums = tl.load(part_sum_ptr + base + split, mask=row_ok, other=0.0, cache_modifier=".cg")
-            accs = tl.load(part_acc_ptr + (base + split)[:, None] * HEAD_DIM + dims[None, :],
-                           mask=row_ok[:, None] & dim_ok[None, :], other=0.0, cache_modifier=".cg")
-            numerator += weights[:, None] * accs
-            denominator += weights * sums
-        out = numerator / tl.where(denominator == 0.0, 1.0, denominator)[:, None]
-        tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
-        tl.store(counter, 0)   # zero again for the next launch (or graph replay)
 
 
 @triton.jit
@@ -291,7 +253,7 @@ def _pow2_at_least(value: int, floor: int) -> int:
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale,
                            k_scale=None, v_scale=None, window=0, sinks=0, *,
-                           num_splits=None, block_n=64, num_warps=4, num_stages=2, serial_combine=True):
+                           num_splits=None, block_n=64, num_warps=4, num_stages=2):
     """Decode attention over the paged cache; returns out [batch, num_heads, head_dim] in q's dtype.
 
     q [batch, num_heads, head_dim]; k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]
@@ -299,9 +261,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
     [num_blocks, num_kv_heads] (or per slot [num_blocks, block_size, num_kv_heads]);
     block_tables int32 [batch, max_blocks_per_seq]; context_lens int32 [batch] (the new token is
     already in the cache at position context_len - 1). ``window`` > 0 keeps the last ``window``
-    positions plus the first ``sinks``. The keyword-only arguments tune the launch; with
-    ``serial_combine`` (the default) split partials are combined by the last split program of each
-    (sequence, kv head) instead of a second kernel.
+    positions plus the first ``sinks``. The keyword-only arguments tune the launch.
     """
     _validate(q, k_cache, v_cache, block_tables, context_lens)
     batch, num_heads, head_dim = q.shape
@@ -326,25 +286,22 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
         part_sum = torch.empty_like(part_max)
     else:
         part_acc = part_max = part_sum = out   # placeholders: NUM_SPLITS=1 writes out directly
-    counters = None
-    if num_splits > 1 and serial_combine:
-        counters = _split_counters(q.device, batch * num_kv_heads)
     dim_pad = _pow2_at_least(head_dim, 16)
     pdl = pdl_enabled(q.device)
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, k_scale, v_scale, block_tables, context_lens,
-        out, part_acc, part_max, part_sum, counters if counters is not None else out,
+        out, part_acc, part_max, part_sum,
         float(scale) * math.log2(math.e), int(window), int(sinks), num_splits,
         q.stride(0), q.stride(1),
         *k_cache.stride()[:3], *v_cache.stride()[:3], *k_strides, *v_strides,
         block_tables.stride(0), out.stride(0), out.stride(1),
-        NUM_HEADS=num_heads, SINGLE_SPLIT=num_splits == 1, SERIAL=counters is not None,
+        NUM_HEADS=num_heads, SINGLE_SPLIT=num_splits == 1,
         GROUP=group, GROUP_PAD=_pow2_at_least(group, 16),
         HEAD_DIM=head_dim, DIM_PAD=dim_pad, PAGE_SIZE=page_size, BLOCK_N=block_n,
         KV_QUANT=kv_quant, KV_INT8=k_cache.dtype == torch.int8, PDL=pdl, num_warps=num_warps,
         num_stages=num_stages, **launch_options(pdl),
     )
-    if num_splits > 1 and counters is None:   # no counters (e.g. first launch inside a capture)
+    if num_splits > 1:
         _combine_splits_kernel[(batch, num_heads)](
             part_acc, part_max, part_sum, out, out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, NUM_SPLITS=num_splits,
