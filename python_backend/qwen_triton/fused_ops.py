@@ -19,7 +19,8 @@ Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)``
 The linears: ``linear(module, x)`` is ``module(x)`` and ``silu_and_mul_linear(gate_up, module)`` is
 ``module(silu_and_mul(gate_up))`` (the MLP's down projection). On CUDA, a plain bf16 / fp16
 ``nn.Linear`` with at most ``dense_gemv.ROUTE_MAX_ROWS`` rows of input runs
-``kernels/dense_gemv.py`` instead of cuBLAS, the SiLU*up formed inside the down projection's kernel;
+``kernels/dense_gemv.py`` instead of cuBLAS (SiLU*up for the down projection as dense_gemv decides:
+inside its kernel, or at one row a launch of its own before it);
 quantized linears (quantization.py), float32 weights and more rows keep ``module(x)``. Those kernels
 add up in another order than cuBLAS, so their outputs can differ in the last bit.
 

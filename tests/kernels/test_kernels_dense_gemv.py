@@ -69,11 +69,12 @@ def test_dense_linear_split_k(generator, device, rel_error, poisoned_outputs, ro
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split_k", [None, 2])
-def test_dense_silu_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, split_k):
+@pytest.mark.parametrize("separate", [False, True])   # SiLU*up inside the GEMV, or its own launch first
+def test_dense_silu_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, split_k, separate):
     from qwen_triton.kernels import dense_silu_linear
 
     gate_up, weight, _ = case(generator, rows, dtype, width=2 * IN)
-    out = dense_silu_linear(gate_up.to(device), weight.to(device), split_k=split_k)
+    out = dense_silu_linear(gate_up.to(device), weight.to(device), split_k=split_k, separate=separate)
     assert out.shape == (rows, OUT) and out.dtype == dtype
     expected = silu_mul_reference(gate_up) @ weight.double().T
     assert rel_error(out, expected) < TOLERANCE[dtype]
@@ -191,3 +192,62 @@ def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error,
     with torch.inference_mode():
         mlp(torch.float32, device)(x.float(), routing.ops)
     assert routing.calls == []
+
+
+def lm_head_model(head: torch.nn.Module):
+    """Just what DecoderModel.compute_logits reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(lm_head=head)
+
+
+@pytest.mark.parametrize("rows, routed", [(1, True), (2, False)])
+def test_lm_head_routes_through_the_gemv_at_one_row(device, rel_error, monkeypatch, rows, routed):
+    """compute_logits takes fused_ops' linear: a plain bf16 head at ROUTE_MAX_ROWS rows runs the dense
+    GEMV, more rows nn.Linear; float32 logits either way, equal to lm_head(hidden).float()."""
+    from qwen_triton import model as model_module
+    from qwen_triton.model import DecoderModel
+
+    routing = Routing(monkeypatch)
+    monkeypatch.setattr(model_module, "fused_ops", lambda _device: routing.ops)
+    torch.manual_seed(7)
+    head = torch.nn.Linear(64, 300, bias=False).bfloat16().to(device)
+    hidden = torch.randn(rows, 64, generator=torch.Generator().manual_seed(8)).bfloat16().to(device)
+    with torch.inference_mode():
+        logits = DecoderModel.compute_logits(lm_head_model(head), hidden)
+        expected = head(hidden).float()
+    assert routing.calls == (["dense_linear"] if routed else [])
+    assert logits.dtype == torch.float32 and logits.shape == (rows, 300)
+    assert rel_error(logits, expected) < 1e-2
+
+
+def test_quantized_lm_head_keeps_its_own_forward(device, rel_error, monkeypatch):
+    from qwen_triton import model as model_module
+    from qwen_triton.model import DecoderModel
+    from qwen_triton.quantization import Int8Linear
+
+    routing = Routing(monkeypatch)
+    monkeypatch.setattr(model_module, "fused_ops", lambda _device: routing.ops)
+    weight = torch.randn(300, 64, generator=torch.Generator().manual_seed(9)).bfloat16()
+    head = Int8Linear.from_float(weight).to(device)
+    hidden = torch.randn(1, 64, generator=torch.Generator().manual_seed(10)).bfloat16().to(device)
+    with torch.inference_mode():
+        logits = DecoderModel.compute_logits(lm_head_model(head), hidden)
+        expected = head(hidden).float()
+    assert routing.calls == []
+    assert logits.dtype == torch.float32 and torch.equal(logits, expected)
+
+
+def test_split_rule_at_7b_shapes(monkeypatch):
+    """choose_split on a 132-SM GPU (the rule alone, no launch): the plain down_proj read (18944
+    inputs) in 4 slices of at most MAX_K_PER_SPLIT, the 3584-input linears and the LM head unsplit,
+    and the in-kernel SiLU path still by its programs-per-SM count (224 tiles of 16 rows: 3)."""
+    from qwen_triton.kernels import dense_gemv
+
+    monkeypatch.setattr(dense_gemv, "multiprocessor_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    assert dense_gemv.choose_split(896, 18944, 512, gpu) == 4
+    for tiles in (896, 1152, 9472, 38016):   # o, qkv, gate_up, lm_head at 4 rows a tile
+        assert dense_gemv.choose_split(tiles, 3584, 512, gpu) == 1
+    assert dense_gemv.choose_split(224, 18944, 512, gpu, silu=True) == 3
+    assert dense_gemv.choose_split(896, 18944, 512, torch.device("cpu")) == 1

@@ -5,14 +5,16 @@
 
 ``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype; float32
 accumulation, y in x's dtype. ``dense_silu_linear`` takes the MLP's gate_up output [..., 2 * in]
-(gate first) and forms down_proj's input on the fly, so SiLU*up never goes through memory and needs
-no launch of its own.
+(gate first) and, above SEPARATE_SILU_MAX_ROWS rows, forms down_proj's input on the fly, so SiLU*up
+never goes through memory and needs no launch of its own; at one row the per-weight SiLU work costs
+more than that launch, so elementwise.silu_and_mul runs first and the plain kernel reads its output.
 
 Why not cuBLAS: at one row a linear only streams its weight once, and on an H100 cuBLAS's decode
 kernels read at 2.2-2.8 TB/s against a 3.0 TB/s read ceiling (Qwen2.5-7B, 2026-11-25); down_proj
 (18944 inputs, 3584 outputs) also paid a split-K reduce kernel and a memset per call, and the SiLU
 kernel before it another launch. These kernels took a 7B batch-1 decode step's graph from 5.55 to
-5.14 ms (docs/benchmarks.md, "bf16 GEMV (helper 10)").
+5.14 ms (docs/benchmarks.md, "bf16 GEMV (helper 10)"). The LM head (model.compute_logits) comes
+here too at one row: 7B's 152064 x 3584 head in 347.5 us against cuBLAS's 380.1 (H100, 2026-11-25).
 
 Kernel shape: each program owns BLOCK_N output features (weight rows) and one slice of the input
 dimension, loads [BLOCK_N, BLOCK_K] weight tiles with 16-byte vectors and multiply-adds them into a
@@ -34,7 +36,7 @@ import triton.language as tl
 
 from . import multiprocessor_count
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
-from .elementwise import _round
+from .elementwise import _round, silu_and_mul
 from .quant_matmul import _check_bias, _split_counters, k_slices, sum_splits
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
@@ -65,6 +67,15 @@ SILU_CONFIG = {1: dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
 # many K tiles long (so the partials stay small next to the weight bytes).
 PROGRAMS_PER_SM = 4
 MIN_TILES_PER_SPLIT = 2
+# Without SiLU, long rows are split too, each program streaming at most this many inputs: Qwen2.5-7B
+# down_proj (3584 x 18944, 896 tiles of 4 rows, so the rule above gives no split) read in 52.9 us
+# unsplit, 49.1 us in 4 slices of 5120 (2.77 TB/s); o_proj and qkv (3584 inputs) lost 1-2 us with
+# any split (helper_bf16.md, H100, 2026-11-25).
+MAX_K_PER_SPLIT = 5120
+# Up to this many rows, dense_silu_linear runs elementwise.silu_and_mul first (one small launch) and
+# the plain kernel after it. At one row SiLU*up inside the GEMV costs its exp and division per weight
+# row a thread holds: 7B down_proj 53.3 us in-kernel (best of 25 settings), 50.9 us separate.
+SEPARATE_SILU_MAX_ROWS = 1
 
 
 @triton.jit
@@ -215,14 +226,17 @@ def config_for(rows: int, silu: bool = False) -> dict:
     return dict(table[min(r for r in table if r >= rows)])
 
 
-def choose_split(tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
+def choose_split(tiles: int, in_features: int, block_k: int, device: torch.device, silu: bool = False) -> int:
     """K slices per output tile: enough programs for every multiprocessor (narrow outputs such as
-    o_proj and down_proj have a few hundred tiles for 132 SMs), none shorter than MIN_TILES_PER_SPLIT."""
+    o_proj and down_proj have a few hundred tiles for 132 SMs), none shorter than MIN_TILES_PER_SPLIT;
+    without SiLU also none longer than MAX_K_PER_SPLIT."""
     if device.type != "cuda":
         return 1
     wanted = PROGRAMS_PER_SM * multiprocessor_count(device.index or 0)
-    split = min(math.ceil(wanted / tiles), in_features // (block_k * MIN_TILES_PER_SPLIT))
-    return max(1, split)
+    split = math.ceil(wanted / tiles)
+    if not silu:
+        split = max(split, math.ceil(in_features / MAX_K_PER_SPLIT))
+    return max(1, min(split, in_features // (block_k * MIN_TILES_PER_SPLIT)))
 
 
 def _check_weight(weight: torch.Tensor, dtype: torch.dtype) -> tuple[int, int]:
@@ -253,7 +267,7 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
     block_n, block_k = cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(out_features, block_n)
     if split_k is None:
-        split_k = choose_split(tiles, in_features, block_k, rows.device)
+        split_k = choose_split(tiles, in_features, block_k, rows.device, silu)
     k_per_split, split_k = k_slices(in_features, split_k, block_k)
     part = counters = None
     if split_k > 1:
@@ -294,9 +308,16 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def dense_silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                      config: dict | None = None, split_k: int | None = None) -> torch.Tensor:
+                      config: dict | None = None, split_k: int | None = None,
+                      separate: bool | None = None) -> torch.Tensor:
     """F.linear(silu(gate) * up, weight, bias) with gate_up [..., 2 * in] (gate first), without
-    materialising silu(gate) * up. Overrides as for `dense_linear`."""
+    materialising silu(gate) * up (unless ``separate``: default, up to SEPARATE_SILU_MAX_ROWS rows).
+    Overrides as for `dense_linear`."""
     rows = _check_input("gate_up", gate_up, 2 * weight.shape[-1])
     _check_weight(weight, gate_up.dtype)
+    if separate is None:
+        separate = rows.shape[0] <= SEPARATE_SILU_MAX_ROWS
+    if separate:
+        return _run(silu_and_mul(rows), weight, bias, gate_up.shape[:-1], silu=False, config=config,
+                    split_k=split_k)
     return _run(rows, weight, bias, gate_up.shape[:-1], silu=True, config=config, split_k=split_k)
