@@ -16,12 +16,12 @@ Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)``
 - elsewhere, the eager functions below. They are the reference: tests compare them with transformers
   bit for bit (float32, CPU), and the kernels with them (tests/kernels/test_kernels_elementwise.py).
 
-The linears: ``linear(module, x)`` is ``module(x)`` and ``silu_and_mul_linear(gate_up, module)`` is
-``module(silu_and_mul(gate_up))`` (the MLP's down projection). On CUDA, a plain bf16 / fp16
+The linears: ``linear(module, x)`` is ``module(x)`` and ``gate_up_silu(module, x)`` is
+``silu_and_mul(module(x))`` (the MLP's fused gate_up projection). On CUDA, a plain bf16 / fp16
 ``nn.Linear`` with at most ``dense_gemv.ROUTE_MAX_ROWS`` rows of input runs
-``kernels/dense_gemv.py`` instead of cuBLAS (SiLU*up for the down projection as dense_gemv decides:
-inside its kernel, or at one row a launch of its own before it);
-quantized linears (quantization.py), float32 weights and more rows keep ``module(x)``. Those kernels
+``kernels/dense_gemv.py`` instead of cuBLAS (gate_up with SiLU*up in the GEMV's epilogue, so the
+down projection reads a ready input); quantized linears (quantization.py), float32 weights and more
+rows keep ``module(x)`` (then the SiLU*up kernel). Those kernels
 add up in another order than cuBLAS, so their outputs can differ in the last bit.
 
 The kernels round to the model dtype exactly where these functions do; what they cannot repeat is the
@@ -102,10 +102,10 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
-def silu_and_mul_linear(gate_up: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """The MLP's down projection of silu(gate) * up: one function, so that the kernel side can form
-    its input inside the matmul."""
-    return module(silu_and_mul(gate_up))
+def gate_up_silu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of the MLP's fused gate_up projection: one function, so that the kernel side
+    can form it in the matmul's epilogue instead of writing gate_up out and reading it back."""
+    return silu_and_mul(linear(module, x))
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,10 @@ class FusedOps:
     rotary_and_write_kv: Callable
     silu_and_mul: Callable
     linear: Callable
-    silu_and_mul_linear: Callable
+    gate_up_silu: Callable
 
 
-EAGER = FusedOps(rms_norm, add_rms_norm, rotary, rotary_and_write_kv, silu_and_mul, linear, silu_and_mul_linear)
+EAGER = FusedOps(rms_norm, add_rms_norm, rotary, rotary_and_write_kv, silu_and_mul, linear, gate_up_silu)
 _TRITON: FusedOps | None = None
 
 
@@ -153,11 +153,11 @@ def kernel_ops() -> FusedOps:
             return dense_gemv.dense_linear(x, module.weight, module.bias)
         return module(x)
 
-    def kernel_silu_and_mul_linear(gate_up: torch.Tensor, module: nn.Module) -> torch.Tensor:
-        if gemv_applies(module, gate_up):
-            return dense_gemv.dense_silu_linear(gate_up, module.weight, module.bias)
-        return module(elementwise.silu_and_mul(gate_up))
+    def kernel_gate_up_silu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if gemv_applies(module, x) and module.bias is None:
+            return dense_gemv.dense_gate_up_silu(x, module.weight)
+        return elementwise.silu_and_mul(kernel_linear(module, x))
 
     return FusedOps(elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary,
                     elementwise.rotary_and_write_kv, elementwise.silu_and_mul, kernel_linear,
-                    kernel_silu_and_mul_linear)
+                    kernel_gate_up_silu)

@@ -103,8 +103,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=False)
 
     def forward(self, x, ops: FusedOps):
-        # One call for SiLU*up and down_proj: at decode sizes on CUDA, one kernel (fused_ops.py).
-        return ops.silu_and_mul_linear(ops.linear(self.gate_up_proj, x), self.down_proj)
+        # One call for gate_up and SiLU*up: at decode sizes on CUDA, one kernel (fused_ops.py).
+        return ops.linear(self.down_proj, ops.gate_up_silu(self.gate_up_proj, x))
 
 
 class DecoderLayer(nn.Module):

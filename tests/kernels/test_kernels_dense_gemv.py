@@ -126,6 +126,28 @@ def test_silu_bad_width_names_gate_up(device):
         dense_silu_linear(torch.randn(1, IN).half().to(device), torch.randn(OUT, IN).half().to(device))
 
 
+@pytest.mark.parametrize("rows, in_f, dtype", [(1, IN, torch.bfloat16), (1, 300, torch.float16),
+                                               (3, IN, torch.float32)])
+def test_gate_up_silu(generator, device, rel_error, poisoned_outputs, rows, in_f, dtype):
+    """silu(gate) * up from the gated GEMV against eager linear + silu_and_mul, ragged K included."""
+    from qwen_triton.fused_ops import silu_and_mul
+    from qwen_triton.kernels.dense_gemv import dense_gate_up_silu
+
+    x = torch.randn(rows, in_f, generator=generator).to(dtype)
+    weight = (torch.randn(2 * 150, in_f, generator=generator) / in_f ** 0.5).to(dtype)
+    out = dense_gate_up_silu(x.to(device), weight.to(device))
+    expected = silu_and_mul(F.linear(x.double(), weight.double()))
+    assert out.shape == (rows, 150) and out.dtype == dtype
+    assert rel_error(out, expected) < (1e-2 if dtype != torch.float32 else 1e-5)
+
+
+def test_gate_up_silu_needs_an_even_weight(device):
+    from qwen_triton.kernels.dense_gemv import dense_gate_up_silu
+
+    with pytest.raises(ValueError, match="^weight:"):
+        dense_gate_up_silu(torch.randn(1, 64).to(device), torch.randn(99, 64).to(device))
+
+
 class Routing:
     """fused_ops' kernel set on this device, with the dense kernels counted."""
 
@@ -134,7 +156,7 @@ class Routing:
         from qwen_triton.kernels import dense_gemv
 
         self.calls = []
-        for name in ("dense_linear", "dense_silu_linear"):
+        for name in ("dense_linear", "dense_gate_up_silu"):
             original = getattr(dense_gemv, name)
             monkeypatch.setattr(dense_gemv, name, self.counted(name, original))
         self.ops = fused_ops.kernel_ops()
@@ -157,8 +179,8 @@ def mlp(dtype, device, hidden=64, inter=96):
 
 @pytest.mark.parametrize("rows, routed", [(1, True), (5, False)])
 def test_mlp_routes_plain_bf16_linears_at_few_rows(device, rel_error, monkeypatch, rows, routed):
-    """fused_ops.kernel_ops: gate_up and down (SiLU fused in) take the GEMV up to ROUTE_MAX_ROWS rows,
-    cuBLAS (module(x)) above; either way the MLP computes what the eager ops compute."""
+    """fused_ops.kernel_ops: gate_up (SiLU*up in its epilogue) and down take the GEMV up to
+    ROUTE_MAX_ROWS rows, cuBLAS (module(x)) above; either way the MLP computes what the eager ops compute."""
     from qwen_triton import fused_ops
     from qwen_triton.kernels import dense_gemv
 
@@ -169,12 +191,13 @@ def test_mlp_routes_plain_bf16_linears_at_few_rows(device, rel_error, monkeypatc
     with torch.inference_mode():
         out = module(x, routing.ops)
         expected = module(x, fused_ops.EAGER)
-    assert routing.calls == (["dense_linear", "dense_silu_linear"] if routed else [])
+    assert routing.calls == (["dense_gate_up_silu", "dense_linear"] if routed else [])
     assert rel_error(out, expected) < 1e-2
 
 
 def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error, monkeypatch):
-    """A quantized down_proj gets SiLU*up then its own forward; a float32 model never routes."""
+    """A quantized down_proj reads the GEMV's SiLU*up and runs its own forward; a quantized gate_up runs
+    its own forward, then the SiLU*up kernel; a float32 model never routes."""
     from qwen_triton import fused_ops
     from qwen_triton.quantization import Int8Linear
 
@@ -186,7 +209,14 @@ def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error,
     with torch.inference_mode():
         out = module(x, routing.ops)
         expected = module(x, fused_ops.EAGER)
-    assert routing.calls == ["dense_linear"]   # gate_up only
+    assert routing.calls == ["dense_gate_up_silu"]   # gate_up only
+    assert rel_error(out, expected) < 1e-2
+    routing.calls.clear()
+    module.down_proj, module.gate_up_proj = dense, Int8Linear.from_float(module.gate_up_proj.weight).to(device)
+    with torch.inference_mode():
+        out = module(x, routing.ops)
+        expected = module(x, fused_ops.EAGER)
+    assert routing.calls == ["dense_linear"]   # down only
     assert rel_error(out, expected) < 1e-2
     routing.calls.clear()
     with torch.inference_mode():

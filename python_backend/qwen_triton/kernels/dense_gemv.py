@@ -76,6 +76,9 @@ MAX_K_PER_SPLIT = 5120
 # the plain kernel after it. At one row SiLU*up inside the GEMV costs its exp and division per weight
 # row a thread holds: 7B down_proj 53.3 us in-kernel (best of 25 settings), 50.9 us separate.
 SEPARATE_SILU_MAX_ROWS = 1
+# gate_up with SiLU*up formed in its epilogue (dense_gate_up_silu): gate rows j..j+BLOCK_N and the
+# matching up rows in one program, so 2 x BLOCK_N weight rows a program, the 4 of CONFIG[1].
+GATED_CONFIG = dict(BLOCK_N=2, BLOCK_K=512, num_warps=4)
 
 
 @triton.jit
@@ -217,6 +220,52 @@ def _dense_gemv_kernel(
                        INTERPRETED)
 
 
+@triton.jit
+def _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, MASKED: tl.constexpr,
+                INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Inputs k0..k0+BLOCK_K of one row of x against a tile of gate rows and the matching up rows."""
+    k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
+    k_ok = k < K
+    x = _x_values(x_row, k, k_ok, K, False, MASKED, INTERPRETED)
+    if MASKED:
+        gate = tl.load(gate_rows + k, mask=k_ok, other=0.0)
+        up = tl.load(up_rows + k, mask=k_ok, other=0.0)
+    else:
+        gate = tl.load(gate_rows + k)
+        up = tl.load(up_rows + k)
+    return acc_gate + gate.to(tl.float32) * x, acc_up + up.to(tl.float32) * x
+
+
+@triton.jit
+def _gate_up_silu_kernel(x_ptr, w_ptr, y_ptr, I, K, stride_xm, stride_wn, stride_ym, EVEN_K: tl.constexpr,
+                         INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PDL: tl.constexpr):
+    """Program (i, r): silu(gate) * up for outputs i*BLOCK_N.. of row r of x, from gate_up's weight rows
+    j (gate) and I + j (up). gate and up are rounded to x's dtype, then the SiLU and the product, as
+    the eager linear and silu_and_mul round them. No K split: the epilogue needs whole sums."""
+    wait_for_previous_kernel(PDL)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < I
+    gate_rows = w_ptr + tl.minimum(cols, I - 1)[:, None].to(tl.int64) * stride_wn   # as _dense_gemv_kernel
+    up_rows = gate_rows + I.to(tl.int64) * stride_wn
+    x_row = x_ptr + tl.program_id(1) * stride_xm
+    acc_gate = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    k_full = K // BLOCK_K * BLOCK_K
+    for k0 in range(0, k_full, BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)
+        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, INTERPRETED,
+                                       BLOCK_N, BLOCK_K)
+    if not EVEN_K:
+        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, INTERPRETED,
+                                       BLOCK_N, BLOCK_K)
+    dtype = y_ptr.dtype.element_ty
+    gate = _to_dtype(tl.sum(acc_gate, axis=1), dtype, INTERPRETED).to(tl.float32)
+    up = _to_dtype(tl.sum(acc_up, axis=1), dtype, INTERPRETED).to(tl.float32)
+    silu = _to_dtype(gate / (1.0 + tl.exp(-gate)), dtype, INTERPRETED).to(tl.float32)
+    tl.store(y_ptr + tl.program_id(1) * stride_ym + cols, _to_dtype(silu * up, dtype, INTERPRETED), mask=col_ok)
+
+
 # -- host side ---------------------------------------------------------------------------------------
 
 
@@ -321,3 +370,24 @@ def dense_silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.T
         return _run(silu_and_mul(rows), weight, bias, gate_up.shape[:-1], silu=False, config=config,
                     split_k=split_k)
     return _run(rows, weight, bias, gate_up.shape[:-1], silu=True, config=config, split_k=split_k)
+
+
+def dense_gate_up_silu(x: torch.Tensor, weight: torch.Tensor, *, config: dict | None = None) -> torch.Tensor:
+    """silu(gate) * up of F.linear(x, weight) with weight [2 * inter, in] (gate rows first, as the
+    MLP's fused gate_up_proj): x [..., in] -> [..., inter], without writing gate_up out. Every row of x
+    re-reads the weight (a program column per row): meant for decode's one row. ``config`` overrides
+    GATED_CONFIG, for benchmarks."""
+    rows = _check_input("x", x, weight.shape[-1])
+    _check_weight(weight, x.dtype)
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight: {weight.shape[0]} rows; gate_up needs an even count (gate then up)")
+    inter, in_features = weight.shape[0] // 2, weight.shape[1]
+    cfg = {**GATED_CONFIG, **(config or {})}
+    y = torch.empty(rows.shape[0], inter, dtype=x.dtype, device=x.device)
+    if rows.shape[0]:
+        pdl = pdl_enabled(rows.device)
+        _gate_up_silu_kernel[(triton.cdiv(inter, cfg["BLOCK_N"]), rows.shape[0])](
+            rows, weight, y, inter, in_features, rows.stride(0), weight.stride(0), y.stride(0),
+            EVEN_K=in_features % cfg["BLOCK_K"] == 0, INTERPRETED=not rows.is_cuda, PDL=pdl, **cfg,
+            **launch_options(pdl))
+    return y.view(*x.shape[:-1], inter)
