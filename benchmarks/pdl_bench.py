@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--shapes", default="0.5b,7b")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--rounds", type=int, default=2, help="runs of each setting, alternating off / on")
+    parser.add_argument("--settings", default="0,1", help="QWEN_TRITON_PDL values to run each round ('1': on only)")
     parser.add_argument("--out", type=Path, default=Path("pdl_bench.json"))
     args = parser.parse_args()
     bounds = ceilings()
@@ -50,9 +51,9 @@ def main() -> int:
     for shape in args.shapes.split(","):
         checkpoint = make_checkpoint(shape, args.tokenizer, root)
         for fmt in args.formats.split(","):
-            runs = {"0": [], "1": []}
+            runs = {"0": [], "1": []}   # off, on
             weight_bytes = 0
-            for pdl in ('0', '1') * args.rounds:
+            for pdl in args.settings.split(",") * args.rounds:
                 tok_s, weight_bytes = measure(checkpoint, fmt, pdl)
                 runs[pdl].append(tok_s)
                 log(f"{shape} {fmt} PDL={pdl}: {tok_s:.1f} tok/s")
@@ -64,7 +65,7 @@ def main() -> int:
     log("\n| shape | format | PDL off tok/s (each run) | PDL on tok/s (each run) | gain | bound tok/s | % of bound off / on |")
     log("|---|---|---|---|---|---|---|")
     for r in rows:
-        off, on = max(r["off"]), max(r["on"])
+        off, on = max(r["off"], default=float("nan")), max(r["on"], default=float("nan"))
         log(f"| {r['shape']} | {r['format']} | {' / '.join(f'{v:.1f}' for v in r['off'])} | "
             f"{' / '.join(f'{v:.1f}' for v in r['on'])} | {on / off:.3f}x | {r['bound_tok_per_s']:.1f} | "
             f"{100 * off / r['bound_tok_per_s']:.0f} % / {100 * on / r['bound_tok_per_s']:.0f} % |")
