@@ -271,22 +271,3 @@ def test_int4_split_k_choice(monkeypatch):
     assert split(1, 3584, 18944, 64) == 8
     assert split(1, 37888, 3584, 64) == 1
     assert split(1, 1152, 896, 32) == 4          # K 896: four steps of 256, one a split
-
-
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
-@pytest.mark.parametrize("ahead, x_tile", [(False, False), (False, True), (True, False), (True, True)])
-@pytest.mark.parametrize("in_f, split_k", [(1000, None), (1000, 3), (1024, 1), (1024, 3)])
-def test_byte_gemv_variants(generator, device, rel_error, poisoned_outputs, fmt, ahead, x_tile, in_f, split_k):
-    """The int8 / fp8 GEMV's load-ahead and x-in-the-tile's-shape variants (GEMV_CONFIG picks them),
-    on ragged (1000) and whole (1024: EVEN_K) K tiles, in one K slice and in three (the step after a
-    slice's last one is never accumulated)."""
-    from qwen_triton.kernels import fp8_linear, int8_linear
-    from qwen_triton.kernels.reference import int8_linear_reference
-
-    case, linear = (int8_case, int8_linear) if fmt == "int8" else (fp8_case, fp8_linear)
-    x, qweight, scale, bias = case(generator, 37, in_f, 1, torch.float16)
-    config = dict(BLOCK_N=8, BLOCK_K=128, num_warps=2, AHEAD=ahead, X_TILE=x_tile)
-    out = linear(x.to(device), qweight.to(device), scale.to(device), bias.to(device), path="gemv",
-                 split_k=split_k, config=config)
-    assert out.shape == (1, 37)
-    assert rel_error(out, int8_linear_reference(x, qweight, scale, bias, torch.float64)) < 2e-3

@@ -81,94 +81,13 @@ def _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT: tl.constexpr, EVEN_K:
     fp8 as tl.float8e4nv values, which the caller converts once, straight to the type it computes in
     (float32 FMAs or x's dtype for dots; e4m3 is exact in both). The per-channel scale is applied to
     the output."""
-    return _byte_values(_byte_load(w_ptr, cols, col_ok, k0, K, stride_wn, col_ok[:, None], EVEN_K, BLOCK_K),
-                        FMT, FAST_CVT)
-
-
-@triton.jit
-def _byte_load(w_ptr, cols, col_ok, k0, K, stride_wn, row_mask, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The raw bytes (uint8) [BLOCK_N, BLOCK_K] of rows ``cols``, inputs k0.., where ``row_mask``
-    [BLOCK_N, 1] (0 elsewhere). A mask constant along K keeps the loads 16 bytes wide."""
     k = k0 + tl.arange(0, BLOCK_K)
-    mask = row_mask if EVEN_K else row_mask & (k < K)[None, :]
-    return tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + k[None, :], mask=mask, other=0)
-
-
-@triton.jit
-def _byte_values(w, FMT: tl.constexpr, FAST_CVT: tl.constexpr):
+    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (k < K)[None, :]
+    w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + k[None, :], mask=mask, other=0)
     if FMT == "fp8":
         return w.to(tl.float8e4nv, bitcast=True)   # masked-off bytes are 0x00, which is +0.0
     else:
         return _int8_to_float(w, FAST_CVT)
-
-
-@triton.jit
-def _x_step(x_row, k0, K, EVEN_K: tl.constexpr, X_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
-            BLOCK_K: tl.constexpr):
-    """x's inputs k0.. as float32: [BLOCK_K], or with X_TILE [BLOCK_N, BLOCK_K] (the same row repeated),
-    which the compiler lays out like the weight tile."""
-    if X_TILE:
-        k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
-    else:
-        k = k0 + tl.arange(0, BLOCK_K)
-    if EVEN_K:
-        x = tl.load(x_row + k)
-    else:
-        x = tl.load(x_row + k, mask=k < K, other=0.0)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _byte_gemv_loop(acc, x_row, w_ptr, cols, col_ok, k_start, k_end, K, stride_wn, FMT: tl.constexpr,
-                    EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr, AHEAD: tl.constexpr, X_TILE: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """int8 / fp8 GEMV steps over inputs k_start..k_end of one row of x, multiply-added into acc
-    [BLOCK_N, BLOCK_K] (float32).
-
-    A [BLOCK_K] load of x takes a register layout of its own, and broadcasting it against the weight
-    tile moves it through shared memory (barriers every step, seen in the SASS); X_TILE loads it in
-    the tile's shape instead (a thread's repeated rows are one load). AHEAD: a step's weight loads
-    are issued one step ahead, so a thread has two steps' bytes in flight while it converts and
-    multiplies the current one; the step after the last is not loaded (a mask uniform along K)."""
-    if AHEAD:
-        w_next = _byte_load(w_ptr, cols, col_ok, k_start, K, stride_wn, col_ok[:, None], EVEN_K, BLOCK_K)
-        x_next = _x_step(x_row, k_start, K, EVEN_K, X_TILE, BLOCK_N, BLOCK_K)
-        for k0 in range(k_start, k_end, BLOCK_K):
-            k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
-            w_raw = w_next
-            x = x_next
-            k1 = k0 + BLOCK_K
-            more = k1 < k_end
-            row_mask = col_ok & (tl.zeros_like(cols) + k1 < k_end)   # [BLOCK_N]: `more` in every row
-            w_next = _byte_load(w_ptr, cols, col_ok, k1, K, stride_wn, row_mask[:, None], EVEN_K, BLOCK_K)
-            # x (L1 / L2 hits) is read one step ahead too; past the last step, from k_start again (in
-            # bounds, aligned), not from past the end of the row.
-            x_next = _x_step(x_row, tl.where(more, k1, k_start), K, EVEN_K, X_TILE, BLOCK_N, BLOCK_K)
-            w = _byte_values(w_raw, FMT, FAST_CVT).to(tl.float32)
-            if X_TILE:
-                acc += w * x
-            else:
-                acc += w * x[None, :]
-    elif X_TILE:
-        for k0 in range(k_start, k_end, BLOCK_K):
-            k0 = tl.multiple_of(k0, BLOCK_K)
-            x = _x_step(x_row, k0, K, EVEN_K, X_TILE, BLOCK_N, BLOCK_K)
-            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
-            acc += w.to(tl.float32) * x
-    else:
-        # The statements of the loop before AHEAD / X_TILE existed, in their order: a rewrite that
-        # converted x to float32 before the weight load measured up to 1.6x slower at 0.5B shapes
-        # (H100, 2026-11-25, docs/results/2026-11-25-day/helper_int8.md).
-        ks = tl.arange(0, BLOCK_K)
-        for k0 in range(k_start, k_end, BLOCK_K):
-            k0 = tl.multiple_of(k0, BLOCK_K)
-            if EVEN_K:
-                x = tl.load(x_row + k0 + ks)
-            else:
-                x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0)
-            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    return acc
 
 
 # Inline PTX for the int4 -> bf16 / fp16 conversion, the inner loop's cost: four packed bytes per
@@ -336,12 +255,9 @@ def _gemv_kernel(
     FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
     PACKED_CVT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    AHEAD: tl.constexpr = False, X_TILE: tl.constexpr = False,
 ):
     """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
-    reduce once at the end (no per-iteration cross-thread reduction). int8 / fp8 only: AHEAD issues
-    the next K step's loads before this step's arithmetic; X_TILE loads x in the weight tile's shape
-    (see _byte_gemv_loop)."""
+    reduce once at the end (no per-iteration cross-thread reduction)."""
     wait_for_previous_kernel(PDL)
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
@@ -353,18 +269,18 @@ def _gemv_kernel(
     ACC_K: tl.constexpr = BLOCK_K // 2 if FMT == "int4" else BLOCK_K   # int4: even and odd inputs summed
     acc = tl.zeros([BLOCK_N, ACC_K], tl.float32)
     k_start = split * k_per_split
-    if FMT == "int4":
-        for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
-            k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
-            if EVEN_K:
-                x = tl.load(x_row + k0 + ks)
-            else:
-                x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0)
+    for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
+        if EVEN_K:
+            x = tl.load(x_row + k0 + ks)
+        else:
+            x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0)
+        if FMT == "int4":
             acc += _int4_gemv_step(x, w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
                                    stride_zn, GROUP, HAS_ZEROS, EVEN_K, PACKED_CVT, BLOCK_K)
-    else:
-        acc = _byte_gemv_loop(acc, x_row, w_ptr, cols, col_ok, k_start, tl.minimum(k_start + k_per_split, K), K,
-                              stride_wn, FMT, EVEN_K, FAST_CVT, AHEAD, X_TILE, BLOCK_N, BLOCK_K)
+        else:
+            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
     _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
@@ -462,11 +378,11 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # everywhere (more shared memory a program, fewer programs a multiprocessor). The GEMV (short wide
 # layers only, INT4_GEMV_SHAPES): BLOCK_N 32, 4 warps.
 # SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
-# int8 / fp8 GEMV at 1 row, swept on H100 2026-11-25 (helper A, docs/results/2026-11-25-day/helper_int8.md:
-# 12 tiles x AHEAD x X_TILE x splits 1-16, 7B and 0.5B shapes): no setting beat these on a whole layer
-# (qkv + o + gate_up + down) by more than the run's drift (HEAD 96.5 us at the start, 99.4 at the end for
-# 7B int8; best mixture 97.4). AHEAD took 7B qkv / o alone from 10.2 / 8.0 to 8.7 / 7.6 us but lost on
-# down_proj, so it stays off until a per-shape rule is measured twice.
+# int8 / fp8 GEMV at 1 row: a sweep on the H100 (2026-11-25, helper A; docs/results/2026-11-25-day/
+# helper_int8.md: 12 tiles, splits 1-16, weights loaded one K step ahead, x in the tile's layout) found
+# no setting better on a whole 7B layer than these by more than the run's drift; loading ahead took 7B
+# qkv / o from 10.2 / 8.0 to 8.7 / 7.6 us alone, but in the engine (qkv and o only) int8 decode went
+# 302.5 -> 302.2 tok/s and fp8 301.9 -> 296.9, so that variant was not kept.
 GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
                "int4": dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
                "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)}
