@@ -101,7 +101,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv_cache, scratch_block=num_blocks,
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
                                   window=config.attention_window, sinks=config.attention_sinks,
-                                  cuda_graphs=config.cuda_graphs)
+                                  cuda_graphs=config.cuda_graphs,
+                                  max_num_batched_tokens=config.max_num_batched_tokens)
         self.sampler = Sampler(self.hf_config.vocab_size)
         self.requests: dict[str, _Request] = {}
         self._in_flight: _LaunchedStep | None = None  # a step launched ahead (see step())

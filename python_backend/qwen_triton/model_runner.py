@@ -23,6 +23,14 @@ from .scheduler import ScheduledSequence
 from .transfer import to_device
 
 
+# Prompt lengths run once at start-up on CUDA, before serving. The quantized linears' Triton GEMMs
+# compile one variant per class of row counts (BLOCK_M 16 / 32 / 64, and Triton specializes M on being
+# a multiple of 16), and a first request would wait for those compilations: on an H100 (2026-11-25,
+# gpu_bench.py) the first 512-token request to a 0.5B "layered" engine took 634 ms to its first token,
+# against 11.5 ms once warm. Decode row counts are compiled by the CUDA-graph captures.
+PREFILL_WARM_UP_LENGTHS = (24, 32, 40, 64, 512)
+
+
 @dataclass
 class StepInputs:
     input_ids: torch.Tensor
@@ -33,7 +41,8 @@ class StepInputs:
 
 class ModelRunner:
     def __init__(self, model: DecoderModel, kv_cache: KVCache, scratch_block: int, max_model_len: int,
-                 max_num_seqs: int, window: int = 0, sinks: int = 0, cuda_graphs: bool = True):
+                 max_num_seqs: int, window: int = 0, sinks: int = 0, cuda_graphs: bool = True,
+                 max_num_batched_tokens: int | None = None):
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.spec.block_size
@@ -45,6 +54,7 @@ class ModelRunner:
         self.graph_sizes: list[int] = []
         if self.device.type == "cuda" and _cuda_decode_kernel() is not None:
             self._compile_decode_variants()
+            self._warm_up_prefill(min(max_model_len, max_num_batched_tokens or max_model_len))
             if cuda_graphs:
                 self._capture_graphs(max_num_seqs)
 
@@ -155,6 +165,26 @@ class ModelRunner:
         attn = self.model.layers[0].self_attn
         warm_up_variants(k_cache, v_cache, k_scale, v_scale, self.window, self.sinks,
                          num_heads=attn.num_heads, dtype=next(self.model.parameters()).dtype)
+
+    @torch.inference_mode()
+    def _warm_up_prefill(self, max_tokens: int) -> None:
+        """One fresh prompt of each PREFILL_WARM_UP_LENGTHS length (up to `max_tokens`) through the model
+        and the LM head. Its K/V go to the scratch block, which no sequence owns (tokens sharing a slot
+        there is fine: nothing reads it back)."""
+        bs = self.block_size
+        for length in (n for n in PREFILL_WARM_UP_LENGTHS if n <= max_tokens):
+            meta = AttentionMetadata(
+                slot_mapping=to_device([self.scratch_block * bs + i % bs for i in range(length)], torch.long,
+                                       self.device),
+                block_tables=to_device(np.full((1, -(-length // bs)), self.scratch_block, dtype=np.int32),
+                                       torch.int32, self.device),
+                context_lens=to_device([length], torch.int32, self.device), is_decode=False,
+                query_lens=[length], context_lens_cpu=[length], window=self.window, sinks=self.sinks)
+            hidden = self.model(to_device([0] * length, torch.long, self.device),
+                                to_device(list(range(length)), torch.long, self.device), meta, self.kv_cache)
+            self.model.compute_logits(hidden[-1:])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     # -- CUDA graphs -----------------------------------------------------------------------------
 
