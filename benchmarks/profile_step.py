@@ -4,6 +4,11 @@
 
 ``--dense-max-rows 0`` sends every dense linear to cuBLAS (kernels/dense_gemv.py's GEMV off), for a
 before/after of that routing in one session.
+
+With programmatic dependent launch (kernels/pdl.py, on by default on Hopper) a kernel's programs start
+early and wait for the one before, so the profiler's per-kernel durations include that wait and do not
+add up to the step; run with QWEN_TRITON_PDL=0 for the per-kernel table (the graph replay time is right
+either way).
 """
 
 from __future__ import annotations
