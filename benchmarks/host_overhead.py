@@ -3,11 +3,15 @@ sampling bookkeeping, detokenization, outputs. Measured on CPU with a model so s
 a fraction of the step, and reported without it (the forward is timed separately and subtracted).
 
   OMP_NUM_THREADS=1 python benchmarks/host_overhead.py --batch 64,256 --steps 50
+
+--gc also times one full garbage collection with the engine loaded, before and after
+async_engine.freeze_startup_objects (what the server does once its engine is up).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import shutil
 import statistics
 import sys
@@ -66,14 +70,35 @@ def measure(checkpoint: Path, batch: int, steps: int) -> dict:
             "rest_ms": 1e3 * (step - runner)}
 
 
+def full_collection_ms(checkpoint: Path) -> tuple[float, float, int]:
+    """A full collection's time with an engine loaded: (before the freeze, after it, objects frozen)."""
+    from qwen_triton.async_engine import freeze_startup_objects
+
+    engine = LLMEngine(EngineConfig(model=str(checkpoint), load_format="random", device="cpu", dtype="float32",
+                                    max_model_len=2048))
+    timings = []
+    for freeze in (False, True):
+        frozen = freeze_startup_objects() if freeze else 0
+        start = time.perf_counter()
+        gc.collect()
+        timings.append(1e3 * (time.perf_counter() - start))
+    gc.unfreeze()
+    del engine
+    return timings[0], timings[1], frozen
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", type=Path, default=REPO / "models" / "smollm2-135m-instruct")
     parser.add_argument("--batch", default="64,256")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--gc", action="store_true", help="time a full garbage collection, unfrozen and frozen")
     args = parser.parse_args()
     torch.set_num_threads(1)
     checkpoint = tiny_checkpoint(args.tokenizer)
+    if args.gc:
+        before, after, frozen = full_collection_ms(checkpoint)
+        print(f"full gc.collect() with an engine loaded: {before:.1f} ms; after freezing {frozen} objects: {after:.2f} ms")
     print("| batch | step ms | batch tensors ms | forward + logits ms (CPU, tiny model) | host rest of the step ms |")
     print("|---|---|---|---|---|")
     for batch in (int(b) for b in args.batch.split(",")):

@@ -11,6 +11,7 @@ loop goes on serving the rest.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import threading
@@ -23,6 +24,19 @@ from .errors import InvalidRequestError
 from .sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+def freeze_startup_objects() -> int:
+    """For a serving process, once its engine is up: collect, then move every object alive now (the
+    imported modules, the model, the tokenizer: ~400K objects) out of the cyclic garbage collector's
+    sight, and return how many. A full collection walks every tracked object and stops the engine thread
+    meanwhile: 153-160 ms with a 1-layer engine loaded on the 2-core CI machine (host_overhead.py --gc), an
+    inter-token latency spike for every running request whenever one triggers; after the freeze it walks
+    only what came later (2 ms after 600 decode steps of 64 sequences there). `gc.unfreeze()` undoes it
+    (at shutdown, so that the interpreter frees them as usual)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class AsyncLLMEngine:

@@ -11,6 +11,7 @@ response that names the field, never an exception that reaches Triton.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .async_engine import AsyncLLMEngine
+from .async_engine import AsyncLLMEngine, freeze_startup_objects
 from .config import EngineConfig
 from .errors import InvalidRequestError
 from .metrics import EngineMetrics, MetricsReporter
@@ -76,7 +77,8 @@ class TritonPythonModel:
         self.reporter = MetricsReporter(self.metrics, self.engine.stats)
         self.reporter.start()
         self._warm_up()
-        pb_utils.Logger.log_info("qwen: engine warmed up, ready")
+        frozen = freeze_startup_objects()
+        pb_utils.Logger.log_info(f"qwen: engine warmed up, ready ({frozen} start-up objects frozen for the GC)")
 
     def _warm_up(self) -> None:
         """Run one short generation so readiness means compiled, allocated and fast."""
@@ -96,6 +98,7 @@ class TritonPythonModel:
         self.engine.shutdown()
         self.loop.stop()
         self.metrics.close()
+        gc.unfreeze()
 
     # ------------------------------------------------------------------ one request
 

@@ -110,3 +110,19 @@ def test_a_caller_that_falls_behind_gets_the_waiting_deltas_merged(engine):
     assert [t for d in deltas for t in d.token_ids] == tokens
     assert sum(len(d.logprobs) for d in deltas) == 40
     assert deltas[-1].finished and deltas[-1].completion_tokens == 40
+
+
+def test_freezing_start_up_objects_takes_them_out_of_full_collections(engine):
+    """What the server does once its engine is up (triton_adapter.initialize): the objects alive then stop
+    being walked by every full collection; unfreeze (at shutdown) hands them back."""
+    import gc
+
+    from qwen_triton.async_engine import freeze_startup_objects
+
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen > 10_000 and gc.get_freeze_count() == frozen
+        assert len(gc.get_objects()) < frozen / 10   # what a full collection still walks
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
