@@ -47,7 +47,7 @@ def measure(checkpoint: Path, batch: int, steps: int) -> dict:
         engine.add_request(f"r{i}", [(7 * i + j) % 30000 for j in range(512)],
                            SamplingParams(max_tokens=steps + 5, temperature=0.0, ignore_eos=True))
     engine.step()  # every prompt's prefill; decode steps follow
-    forward_s, prepare_s = [], []
+    forward_s, prepare_s, schedule_s, complete_s = [], [], [], []
     run, prepare = engine.runner.run, engine.runner._prepare
 
     def timed(fn, record):
@@ -60,14 +60,17 @@ def measure(checkpoint: Path, batch: int, steps: int) -> dict:
 
     engine.runner.run = timed(run, forward_s)
     engine.runner._prepare = timed(prepare, prepare_s)
+    engine.scheduler.schedule = timed(engine.scheduler.schedule, schedule_s)
+    engine._complete = timed(engine._complete, complete_s)
     steps_s = []
     for _ in range(steps):
         start = time.perf_counter()
         engine.step()
         steps_s.append(time.perf_counter() - start)
-    step, runner, prep = (statistics.median(x) for x in (steps_s, forward_s, prepare_s))
+    step, runner, prep, sched, complete = (statistics.median(x) for x in
+                                           (steps_s, forward_s, prepare_s, schedule_s, complete_s))
     return {"batch": batch, "step_ms": 1e3 * step, "prepare_ms": 1e3 * prep, "forward_ms": 1e3 * (runner - prep),
-            "rest_ms": 1e3 * (step - runner)}
+            "rest_ms": 1e3 * (step - runner), "schedule_ms": 1e3 * sched, "complete_ms": 1e3 * complete}
 
 
 def full_collection_ms(checkpoint: Path) -> tuple[float, float, int]:
@@ -99,11 +102,13 @@ def main() -> int:
     if args.gc:
         before, after, frozen = full_collection_ms(checkpoint)
         print(f"full gc.collect() with an engine loaded: {before:.1f} ms; after freezing {frozen} objects: {after:.2f} ms")
-    print("| batch | step ms | batch tensors ms | forward + logits ms (CPU, tiny model) | host rest of the step ms |")
-    print("|---|---|---|---|---|")
+    print("| batch | step ms | batch tensors ms | forward + logits ms (CPU, tiny model) | host rest of the step ms "
+          "| of which schedule ms | of which tokens to outputs (_complete) ms |")
+    print("|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batch.split(",")):
         r = measure(checkpoint, batch, args.steps)
-        print(f"| {r['batch']} | {r['step_ms']:.2f} | {r['prepare_ms']:.2f} | {r['forward_ms']:.2f} | {r['rest_ms']:.2f} |")
+        print(f"| {r['batch']} | {r['step_ms']:.2f} | {r['prepare_ms']:.2f} | {r['forward_ms']:.2f} | {r['rest_ms']:.2f} "
+              f"| {r['schedule_ms']:.2f} | {r['complete_ms']:.2f} |")
     return 0
 
 
