@@ -69,12 +69,11 @@ def test_dense_linear_split_k(generator, device, rel_error, poisoned_outputs, ro
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split_k", [None, 2])
-@pytest.mark.parametrize("separate", [False, True])   # SiLU*up inside the GEMV, or its own launch first
-def test_dense_silu_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, split_k, separate):
+def test_dense_silu_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, split_k):
     from qwen_triton.kernels import dense_silu_linear
 
     gate_up, weight, _ = case(generator, rows, dtype, width=2 * IN)
-    out = dense_silu_linear(gate_up.to(device), weight.to(device), split_k=split_k, separate=separate)
+    out = dense_silu_linear(gate_up.to(device), weight.to(device), split_k=split_k)
     assert out.shape == (rows, OUT) and out.dtype == dtype
     expected = silu_mul_reference(gate_up) @ weight.double().T
     assert rel_error(out, expected) < TOLERANCE[dtype]
@@ -203,21 +202,22 @@ def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error,
 
     routing = Routing(monkeypatch)
     module = mlp(torch.bfloat16, device)
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(6)).bfloat16().to(device)
+
+    def routed_calls() -> list[str]:
+        """The dense kernels the MLP called, after checking it computed what the eager ops compute."""
+        routing.calls.clear()
+        with torch.inference_mode():
+            out = module(x, routing.ops)
+            expected = module(x, fused_ops.EAGER)
+        assert rel_error(out, expected) < 1e-2
+        return routing.calls
+
     dense = module.down_proj
     module.down_proj = Int8Linear.from_float(dense.weight).to(device)
-    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(6)).bfloat16().to(device)
-    with torch.inference_mode():
-        out = module(x, routing.ops)
-        expected = module(x, fused_ops.EAGER)
-    assert routing.calls == ["dense_gate_up_silu"]   # gate_up only
-    assert rel_error(out, expected) < 1e-2
-    routing.calls.clear()
+    assert routed_calls() == ["dense_gate_up_silu"]   # gate_up only
     module.down_proj, module.gate_up_proj = dense, Int8Linear.from_float(module.gate_up_proj.weight).to(device)
-    with torch.inference_mode():
-        out = module(x, routing.ops)
-        expected = module(x, fused_ops.EAGER)
-    assert routing.calls == ["dense_linear"]   # down only
-    assert rel_error(out, expected) < 1e-2
+    assert routed_calls() == ["dense_linear"]   # down only
     routing.calls.clear()
     with torch.inference_mode():
         mlp(torch.float32, device)(x.float(), routing.ops)

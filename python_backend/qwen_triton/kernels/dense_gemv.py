@@ -1,13 +1,15 @@
 """Dense (bf16 / fp16 / float32) linears for a few rows of x (Triton language): decode at small batch.
 
     dense_linear(x, weight, bias=None)           y = x @ weight^T (+ bias)
+    dense_gate_up_silu(x, gate_up_weight)        y = silu(gate) * up of x @ gate_up_weight^T
     dense_silu_linear(gate_up, weight)           y = (silu(gate) * up) @ weight^T
 
 ``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype; float32
-accumulation, y in x's dtype. ``dense_silu_linear`` takes the MLP's gate_up output [..., 2 * in]
-(gate first) and, above SEPARATE_SILU_MAX_ROWS rows, forms down_proj's input on the fly, so SiLU*up
-never goes through memory and needs no launch of its own; at one row the per-weight SiLU work costs
-more than that launch, so elementwise.silu_and_mul runs first and the plain kernel reads its output.
+accumulation, y in x's dtype. The model's MLP at decode rows takes ``dense_gate_up_silu`` (SiLU*up in
+the gate_up GEMV's epilogue) and then ``dense_linear`` for down_proj. ``dense_silu_linear`` is the
+other arrangement, kept for 2-4 rows and benchmarks: it takes the gate_up output [..., 2 * in] (gate
+first) and forms down_proj's input on the fly, at the cost of an exp and a division per input a thread
+holds (at one row slower than a plain down_proj after a separate SiLU: 53.3 against 50.9 us on 7B).
 
 Why not cuBLAS: at one row a linear only streams its weight once, and on an H100 cuBLAS's decode
 kernels read at 2.2-2.8 TB/s against a 3.0 TB/s read ceiling (Qwen2.5-7B, 2026-11-25); down_proj
@@ -36,7 +38,7 @@ import triton.language as tl
 
 from . import multiprocessor_count
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
-from .elementwise import _round, silu_and_mul
+from .elementwise import _round
 from .quant_matmul import _check_bias, _split_counters, k_slices, sum_splits
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
@@ -72,10 +74,6 @@ MIN_TILES_PER_SPLIT = 2
 # unsplit, 49.1 us in 4 slices of 5120 (2.77 TB/s); o_proj and qkv (3584 inputs) lost 1-2 us with
 # any split (helper_bf16.md, H100, 2026-11-25).
 MAX_K_PER_SPLIT = 5120
-# Up to this many rows, dense_silu_linear runs elementwise.silu_and_mul first (one small launch) and
-# the plain kernel after it. At one row SiLU*up inside the GEMV costs its exp and division per weight
-# row a thread holds: 7B down_proj 53.3 us in-kernel (best of 25 settings), 50.9 us separate.
-SEPARATE_SILU_MAX_ROWS = 1
 # gate_up with SiLU*up formed in its epilogue (dense_gate_up_silu): gate rows j..j+BLOCK_N and the
 # matching up rows in one program, so 2 x BLOCK_N weight rows a program, the 4 of CONFIG[1].
 GATED_CONFIG = dict(BLOCK_N=2, BLOCK_K=512, num_warps=4)
@@ -89,6 +87,14 @@ def _to_dtype(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
         return _round(x, dtype)
     else:
         return x.to(dtype)
+
+
+@triton.jit
+def _silu_times_up(gate, up, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """silu(gate) * up from float32 gate and up (each already of x's dtype), the SiLU and the product each
+    rounded to ``dtype`` as the eager silu_and_mul rounds them."""
+    silu = _to_dtype(gate / (1.0 + tl.exp(-gate)), dtype, INTERPRETED).to(tl.float32)
+    return _to_dtype(silu * up, dtype, INTERPRETED)
 
 
 @triton.jit
@@ -109,9 +115,7 @@ def _x_values(x_row, k, k_ok, K, SILU: tl.constexpr, MASKED: tl.constexpr, INTER
             up = tl.load(x_row + K + k, mask=k_ok, other=0.0)
         else:
             up = tl.load(x_row + K + k)
-        gate = first.to(tl.float32)
-        silu = _to_dtype(gate / (1.0 + tl.exp(-gate)), dtype, INTERPRETED).to(tl.float32)
-        return _to_dtype(silu * up.to(tl.float32), dtype, INTERPRETED).to(tl.float32)
+        return _silu_times_up(first.to(tl.float32), up.to(tl.float32), dtype, INTERPRETED).to(tl.float32)
     else:
         return first.to(tl.float32)
 
@@ -262,8 +266,7 @@ def _gate_up_silu_kernel(x_ptr, w_ptr, y_ptr, I, K, stride_xm, stride_wn, stride
     dtype = y_ptr.dtype.element_ty
     gate = _to_dtype(tl.sum(acc_gate, axis=1), dtype, INTERPRETED).to(tl.float32)
     up = _to_dtype(tl.sum(acc_up, axis=1), dtype, INTERPRETED).to(tl.float32)
-    silu = _to_dtype(gate / (1.0 + tl.exp(-gate)), dtype, INTERPRETED).to(tl.float32)
-    tl.store(y_ptr + tl.program_id(1) * stride_ym + cols, _to_dtype(silu * up, dtype, INTERPRETED), mask=col_ok)
+    tl.store(y_ptr + tl.program_id(1) * stride_ym + cols, _silu_times_up(gate, up, dtype, INTERPRETED), mask=col_ok)
 
 
 # -- host side ---------------------------------------------------------------------------------------
@@ -357,18 +360,11 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def dense_silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                      config: dict | None = None, split_k: int | None = None,
-                      separate: bool | None = None) -> torch.Tensor:
+                      config: dict | None = None, split_k: int | None = None) -> torch.Tensor:
     """F.linear(silu(gate) * up, weight, bias) with gate_up [..., 2 * in] (gate first), without
-    materialising silu(gate) * up (unless ``separate``: default, up to SEPARATE_SILU_MAX_ROWS rows).
-    Overrides as for `dense_linear`."""
+    materialising silu(gate) * up. Overrides as for `dense_linear`."""
     rows = _check_input("gate_up", gate_up, 2 * weight.shape[-1])
     _check_weight(weight, gate_up.dtype)
-    if separate is None:
-        separate = rows.shape[0] <= SEPARATE_SILU_MAX_ROWS
-    if separate:
-        return _run(silu_and_mul(rows), weight, bias, gate_up.shape[:-1], silu=False, config=config,
-                    split_k=split_k)
     return _run(rows, weight, bias, gate_up.shape[:-1], silu=True, config=config, split_k=split_k)
 
 
