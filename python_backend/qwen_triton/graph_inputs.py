@@ -44,23 +44,24 @@ class GraphInputs:
             offset += -(-count * np.dtype(np_dtype).itemsize // 16) * 16
         self.nbytes = offset
         self._template = np.zeros(self.nbytes, dtype=np.uint8)
-        padding = self._host_views(self._template)
+        padding = self._views(self._template)
         padding["slot_mapping"][:] = scratch_block * block_size
         padding["context_lens"][:] = 1
         padding["block_tables"][:] = scratch_block
         self.buffer = torch.from_numpy(self._template.copy()).to(device)
-        views = {name: self.buffer[offset: offset + count * np.dtype(np_dtype).itemsize].view(dt)
-                 for (name, np_dtype, dt), (offset, count) in zip(_FIELDS, self._offsets.values())}
+        views = self._views(self.buffer)
         self.input_ids, self.positions = views["input_ids"], views["positions"]
-        self.meta = AttentionMetadata(slot_mapping=views["slot_mapping"],
-                                      block_tables=views["block_tables"].view(size, max_blocks),
+        self.meta = AttentionMetadata(slot_mapping=views["slot_mapping"], block_tables=views["block_tables"],
                                       context_lens=views["context_lens"], is_decode=True, window=window, sinks=sinks)
 
-    def _host_views(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def _views(self, buffer: np.ndarray | torch.Tensor) -> dict:
+        """The five fields as typed views of a byte buffer: the host image (numpy) or the device buffer
+        (torch), which both slice and `.view(dtype)` alike."""
+        column = 2 if isinstance(buffer, torch.Tensor) else 1
         views = {}
-        for name, np_dtype, _ in _FIELDS:
-            offset, count = self._offsets[name]
-            views[name] = image[offset: offset + count * np.dtype(np_dtype).itemsize].view(np_dtype)
+        for field in _FIELDS:
+            offset, count = self._offsets[field[0]]
+            views[field[0]] = buffer[offset: offset + count * np.dtype(field[1]).itemsize].view(field[column])
         views["block_tables"] = views["block_tables"].reshape(self.size, self.max_blocks)
         return views
 
@@ -72,7 +73,7 @@ class GraphInputs:
         pinned = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=self._pinned)
         image = pinned.numpy()
         image[:] = self._template
-        views = self._host_views(image)
+        views = self._views(image)
         views["input_ids"][:batch] = input_ids
         views["positions"][:batch] = positions
         views["slot_mapping"][:batch] = slots

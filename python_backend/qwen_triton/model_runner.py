@@ -78,7 +78,7 @@ class ModelRunner:
         return self.model.compute_logits(hidden)
 
     def _prepare(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> StepInputs:
-        on_device = [row for row, item in enumerate(scheduled) if item.input_on_device] if device_ids is not None else []
+        on_device = self._rows_on_device(scheduled, device_ids)
         if all(item.num_tokens == 1 for item in scheduled):
             host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
             query_lens = [1] * len(scheduled)
@@ -107,6 +107,13 @@ class ModelRunner:
             rows = to_device(on_device, torch.long, self.device)
             input_ids.index_copy_(0, flat, device_ids.index_select(0, rows))
         return input_ids
+
+    @staticmethod
+    def _rows_on_device(scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> list[int]:
+        """Rows whose input token is still on the device (none when the step was not launched ahead)."""
+        if device_ids is None:
+            return []
+        return [row for row, item in enumerate(scheduled) if item.input_on_device]
 
     @staticmethod
     def _decode_sample_rows(scheduled: list[ScheduledSequence]) -> list[int] | None:
@@ -212,13 +219,9 @@ class ModelRunner:
         graph, out, inputs = self.graphs[self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]]
         host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
         inputs.upload(host_ids, positions, slots, context_lens, [item.seq.block_table for item in scheduled])
-        if device_ids is not None:
-            on_device = [row for row, item in enumerate(scheduled) if item.input_on_device]
-            if len(on_device) == batch:
-                inputs.input_ids[:batch].copy_(device_ids)
-            elif on_device:
-                rows = to_device(on_device, torch.long, self.device)
-                inputs.input_ids.index_copy_(0, rows, device_ids.index_select(0, rows))
+        on_device = self._rows_on_device(scheduled, device_ids)
+        if on_device:
+            inputs.input_ids[:batch].copy_(self._input_ids(host_ids, on_device, device_ids, [1] * batch))
         graph.replay()
         sample_rows = self._decode_sample_rows(scheduled)
         return out[:batch], None if sample_rows is None else to_device(sample_rows, torch.long, self.device)
