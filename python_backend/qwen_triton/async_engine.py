@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def freeze_startup_objects() -> int:
     """For a serving process, once its engine is up: collect, then move every object alive now (the
-    imported modules, the model, the tokenizer: ~400K objects) out of the cyclic garbage collector's
+    imported modules, the model, the tokenizer: ~350K objects) out of the cyclic garbage collector's
     sight, and return how many. A full collection walks every tracked object and stops the engine thread
     meanwhile: 153-160 ms with a 1-layer engine loaded on the 2-core CI machine (host_overhead.py --gc), an
     inter-token latency spike for every running request whenever one triggers; after the freeze it walks

@@ -21,8 +21,8 @@ The linears: ``linear(module, x)`` is ``module(x)`` and ``gate_up_silu(module, x
 ``nn.Linear`` with at most ``dense_gemv.ROUTE_MAX_ROWS`` rows of input runs
 ``kernels/dense_gemv.py`` instead of cuBLAS (gate_up with SiLU*up in the GEMV's epilogue, so the
 down projection reads a ready input); quantized linears (quantization.py), float32 weights and more
-rows keep ``module(x)`` (then the SiLU*up kernel). Those kernels
-add up in another order than cuBLAS, so their outputs can differ in the last bit.
+rows keep ``module(x)`` (then the SiLU*up kernel). Those kernels add up in another order than cuBLAS,
+so their outputs can differ in the last bit.
 
 The kernels round to the model dtype exactly where these functions do; what they cannot repeat is the
 order in which torch adds up a row's squares for the RMSNorm variance (see kernels/elementwise.py).
