@@ -59,6 +59,11 @@ LINEAR_SHAPES = {            # name: (out_features, in_features)
     "up 18944x3584": (18944, 3584),
     "gate_up 37888x3584": (37888, 3584),   # the model's fused gate + up projection
     "down 3584x18944": (3584, 18944),
+    # Qwen2.5-0.5B's, for the int4 GEMV at one row (by their first word: --shapes qkv05,o05,...)
+    "qkv05 1152x896": (1152, 896),
+    "o05 896x896": (896, 896),
+    "gate_up05 9728x896": (9728, 896),
+    "down05 896x4864": (896, 4864),
 }
 GROUP = 128
 SAVE_PROGRESS = lambda: None   # main() replaces it: write the JSON so far (a killed run keeps its numbers)
@@ -386,9 +391,14 @@ BYTE_GEMV_SWEEP = [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BL
 GEMV_SWEEP = {
     "int8": BYTE_GEMV_SWEEP,
     "fp8_wo": BYTE_GEMV_SWEEP,       # one byte per weight like int8; its conversion differs
-    # int4's GEMV serves short, wide layers only (quant_matmul.INT4_GEMV_SHAPES); its default first.
-    "int4": [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=8),
-             dict(BLOCK_N=16, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4)],
+    # int4's GEMV (quant_matmul._int4_gemv_kernel), its default first: BLOCK_K inputs a step in
+    # chunks of 32 (16 bytes, one a thread), BLOCK_N rows a program; num_stages > 1 asks Triton to
+    # pipeline its loads.
+    "int4": [dict(BLOCK_N=16, BLOCK_K=512, num_warps=4), dict(BLOCK_N=16, BLOCK_K=1024, num_warps=4),
+             dict(BLOCK_N=32, BLOCK_K=512, num_warps=4), dict(BLOCK_N=32, BLOCK_K=1024, num_warps=8),
+             dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4), dict(BLOCK_N=64, BLOCK_K=512, num_warps=8),
+             dict(BLOCK_N=32, BLOCK_K=256, num_warps=4), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3),
+             dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4)],
 }
 BYTE_GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
                    dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
@@ -419,8 +429,8 @@ def gemv_max_rows(kernels, fmt):
 
 
 def uses_gemv(kernels, fmt, rows, name):
-    """Whether the automatic path is the GEMV; int4's depends on the layer's shape (INT4_GEMV_SHAPES)."""
-    if fmt == "int4" and hasattr(kernels, "INT4_GEMV_SHAPES"):
+    """Whether the automatic path is the GEMV; int4's depends on the layer's shape."""
+    if fmt == "int4":
         return kernels._use_gemv(rows, None, "int4", *LINEAR_SHAPES[name])
     return rows <= gemv_max_rows(kernels, fmt)
 

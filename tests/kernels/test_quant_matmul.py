@@ -244,14 +244,21 @@ def test_int4_gemm_group_steps(generator, device, rel_error, config):
 
 
 def test_int4_path_by_measured_shape():
-    """int4 takes the GEMV only at 1-2 rows of short, wide layers (0.5B gate_up), the GEMM elsewhere."""
+    """int4 takes its GEMV only at one row of short layers (0.5B qkv / o / gate_up), the GEMM elsewhere."""
     from qwen_triton.kernels import quant_matmul as qm
 
-    assert qm._use_gemv(1, None, "int4", 9728, 896) and qm._use_gemv(2, None, "int4", 9728, 896)
-    assert not qm._use_gemv(4, None, "int4", 9728, 896)
-    for out_f, in_f in ((1152, 896), (896, 896), (896, 4864), (4608, 3584), (37888, 3584), (3584, 18944)):
+    for out_f, in_f in ((1152, 896), (896, 896), (9728, 896)):
+        assert qm._use_gemv(1, None, "int4", out_f, in_f) and not qm._use_gemv(2, None, "int4", out_f, in_f)
+    for out_f, in_f in ((896, 4864), (4608, 3584), (37888, 3584), (3584, 18944)):
         assert not qm._use_gemv(1, None, "int4", out_f, in_f)
     assert qm._use_gemv(1, None, "int8", 4608, 3584) and qm._use_gemv(64, "gemv", "int4", 4608, 3584)
+
+
+def test_int4_gemv_steps_divide_k():
+    """The GEMV's K step is halved until it divides the inputs (no masked loads), not below 128."""
+    from qwen_triton.kernels import quant_matmul as qm
+
+    assert [qm._whole_steps(k, 512) for k in (3584, 896, 4864, 1088)] == [512, 128, 256, 128]
 
 
 def test_int4_split_k_choice(monkeypatch):
@@ -271,3 +278,37 @@ def test_int4_split_k_choice(monkeypatch):
     assert split(1, 3584, 18944, 64) == 8
     assert split(1, 37888, 3584, 64) == 1
     assert split(1, 1152, 896, 32) == 4          # K 896: four steps of 256, one a split
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 6e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("split_k", [None, 3])
+@pytest.mark.parametrize("in_f, group", [(1024, 128), (1088, 32), (896, 128)])
+def test_int4_gemv_activation_dtypes(generator, device, rel_error, poisoned_outputs, dtype, tolerance, rows,
+                                     split_k, in_f, group):
+    """The int4 GEMV reads 16-bit x two values to an int32 (bf16 and fp16 unpack differently) and
+    float32 x value by value; 1088 inputs leave a ragged last step of its 512 (masked loads), 896 take
+    steps of 128; 37 outputs a ragged tile of rows; bias added once after the split-K sum."""
+    from qwen_triton.kernels import int4_linear
+    from qwen_triton.kernels.reference import int4_linear_reference
+
+    x, packed, scales, zeros = int4_case(generator, 37, in_f, rows, group, dtype)
+    bias = torch.randn(37, generator=generator).to(dtype)
+    out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), group,
+                      bias.to(device), path="gemv", split_k=split_k)
+    assert out.shape == (rows, 37) and out.dtype == dtype
+    expected = int4_linear_reference(x, packed, scales, zeros, group, bias, dtype=torch.float64)
+    assert rel_error(out, expected) < tolerance
+
+
+def test_int4_gemv_reads_x_at_an_odd_offset(generator, device, rel_error):
+    """A row of x that starts on an odd element cannot be viewed as int32 pairs: the GEMV then reads
+    it value by value."""
+    from qwen_triton.kernels import int4_linear
+    from qwen_triton.kernels.reference import int4_linear_reference
+
+    x, packed, scales, zeros = int4_case(generator, 16, 256, 1, 64, torch.float16)
+    shifted = torch.cat([torch.zeros(1, dtype=x.dtype), x.flatten()]).to(device)[1:].view(1, 256)
+    assert shifted.storage_offset() == 1
+    out = int4_linear(shifted, packed.to(device), scales.to(device), zeros.to(device), 64, path="gemv")
+    assert rel_error(out, int4_linear_reference(x, packed, scales, zeros, 64, dtype=torch.float64)) < 2e-3

@@ -12,14 +12,15 @@ Formats (those of quantization.py, which owns them):
   ``group_size`` input features.
 
 Two kernel shapes per format:
-- GEMV (few rows of x, decode at small batch; int8 and fp8 at 1 row, int4 at 1-2 rows of short,
-  wide layers, INT4_GEMV_SHAPES): bound by reading the weight once. Each program owns BLOCK_N output
+- GEMV (few rows of x, decode at small batch; int8 and fp8 at 1 row, int4 at 1 row of short layers,
+  INT4_GEMV_MAX_IN_FEATURES): bound by reading the weight once. Each program owns BLOCK_N output
   rows and streams their weight bytes with wide loads, multiply-adding into a 2-D float32
   accumulator that is reduced once at the end. int8 -> float uses the float32 "magic number" trick
   (OR the integer into the mantissa of 2**23, subtract 2**23): one logic op and one add instead of a
-  conversion instruction; fp8 the hardware e4m3 conversion; int4 the GEMM's packed PTX (below), its
-  even and odd inputs multiplied by x's even and odd columns.
-- GEMM (more rows, and int4 at every row count, padded to 16): tensor-core dots on weights
+  conversion instruction; fp8 the hardware e4m3 conversion. int4 has a GEMV of its own
+  (_int4_gemv_kernel): 16-byte chunks of packed weights, one a thread, x loaded in the same shape,
+  each nibble made the float32 128 + q by one PRMT and the zero point taken off per chunk.
+- GEMM (more rows, and int4 on longer layers, padded to 16): tensor-core dots on weights
   converted to the activations' dtype (int8, int4 q - zero and e4m3 values are all exact in
   bf16/fp16); scales are applied to the dot's float32 result. int4 on CUDA converts two nibbles per
   instruction with inline PTX (`_NIBBLES_PTX`, ~1.4 instructions per weight against ~7 in the float32
@@ -49,15 +50,19 @@ from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
 # tensor-core GEMM (rows padded to 16). Measured on H100 (benchmarks/kernel_bench.py, 2026-11-25):
 # int8 at 1 row: the two tie within 5 %; at 4 rows GEMV re-reads the weight and is 2-3x slower.
-# int4 takes the GEMV only on short, wide layers (INT4_GEMV_SHAPES); elsewhere its GEMM wins.
-GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 2}
-# int4 at <= GEMV_MAX_ROWS rows: the GEMV where K is too short for the GEMM's pipeline to reach a
-# steady state and N alone fills the GPU with GEMV programs. Measured crossover, H100, 2026-11-25,
-# weights rotated through 4x the L2 (helper 11's int4 sweep; docs/benchmarks.md "int4 decode"):
-# 0.5B gate_up 9728x896 at 1 / 2 rows: GEMV 7.7 / 7.9 us, GEMM 9.4 / 9.6 (4 rows: 13.4 against 9.8);
-# 0.5B qkv 1152x896 and o 896x896: GEMM 5.4 and 5.2, GEMV 5.7 and 5.0-5.5 (kept on the GEMM);
-# 7B gate_up 37888x3584: GEMM 39.2, GEMV 47.7; 0.5B down 896x4864: GEMM 5.9, GEMV 8.2.
-INT4_GEMV_SHAPES = dict(max_in_features=1024, min_out_features=4096)
+# int4 takes the GEMV at one row of short layers only (INT4_GEMV_MAX_IN_FEATURES); elsewhere its GEMM wins.
+GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 1}
+# int4 at one row: the GEMV (_int4_gemv_kernel) where K is too short for the GEMM's pipeline to reach
+# a steady state. Measured, H100, 2026-11-25, weights rotated through 4x the L2 (docs/benchmarks.md,
+# "Day 3"): 0.5B qkv 1152x896 / o 896x896 / gate_up 9728x896: GEMV 2.6 / 2.1 / 6.8 us, GEMM 4.0 / 3.8 /
+# 9.7 (the GEMV before this one: 6.4 on gate_up); at K 3584 and more the GEMM won every 7B layer (GEMV
+# against GEMM: qkv 9.4 / 9.0, o 8.6 / 7.7, gate_up 42.1 / 38.8, down 25.9 / 23.1 at their best K
+# splits), and 0.5B down 896x4864 (6.2 / 5.7). At two rows the GEMV reads the weights twice.
+INT4_GEMV_MAX_IN_FEATURES = 1024
+# Its launch settings (the GEMV row of GEMV_CONFIG) on narrow layers (out < 2048): 8 rows a program
+# and one step over all of K (<= 1024 inputs): 0.5B qkv 2.6 us and o 2.1, against 3.0 and 3.2 with the
+# default 16 rows in steps of 128.
+INT4_GEMV_NARROW = dict(max_out_features=2047, BLOCK_N=8, BLOCK_K=1024)
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)   # see _packed_cvt_applies
@@ -116,6 +121,26 @@ _NIBBLES_BF16 = tl.constexpr(_NIBBLES_PTX.replace("MAGIC", "0x43434343").replace
 _NIBBLES_F16 = tl.constexpr(_NIBBLES_PTX.replace("MAGIC", "0x64646464").replace("ONE", "0x3C003C00")
                              .replace("TYPE", "f16x2"))
 
+# The int4 GEMV's conversion, to float32: PRMT puts each nibble in byte 2 under 0x43 in byte 3 (and zero
+# bytes below), the bits of the float32 128 + n (one unit of 128.0's mantissa sits at bit 16). 11
+# instructions for 8 weights, and the zero point is not subtracted per weight: the GEMV takes
+# (128 + zero) * sum(x) off each chunk's dot product instead (see _int4_gemv_kernel).
+_NIBBLES_F32 = tl.constexpr("""{
+.reg .b32 lo, hi, magic;
+and.b32 lo, $8, 0x0F0F0F0F;
+shr.u32 hi, $8, 4;
+and.b32 hi, hi, 0x0F0F0F0F;
+mov.b32 magic, 0x43;
+prmt.b32 $0, lo, magic, 0x4055;
+prmt.b32 $1, lo, magic, 0x4155;
+prmt.b32 $2, lo, magic, 0x4255;
+prmt.b32 $3, lo, magic, 0x4355;
+prmt.b32 $4, hi, magic, 0x4055;
+prmt.b32 $5, hi, magic, 0x4155;
+prmt.b32 $6, hi, magic, 0x4255;
+prmt.b32 $7, hi, magic, 0x4355;
+}""")
+
 
 @triton.jit
 def _int4_values(packed, zero, DTYPE: tl.constexpr, PACKED_CVT: tl.constexpr):
@@ -151,22 +176,6 @@ def _int4_group(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn
     else:
         zero = tl.full(scale.shape, 8.0, tl.float32)
     return scale, zero
-
-
-@triton.jit
-def _int4_gemv_step(x, w_ptr, scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn, stride_zn,
-                    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, EVEN_K: tl.constexpr, PACKED_CVT: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
-    """float32 [BLOCK_N, BLOCK_K / 2]: the products of one x row's inputs k0.. (BLOCK_K <= GROUP, one
-    group) with their weights, even and odd inputs added pairwise, scaled. On CUDA the nibbles become
-    x's dtype through the packed PTX (as for the GEMM); the products and sums are float32 FMAs."""
-    half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (2 * half < K)[None, :]
-    packed = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + half[None, :], mask=mask, other=0)
-    scale, zero = _int4_group(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP, HAS_ZEROS)
-    low, high = _int4_values(packed, zero, x.dtype if PACKED_CVT else tl.float32, PACKED_CVT)
-    x_even, x_odd = tl.split(tl.reshape(x.to(tl.float32), [BLOCK_K // 2, 2]))
-    return (low.to(tl.float32) * x_even[None, :] + high.to(tl.float32) * x_odd[None, :]) * scale[:, None]
 
 
 @triton.jit
@@ -249,6 +258,104 @@ def _store_y(y, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS: 
 
 
 @triton.jit
+def _int4_plus_128(packed, PACKED_CVT: tl.constexpr):
+    """uint8 [...] -> float32 (128 + low nibble, 128 + high nibble): each nibble under the exponent of
+    128.0, exact. On CUDA the PRMT PTX (_NIBBLES_F32); the same bits in plain Triton elsewhere."""
+    if PACKED_CVT:
+        return tl.inline_asm_elementwise(_NIBBLES_F32, "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed],
+                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+    else:
+        p = packed.to(tl.int32)
+        low = (((p & 0x0F) << 16) | 0x43000000).to(tl.float32, bitcast=True)
+        high = (((p >> 4) << 16) | 0x43000000).to(tl.float32, bitcast=True)
+        return low, high
+
+
+@triton.jit
+def _x_even_odd(x_row, half, K, EVEN_K: tl.constexpr, X_PAIRS: tl.constexpr, X_BF16: tl.constexpr):
+    """x's inputs 2 * half and 2 * half + 1 as float32, in the shape (hence the register layout) of
+    the weight tile they multiply; zero past K. X_PAIRS: x_row points at x's 16-bit values two by
+    two as int32 (one load a pair, the even input in the low half)."""
+    if X_PAIRS:
+        pairs = _load_x(x_row + half, 2 * half < K, EVEN_K)
+        if X_BF16:   # bf16 -> float32 is the bits moved to the top half
+            return (pairs << 16).to(tl.float32, bitcast=True), (pairs & -65536).to(tl.float32, bitcast=True)
+        else:
+            even = (pairs & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+            odd = (pairs >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+            return even.to(tl.float32), odd.to(tl.float32)
+    else:
+        even = _load_x(x_row + 2 * half, 2 * half < K, EVEN_K)
+        odd = _load_x(x_row + 2 * half + 1, 2 * half < K, EVEN_K)
+        return even.to(tl.float32), odd.to(tl.float32)
+
+
+@triton.jit
+def _load_x(pointers, in_k, EVEN_K: tl.constexpr):
+    """x values, zero past K (no predicate when every step is whole)."""
+    if EVEN_K:
+        return tl.load(pointers)
+    else:
+        return tl.load(pointers, mask=in_k, other=0)
+
+
+@triton.jit
+def _int4_step_bytes(w_rows, in_step, col_ok, k0, k_end, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The packed weights of the GEMV step at input k0 ([BLOCK_N, chunks, 16] uint8), zeros past k_end."""
+    half = tl.multiple_of(k0 // 2, BLOCK_K // 2) + in_step
+    if EVEN_K:
+        mask = col_ok[:, None, None]
+    else:
+        mask = col_ok[:, None, None] & (2 * half < k_end)
+    return tl.load(w_rows + half, mask=mask, other=0)
+
+
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
+    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr, SERIAL: tl.constexpr, PACKED_CVT: tl.constexpr, X_PAIRS: tl.constexpr,
+    X_BF16: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+):
+    """int4 at one row of x per program column. A step covers BLOCK_N weight rows by BLOCK_K inputs,
+    as a [BLOCK_N, BLOCK_K / 32, 16] tile of packed bytes: each chunk of 16 bytes (32 inputs, one
+    16-byte load, inside one group) is one thread's, and x is loaded in that same shape, so no value
+    changes threads during the loop. Per chunk: dot = sum (128 + q) * x in the thread's registers,
+    then scale * (dot - (128 + zero) * sum(x)) into a [BLOCK_N, chunks] accumulator, reduced across
+    threads once at the end. Two instructions a weight (a PRMT and an FMA) plus a few a chunk."""
+    wait_for_previous_kernel(PDL)
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    split = tl.program_id(2)
+    CHUNKS: tl.constexpr = BLOCK_K // 32
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    chunk = tl.arange(0, CHUNKS)
+    in_step = tl.broadcast_to((chunk[:, None] * 16 + tl.arange(0, 16)[None, :])[None, :, :], [BLOCK_N, CHUNKS, 16])
+    w_rows = w_ptr + cols[:, None, None].to(tl.int64) * stride_wn
+    x_row = x_ptr + row * stride_xm
+    acc = tl.zeros([BLOCK_N, CHUNKS], tl.float32)
+    k_start = split * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)
+        half = tl.multiple_of(k0 // 2, BLOCK_K // 2) + in_step
+        packed = _int4_step_bytes(w_rows, in_step, col_ok, k0, k_end, K, EVEN_K, BLOCK_K)
+        x_even, x_odd = _x_even_odd(x_row, half, K, EVEN_K, X_PAIRS, X_BF16)
+        scale, zero = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP,
+                                   HAS_ZEROS, 32, CHUNKS)   # one group a chunk: [BLOCK_N, chunks]
+        low, high = _int4_plus_128(packed, PACKED_CVT)
+        dot = tl.sum(low * x_even + high * x_odd, axis=2)
+        x_sum = tl.sum(x_even + x_odd, axis=2)
+        acc += scale * (dot - (128.0 + zero) * x_sum)
+    y = tl.sum(acc, axis=1)[None, :]
+    rows = row + tl.arange(0, 1)
+    _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
+                  stride_ym, "int4", HAS_BIAS, SPLIT, SERIAL)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
@@ -266,8 +373,7 @@ def _gemv_kernel(
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_xm
-    ACC_K: tl.constexpr = BLOCK_K // 2 if FMT == "int4" else BLOCK_K   # int4: even and odd inputs summed
-    acc = tl.zeros([BLOCK_N, ACC_K], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     k_start = split * k_per_split
     for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
@@ -275,12 +381,8 @@ def _gemv_kernel(
             x = tl.load(x_row + k0 + ks)
         else:
             x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0)
-        if FMT == "int4":
-            acc += _int4_gemv_step(x, w_ptr, scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_wn, stride_sn,
-                                   stride_zn, GROUP, HAS_ZEROS, EVEN_K, PACKED_CVT, BLOCK_K)
-        else:
-            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
     _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
@@ -375,8 +477,11 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # with 2 warps); narrower layers (out < 2048: 0.5B qkv / o / down) keep BLOCK_N 32, 2 warps
 # (INT4_NARROW), which gives them twice the column tiles. BLOCK_K 256 spans two groups of 128, so each
 # weight row is read 128 contiguous bytes at a time; 512 (four groups) and num_stages 4 were slower
-# everywhere (more shared memory a program, fewer programs a multiprocessor). The GEMV (short wide
-# layers only, INT4_GEMV_SHAPES): BLOCK_N 32, 4 warps.
+# everywhere (more shared memory a program, fewer programs a multiprocessor). The GEMV (one row, K <=
+# 1024; 2026-11-25 "Day 3" sweep, 10 settings): 16 rows a program in steps of 512 inputs, halved until
+# they divide K (_whole_steps), 4 warps; narrow layers INT4_GEMV_NARROW. Steps of 1024 at 16 rows, or
+# 1024 at 32 rows over 8 warps, ran 3-7x slower on 7B layers (their registers spill); loading the next
+# step's weights during the current one cost more than it hid (the loop-carried bytes are re-packed).
 # SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
 # int8 / fp8 GEMV at 1 row: a sweep on the H100 (2026-11-25, helper A; docs/results/2026-11-25-day/
 # helper_int8.md: 12 tiles, splits 1-16, weights loaded one K step ahead, x in the tile's layout) found
@@ -384,7 +489,7 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # qkv / o from 10.2 / 8.0 to 8.7 / 7.6 us alone, but in the engine (qkv and o only) int8 decode went
 # 302.5 -> 302.2 tok/s and fp8 301.9 -> 296.9, so that variant was not kept.
 GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-               "int4": dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
+               "int4": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, SERIAL=True),
                "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)}
 GEMM_CONFIG = {"int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
                "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=True),
@@ -452,8 +557,7 @@ def _use_gemv(rows: int, path: str | None, fmt: str, out_features: int, in_featu
         raise ValueError(f"path: {path!r} is not one of None (automatic), 'gemv', 'gemm'")
     if path is not None:
         return path == "gemv"
-    if fmt == "int4" and (in_features > INT4_GEMV_SHAPES["max_in_features"]
-                          or out_features < INT4_GEMV_SHAPES["min_out_features"]):
+    if fmt == "int4" and in_features > INT4_GEMV_MAX_IN_FEATURES:
         return False
     return rows <= GEMV_MAX_ROWS[fmt]
 
@@ -487,18 +591,21 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     m = rows.shape[0]
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
     gemv = _use_gemv(m, path, fmt, out_features, in_features)
-    cfg = {**(GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt], "FAST_CVT": True}
+    cfg = dict((GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt])
     if not gemv and m > 16:
         cfg.update(GEMM_CONFIG_MANY_ROWS.get(fmt, {}))
     elif not gemv and fmt == "int4" and out_features <= INT4_NARROW["max_out_features"]:
         cfg.update(BLOCK_N=INT4_NARROW["BLOCK_N"], num_warps=INT4_NARROW["num_warps"])
+    elif gemv and fmt == "int4" and out_features <= INT4_GEMV_NARROW["max_out_features"]:
+        cfg.update(BLOCK_N=INT4_GEMV_NARROW["BLOCK_N"], BLOCK_K=INT4_GEMV_NARROW["BLOCK_K"])
+    elif gemv and fmt == "int4":
+        cfg["BLOCK_K"] = _whole_steps(in_features, cfg["BLOCK_K"])
     cfg.update(config or {})
-    cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
     if not gemv:
         if "BLOCK_M" not in (config or {}):
             cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
-    if fmt == "int4":   # GEMV: within one group; GEMM: within one group, or two whole ones
-        cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size * (1 if gemv or cfg["BLOCK_K"] < group_size else 2))
+        if fmt == "int4":   # within one group, or two whole ones
+            cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size * (1 if cfg["BLOCK_K"] < group_size else 2))
     block_k = cfg["BLOCK_K"]
     grid_n = triton.cdiv(out_features, cfg["BLOCK_N"])
     grid_m = m if gemv else triton.cdiv(m, cfg["BLOCK_M"])
@@ -510,17 +617,40 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     counters = _split_counters(x.device, grid_n * grid_m) if split_k > 1 and cfg.get("SERIAL") else None
     cfg["SERIAL"] = counters is not None
     zeros_arg = zeros if zeros is not None else scale
-    kernel = _gemv_kernel if gemv else _gemm_kernel
+    if gemv and fmt == "int4":
+        kernel, x_arg, stride_xm = _int4_gemv_kernel, *_as_int32_pairs(rows)
+        cfg.setdefault("PACKED_CVT", x.is_cuda)
+        cfg.update(X_PAIRS=x_arg is not rows, X_BF16=rows.dtype == torch.bfloat16)
+    else:
+        kernel, x_arg, stride_xm = _gemv_kernel if gemv else _gemm_kernel, rows, rows.stride(0)
+        cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
+        cfg.update(FMT=fmt, FAST_CVT=True)
     pdl = pdl_enabled(x.device)
     kernel[(grid_n, grid_m, split_k)](
-        rows, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
+        x_arg, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
         counters if counters is not None else part, m, out_features, in_features, k_per_split,
-        rows.stride(0), weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
-        FMT=fmt, GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
+        stride_xm, weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
+        GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
         EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, PDL=pdl, **cfg, **launch_options(pdl))
     if split_k > 1 and counters is None:
         sum_splits(part, bias, y)
     return y.view(*x.shape[:-1], out_features)
+
+
+def _whole_steps(in_features: int, block_k: int) -> int:
+    """The int4 GEMV's K step: ``block_k``, halved (down to 128) until it divides the inputs, so every
+    step loads without predicates (0.5B: 896 inputs take steps of 128, 4864 of 256)."""
+    while block_k > 128 and in_features % block_k:
+        block_k //= 2
+    return block_k
+
+
+def _as_int32_pairs(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(x, its row stride) for the int4 GEMV: 16-bit rows viewed two values to an int32 (the GEMV
+    loads a pair at a time), or the rows themselves where they cannot be (float32, odd offsets)."""
+    if rows.element_size() == 2 and rows.stride(0) % 2 == 0 and rows.storage_offset() % 2 == 0:
+        return rows.view(torch.int32), rows.stride(0) // 2
+    return rows, rows.stride(0)
 
 
 def k_slices(in_features: int, split_k: int, block_k: int) -> tuple[int, int]:
