@@ -165,20 +165,6 @@ def _int4_values(packed, zero, DTYPE: tl.constexpr, PACKED_CVT: tl.constexpr):
 
 
 @triton.jit
-def _int4_group(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP: tl.constexpr,
-                HAS_ZEROS: tl.constexpr):
-    """Scale and zero point [BLOCK_N] (float32) of the group holding input k0; of the last group
-    for k0 past K (a tile there has zero x, so any finite scale will do)."""
-    group = tl.minimum(k0, K - 1) // GROUP
-    scale = tl.load(scales_ptr + cols * stride_sn + group, mask=col_ok, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + cols * stride_zn + group, mask=col_ok, other=0).to(tl.float32)
-    else:
-        zero = tl.full(scale.shape, 8.0, tl.float32)
-    return scale, zero
-
-
-@triton.jit
 def _int4_groups(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP: tl.constexpr,
                  HAS_ZEROS: tl.constexpr, SUB_K: tl.constexpr, NG: tl.constexpr):
     """Scales and zero points [BLOCK_N, NG] (float32) of the NG pieces of SUB_K inputs from k0 on (the
@@ -300,9 +286,9 @@ def _load_x(pointers, in_k, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _int4_step_bytes(w_rows, in_step, col_ok, k0, k_end, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The packed weights of the GEMV step at input k0 ([BLOCK_N, chunks, 16] uint8), zeros past k_end."""
-    half = tl.multiple_of(k0 // 2, BLOCK_K // 2) + in_step
+def _int4_step_bytes(w_rows, half, col_ok, k_end, EVEN_K: tl.constexpr):
+    """The packed weights at byte offsets ``half`` of the GEMV's rows ([BLOCK_N, chunks, 16] uint8),
+    zeros past k_end."""
     if EVEN_K:
         mask = col_ok[:, None, None]
     else:
@@ -341,7 +327,7 @@ def _int4_gemv_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
         half = tl.multiple_of(k0 // 2, BLOCK_K // 2) + in_step
-        packed = _int4_step_bytes(w_rows, in_step, col_ok, k0, k_end, K, EVEN_K, BLOCK_K)
+        packed = _int4_step_bytes(w_rows, half, col_ok, k_end, EVEN_K)
         x_even, x_odd = _x_even_odd(x_row, half, K, EVEN_K, X_PAIRS, X_BF16)
         scale, zero = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP,
                                    HAS_ZEROS, 32, CHUNKS)   # one group a chunk: [BLOCK_N, chunks]
