@@ -53,7 +53,7 @@ from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 # int4 takes the GEMV at one row of short layers only (INT4_GEMV_MAX_IN_FEATURES); elsewhere its GEMM wins.
 GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 1}
 # int4 at one row: the GEMV (_int4_gemv_kernel) where K is too short for the GEMM's pipeline to reach
-# a steady state. Measured, H100, 2026-11-25, weights rotated through 4x the L2 (docs/benchmarks.md,
+# a steady state. Measured, H100, 2026-11-26, weights rotated through 4x the L2 (docs/benchmarks.md,
 # "Day 3"): 0.5B qkv 1152x896 / o 896x896 / gate_up 9728x896: GEMV 2.6 / 2.1 / 6.8 us, GEMM 4.0 / 3.8 /
 # 9.7 (the GEMV before this one: 6.4 on gate_up); at K 3584 and more the GEMM won every 7B layer (GEMV
 # against GEMM: qkv 9.4 / 9.0, o 8.6 / 7.7, gate_up 42.1 / 38.8, down 25.9 / 23.1 at their best K
@@ -464,7 +464,7 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # (INT4_NARROW), which gives them twice the column tiles. BLOCK_K 256 spans two groups of 128, so each
 # weight row is read 128 contiguous bytes at a time; 512 (four groups) and num_stages 4 were slower
 # everywhere (more shared memory a program, fewer programs a multiprocessor). The GEMV (one row, K <=
-# 1024; 2026-11-25 "Day 3" sweep, 10 settings): 16 rows a program in steps of 512 inputs, halved until
+# 1024; 2026-11-26 "Day 3" sweep, 10 settings): 16 rows a program in steps of 512 inputs, halved until
 # they divide K (_whole_steps), 4 warps; narrow layers INT4_GEMV_NARROW. Steps of 1024 at 16 rows, or
 # 1024 at 32 rows over 8 warps, ran 3-7x slower on 7B layers (their registers spill); loading the next
 # step's weights during the current one cost more than it hid (the loop-carried bytes are re-packed).
