@@ -11,10 +11,12 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup serve test model bench chart help
+.PHONY: setup serve test test-fast lint model bench chart help
 help:
 	@echo "make serve   start tritonserver with MODEL (default: the offline demo model) on 8000/8001/8002"
-	@echo "make test    install everything and run every test"
+	@echo "make test    install everything, lint, and run every test"
+	@echo "make test-fast  the unit tests only (engine, kernels, quantization, architecture): no server, no chart"
+	@echo "make lint    ruff lint + format check (one config: pyproject.toml)"
 	@echo "make bench   the engine's offline throughput on MODEL (a table); GPU: benchmarks/gpu_bench.py"
 	@echo "make chart   lint the Helm chart and regenerate k8s/ from it"
 
@@ -39,8 +41,15 @@ model: $(DEMO_MODEL)/config.json
 serve: setup model
 	$(PY) scripts/serve.py --model $(MODEL) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: setup model
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint model
 	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q tests/architecture tests/engine tests/kernels tests/quant
 
 bench: setup model
 	$(PY) -m qwen_triton.cli bench --model $(MODEL) -n 16 --prompt-tokens 128 --max-tokens 64

@@ -32,8 +32,10 @@ def main() -> int:
         start = time.perf_counter()
         engine = engine_for(checkpoint, fmt, max_num_seqs=16)
         built = time.perf_counter() - start
-        ttfts = [1e3 * run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, args.prompt_tokens), 8)["ttft_s"][0]
-                 for _ in range(args.requests)]
+        ttfts = [
+            1e3 * run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, args.prompt_tokens), 8)["ttft_s"][0]
+            for _ in range(args.requests)
+        ]
         print(f"| {shape} | {fmt} | {built:.1f} | {' / '.join(f'{t:.1f}' for t in ttfts)} |", flush=True)
         del engine
         release()

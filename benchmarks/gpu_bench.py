@@ -29,18 +29,39 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
 
-from qwen_triton.config import EngineConfig  # noqa: E402
-from qwen_triton.engine import LLMEngine  # noqa: E402
-from qwen_triton.sampling_params import SamplingParams  # noqa: E402
+from qwen_triton.engine.config import EngineConfig  # noqa: E402
+from qwen_triton.engine.llm_engine import LLMEngine  # noqa: E402
+from qwen_triton.engine.sampling_params import SamplingParams  # noqa: E402
 
 # Public Qwen2.5 config.json values (hidden, intermediate, layers, heads, kv heads, vocab, tied).
 SHAPES = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 FORMATS = ["none", "int8", "int4", "fp8", "layered"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -84,8 +105,14 @@ def make_checkpoint(shape: str, tokenizer_dir: Path, root: Path) -> Path:
 
     out = root / f"qwen2.5-{shape}-random"
     out.mkdir(parents=True, exist_ok=True)
-    Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                bos_token_id=151643, eos_token_id=151645).save_pretrained(out)
+    Qwen2Config(
+        **SHAPES[shape],
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ).save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, out / name)
@@ -93,9 +120,18 @@ def make_checkpoint(shape: str, tokenizer_dir: Path, root: Path) -> Path:
 
 
 def engine_for(checkpoint: Path, quantization: str = "none", **extra) -> LLMEngine:
-    settings = dict(model=str(checkpoint), load_format="random", dtype="bfloat16", device="cuda",
-                    quantization=quantization, max_model_len=2048, max_num_seqs=256,
-                    max_num_batched_tokens=8192, kv_cache_bytes=24 * 2**30, enable_prefix_caching=False)
+    settings = dict(
+        model=str(checkpoint),
+        load_format="random",
+        dtype="bfloat16",
+        device="cuda",
+        quantization=quantization,
+        max_model_len=2048,
+        max_num_seqs=256,
+        max_num_batched_tokens=8192,
+        kv_cache_bytes=24 * 2**30,
+        enable_prefix_caching=False,
+    )
     settings.update(extra)
     return LLMEngine(EngineConfig(**settings))
 
@@ -109,7 +145,7 @@ def release() -> None:
 def bytes_read_per_step(engine: LLMEngine) -> int:
     """Weights a decode step reads: every parameter/buffer but the embedding table (one row per token),
     which is read whole only when it doubles as the tied LM head."""
-    from qwen_triton.quantization import model_bytes
+    from qwen_triton.quantization.quantize import model_bytes
 
     total = model_bytes(engine.model)
     if not engine.model.tie_word_embeddings:
@@ -139,8 +175,13 @@ def run_requests(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -
                 first[out.request_id] = now - start
             last[out.request_id] = now
     elapsed = time.perf_counter() - start
-    return {"elapsed_s": elapsed, "output_tokens": generated, "output_tok_per_s": generated / elapsed,
-            "ttft_s": sorted(first.values()), "itl_s": sorted(gaps)}
+    return {
+        "elapsed_s": elapsed,
+        "output_tokens": generated,
+        "output_tok_per_s": generated / elapsed,
+        "ttft_s": sorted(first.values()),
+        "itl_s": sorted(gaps),
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -157,7 +198,11 @@ def decode_batch1(engine: LLMEngine, max_tokens: int = 256) -> float:
 
 # The seed README compared "native", "8-bit" and "optimized" loading by latency, QPS and memory; these
 # are the formats that fill those rows, measured.
-SEED_ROWS = {"none": "native (bf16)", "int8": "8-bit (int8 weights)", "layered": "optimized (layered: MLP int4, attention int8)"}
+SEED_ROWS = {
+    "none": "native (bf16)",
+    "int8": "8-bit (int8 weights)",
+    "layered": "optimized (layered: MLP int4, attention int8)",
+}
 SEED_CONCURRENCY = 16
 
 
@@ -168,9 +213,13 @@ def service_figures(engine: LLMEngine, decode_tok_s: float) -> dict:
     alone = run_requests(engine, prompt_ids(vocab, 1, 512), 256)
     load = run_requests(engine, prompt_ids(vocab, SEED_CONCURRENCY, 512), 256)
     kv_bytes = SEED_CONCURRENCY * 768 * engine.kv_cache.spec.bytes_per_token()
-    return {"request_latency_s": alone["elapsed_s"], "ttft_512_s": alone["ttft_s"][0],
-            "ms_per_token": 1e3 / decode_tok_s, "qps": SEED_CONCURRENCY / load["elapsed_s"],
-            "memory_bytes": bytes_read_per_step(engine) + kv_bytes}
+    return {
+        "request_latency_s": alone["elapsed_s"],
+        "ttft_512_s": alone["ttft_s"][0],
+        "ms_per_token": 1e3 / decode_tok_s,
+        "qps": SEED_CONCURRENCY / load["elapsed_s"],
+        "memory_bytes": bytes_read_per_step(engine) + kv_bytes,
+    }
 
 
 def hf_eager(checkpoint: Path, batch: int, new_tokens: int = 128) -> float:
@@ -198,25 +247,43 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
 
     torch.manual_seed(0)
     tiny = root / "tiny-qwen2"
-    Qwen2Config(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                tie_word_embeddings=True, initializer_range=0.2).save_pretrained(tiny)
+    Qwen2Config(
+        vocab_size=49152,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    ).save_pretrained(tiny)
     Qwen2ForCausalLM(Qwen2Config.from_pretrained(tiny)).save_pretrained(tiny)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, tiny / name)
     prompts = prompt_ids(49152, 6, 40)
     reference = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).cuda()
-    expected = [reference.generate(torch.tensor([p], device="cuda"), max_new_tokens=24, do_sample=False,
-                                   pad_token_id=0)[0, 40:].tolist() for p in prompts]
+    expected = [
+        reference.generate(torch.tensor([p], device="cuda"), max_new_tokens=24, do_sample=False, pad_token_id=0)[
+            0, 40:
+        ].tolist()
+        for p in prompts
+    ]
     del reference
     release()
     results = {}
-    for name, settings in {"fp32_graphs": dict(dtype="float32"), "fp32_eager": dict(dtype="float32", cuda_graphs=False),
-                           "bf16_graphs": dict(dtype="bfloat16"), "bf16_eager": dict(dtype="bfloat16", cuda_graphs=False)
-                           }.items():
-        engine = LLMEngine(EngineConfig(model=str(tiny), device="cuda", max_model_len=512, max_num_seqs=16,
-                                        kv_cache_bytes=2**28, **settings))
+    for name, settings in {
+        "fp32_graphs": dict(dtype="float32"),
+        "fp32_eager": dict(dtype="float32", cuda_graphs=False),
+        "bf16_graphs": dict(dtype="bfloat16"),
+        "bf16_eager": dict(dtype="bfloat16", cuda_graphs=False),
+    }.items():
+        engine = LLMEngine(
+            EngineConfig(
+                model=str(tiny), device="cuda", max_model_len=512, max_num_seqs=16, kv_cache_bytes=2**28, **settings
+            )
+        )
         out = {}
         for i, p in enumerate(prompts):
             engine.add_request(f"p{i}", p, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
@@ -227,9 +294,12 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
         results[name + "_graphs_captured"] = len(engine.runner.graphs)
         del engine
         release()
-    gate = {"fp32_graphs_eq_hf": results["fp32_graphs"] == expected, "fp32_eager_eq_hf": results["fp32_eager"] == expected,
-            "bf16_graphs_eq_eager": results["bf16_graphs"] == results["bf16_eager"],
-            "graphs_captured": results["fp32_graphs_graphs_captured"]}
+    gate = {
+        "fp32_graphs_eq_hf": results["fp32_graphs"] == expected,
+        "fp32_eager_eq_hf": results["fp32_eager"] == expected,
+        "bf16_graphs_eq_eager": results["bf16_graphs"] == results["bf16_eager"],
+        "graphs_captured": results["fp32_graphs_graphs_captured"],
+    }
     log("correctness gate:", gate)
     return gate
 
@@ -247,8 +317,12 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
         weight_bytes = bytes_read_per_step(engine)
         tok_s = decode_batch1(engine)
         bound = bw / weight_bytes
-        result["decode"][fmt] = {"tok_per_s": tok_s, "bound_tok_per_s": bound, "fraction": tok_s / bound,
-                                 "weight_bytes": weight_bytes}
+        result["decode"][fmt] = {
+            "tok_per_s": tok_s,
+            "bound_tok_per_s": bound,
+            "fraction": tok_s / bound,
+            "weight_bytes": weight_bytes,
+        }
         log(f"{shape} {fmt}: {tok_s:.1f} tok/s, bound {bound:.1f} ({100 * tok_s / bound:.0f} %)")
         if fmt in SEED_ROWS:
             result["decode"][fmt]["service"] = service_figures(engine, tok_s)
@@ -274,11 +348,16 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
         step_bytes = weight_bytes + n * (512 + 128) * kv_token
         step_s = max(step_bytes / bw, n * flops_per_token / bounds["bf16_flops_per_s"])
         bound = n * 256 / (prefill_s + 255 * step_s)
-        result["throughput"][n] = {"output_tok_per_s": r["output_tok_per_s"], "bound_tok_per_s": bound,
-                                   "fraction": r["output_tok_per_s"] / bound,
-                                   "ttft_p50_ms": 1e3 * pct(r["ttft_s"], 0.5), "ttft_p99_ms": 1e3 * pct(r["ttft_s"], 0.99),
-                                   "itl_p50_ms": 1e3 * pct(r["itl_s"], 0.5), "itl_p99_ms": 1e3 * pct(r["itl_s"], 0.99),
-                                   "step_bound_ms": 1e3 * step_s}
+        result["throughput"][n] = {
+            "output_tok_per_s": r["output_tok_per_s"],
+            "bound_tok_per_s": bound,
+            "fraction": r["output_tok_per_s"] / bound,
+            "ttft_p50_ms": 1e3 * pct(r["ttft_s"], 0.5),
+            "ttft_p99_ms": 1e3 * pct(r["ttft_s"], 0.99),
+            "itl_p50_ms": 1e3 * pct(r["itl_s"], 0.5),
+            "itl_p99_ms": 1e3 * pct(r["itl_s"], 0.99),
+            "step_bound_ms": 1e3 * step_s,
+        }
         log(shape, n, result["throughput"][n])
     del engine
     release()
@@ -289,8 +368,10 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
 
 def print_tables(report: dict) -> None:
     c = report["ceilings"]
-    log(f"\nDevice: {report['device']}; copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
-        f"bf16 matmul {c['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    log(
+        f"\nDevice: {report['device']}; copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+        f"bf16 matmul {c['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s"
+    )
     log("\n| shape | format | weights GB | decode tok/s (batch 1) | bound tok/s | % of bound | HF eager bf16 |")
     log("|---|---|---|---|---|---|---|")
     for s in report["shapes"]:
@@ -298,26 +379,36 @@ def print_tables(report: dict) -> None:
             if "error" in d:
                 log(f"| {s['shape']} | {fmt} | - | failed: {d['error'][:60]} | | | |")
                 continue
-            log(f"| {s['shape']} | {fmt} | {d['weight_bytes'] / 1e9:.2f} | {d['tok_per_s']:.1f} | "
-                f"{d['bound_tok_per_s']:.1f} | {100 * d['fraction']:.0f} % | {s['hf_eager_bf16_batch1_tok_per_s']:.1f} |")
-    log("\n| shape | setup | latency of one 512+256 request s | ms/token (batch 1) | TTFT 512 ms | "
-        f"QPS at {SEED_CONCURRENCY} concurrent | memory GB (weights + KV of {SEED_CONCURRENCY} x 768 tokens) |")
+            log(
+                f"| {s['shape']} | {fmt} | {d['weight_bytes'] / 1e9:.2f} | {d['tok_per_s']:.1f} | "
+                f"{d['bound_tok_per_s']:.1f} | {100 * d['fraction']:.0f} % | {s['hf_eager_bf16_batch1_tok_per_s']:.1f} |"
+            )
+    log(
+        "\n| shape | setup | latency of one 512+256 request s | ms/token (batch 1) | TTFT 512 ms | "
+        f"QPS at {SEED_CONCURRENCY} concurrent | memory GB (weights + KV of {SEED_CONCURRENCY} x 768 tokens) |"
+    )
     log("|---|---|---|---|---|---|---|")
     for s in report["shapes"]:
         for fmt, label in SEED_ROWS.items():
             f = s["decode"].get(fmt, {}).get("service")
             if f:
-                log(f"| {s['shape']} | {label} | {f['request_latency_s']:.2f} | {f['ms_per_token']:.2f} | "
-                    f"{1e3 * f['ttft_512_s']:.1f} | {f['qps']:.2f} | {f['memory_bytes'] / 1e9:.1f} |")
+                log(
+                    f"| {s['shape']} | {label} | {f['request_latency_s']:.2f} | {f['ms_per_token']:.2f} | "
+                    f"{1e3 * f['ttft_512_s']:.1f} | {f['qps']:.2f} | {f['memory_bytes'] / 1e9:.1f} |"
+                )
     log("\n| shape | concurrent | output tok/s | bound tok/s | % | TTFT p50/p99 ms | ITL p50/p99 ms | step bound ms |")
     log("|---|---|---|---|---|---|---|---|")
     for s in report["shapes"]:
         for n, t in s["throughput"].items():
-            log(f"| {s['shape']} | {n} | {t['output_tok_per_s']:.0f} | {t['bound_tok_per_s']:.0f} | "
+            log(
+                f"| {s['shape']} | {n} | {t['output_tok_per_s']:.0f} | {t['bound_tok_per_s']:.0f} | "
                 f"{100 * t['fraction']:.0f} % | {t['ttft_p50_ms']:.0f} / {t['ttft_p99_ms']:.0f} | "
-                f"{t['itl_p50_ms']:.1f} / {t['itl_p99_ms']:.1f} | {t['step_bound_ms']:.1f} |")
-        log(f"| {s['shape']} | TTFT of one 512-token prompt: {1e3 * s['ttft_512_s']:.1f} ms | weights "
-            f"{s['weight_bytes'] / 1e9:.2f} GB | KV {s['kv_bytes_per_token'] / 1e3:.1f} kB/token | | | | |")
+                f"{t['itl_p50_ms']:.1f} / {t['itl_p99_ms']:.1f} | {t['step_bound_ms']:.1f} |"
+            )
+        log(
+            f"| {s['shape']} | TTFT of one 512-token prompt: {1e3 * s['ttft_512_s']:.1f} ms | weights "
+            f"{s['weight_bytes'] / 1e9:.2f} GB | KV {s['kv_bytes_per_token'] / 1e3:.1f} kB/token | | | | |"
+        )
 
 
 def main() -> int:
@@ -330,15 +421,27 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "ceilings": ceilings(), "shapes": []}
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "ceilings": ceilings(),
+        "shapes": [],
+    }
     log("ceilings:", report["ceilings"])
     if not args.skip_gate:
         report["gate"] = correctness_gate(args.tokenizer, root)
     for shape in filter(None, args.shapes.split(",")):  # --shapes '' runs the gate alone
         checkpoint = make_checkpoint(shape, args.tokenizer, root)
-        report["shapes"].append(bench_shape(shape, checkpoint, report["ceilings"], args.formats.split(","),
-                                            [int(n) for n in args.concurrency.split(",")]))
+        report["shapes"].append(
+            bench_shape(
+                shape,
+                checkpoint,
+                report["ceilings"],
+                args.formats.split(","),
+                [int(n) for n in args.concurrency.split(",")],
+            )
+        )
         args.out.write_text(json.dumps(report, indent=1))
     print_tables(report)
     return 0

@@ -24,28 +24,48 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python_backend"))
 
-from qwen_triton.config import EngineConfig  # noqa: E402
-from qwen_triton.engine import LLMEngine  # noqa: E402
-from qwen_triton.sampling_params import SamplingParams  # noqa: E402
+from qwen_triton.engine.config import EngineConfig  # noqa: E402
+from qwen_triton.engine.llm_engine import LLMEngine  # noqa: E402
+from qwen_triton.engine.sampling_params import SamplingParams  # noqa: E402
 
 
 def tiny_checkpoint(tokenizer_dir: Path) -> Path:
     from transformers import Qwen2Config
 
     out = Path(tempfile.mkdtemp(prefix="host-overhead-"))
-    Qwen2Config(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, max_position_embeddings=4096, tie_word_embeddings=True).save_pretrained(out)
+    Qwen2Config(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, out / name)
     return out
 
 
 def measure(checkpoint: Path, batch: int, steps: int) -> dict:
-    engine = LLMEngine(EngineConfig(model=str(checkpoint), load_format="random", device="cpu", dtype="float32",
-                                    max_model_len=2048, max_num_seqs=batch, max_num_batched_tokens=batch * 512))
+    engine = LLMEngine(
+        EngineConfig(
+            model=str(checkpoint),
+            load_format="random",
+            device="cpu",
+            dtype="float32",
+            max_model_len=2048,
+            max_num_seqs=batch,
+            max_num_batched_tokens=batch * 512,
+        )
+    )
     for i in range(batch):
-        engine.add_request(f"r{i}", [(7 * i + j) % 30000 for j in range(512)],
-                           SamplingParams(max_tokens=steps + 5, temperature=0.0, ignore_eos=True))
+        engine.add_request(
+            f"r{i}",
+            [(7 * i + j) % 30000 for j in range(512)],
+            SamplingParams(max_tokens=steps + 5, temperature=0.0, ignore_eos=True),
+        )
     engine.step()  # every prompt's prefill; decode steps follow
     forward_s, prepare_s, schedule_s, complete_s = [], [], [], []
     run, prepare = engine.runner.run, engine.runner._prepare
@@ -56,6 +76,7 @@ def measure(checkpoint: Path, batch: int, steps: int) -> dict:
             out = fn(*args, **kwargs)
             record.append(time.perf_counter() - start)
             return out
+
         return wrapper
 
     engine.runner.run = timed(run, forward_s)
@@ -67,18 +88,27 @@ def measure(checkpoint: Path, batch: int, steps: int) -> dict:
         start = time.perf_counter()
         engine.step()
         steps_s.append(time.perf_counter() - start)
-    step, runner, prep, sched, complete = (statistics.median(x) for x in
-                                           (steps_s, forward_s, prepare_s, schedule_s, complete_s))
-    return {"batch": batch, "step_ms": 1e3 * step, "prepare_ms": 1e3 * prep, "forward_ms": 1e3 * (runner - prep),
-            "rest_ms": 1e3 * (step - runner), "schedule_ms": 1e3 * sched, "complete_ms": 1e3 * complete}
+    step, runner, prep, sched, complete = (
+        statistics.median(x) for x in (steps_s, forward_s, prepare_s, schedule_s, complete_s)
+    )
+    return {
+        "batch": batch,
+        "step_ms": 1e3 * step,
+        "prepare_ms": 1e3 * prep,
+        "forward_ms": 1e3 * (runner - prep),
+        "rest_ms": 1e3 * (step - runner),
+        "schedule_ms": 1e3 * sched,
+        "complete_ms": 1e3 * complete,
+    }
 
 
 def full_collection_ms(checkpoint: Path) -> tuple[float, float, int]:
     """A full collection's time with an engine loaded: (before the freeze, after it, objects frozen)."""
-    from qwen_triton.async_engine import freeze_startup_objects
+    from qwen_triton.engine.async_engine import freeze_startup_objects
 
-    engine = LLMEngine(EngineConfig(model=str(checkpoint), load_format="random", device="cpu", dtype="float32",
-                                    max_model_len=2048))
+    engine = LLMEngine(
+        EngineConfig(model=str(checkpoint), load_format="random", device="cpu", dtype="float32", max_model_len=2048)
+    )
     timings = []
     for freeze in (False, True):
         frozen = freeze_startup_objects() if freeze else 0
@@ -101,14 +131,20 @@ def main() -> int:
     checkpoint = tiny_checkpoint(args.tokenizer)
     if args.gc:
         before, after, frozen = full_collection_ms(checkpoint)
-        print(f"full gc.collect() with an engine loaded: {before:.1f} ms; after freezing {frozen} objects: {after:.2f} ms")
-    print("| batch | step ms | batch tensors ms | forward + logits ms (CPU, tiny model) | host rest of the step ms "
-          "| of which schedule ms | of which tokens to outputs (_complete) ms |")
+        print(
+            f"full gc.collect() with an engine loaded: {before:.1f} ms; after freezing {frozen} objects: {after:.2f} ms"
+        )
+    print(
+        "| batch | step ms | batch tensors ms | forward + logits ms (CPU, tiny model) | host rest of the step ms "
+        "| of which schedule ms | of which tokens to outputs (_complete) ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batch.split(",")):
         r = measure(checkpoint, batch, args.steps)
-        print(f"| {r['batch']} | {r['step_ms']:.2f} | {r['prepare_ms']:.2f} | {r['forward_ms']:.2f} | {r['rest_ms']:.2f} "
-              f"| {r['schedule_ms']:.2f} | {r['complete_ms']:.2f} |")
+        print(
+            f"| {r['batch']} | {r['step_ms']:.2f} | {r['prepare_ms']:.2f} | {r['forward_ms']:.2f} | {r['rest_ms']:.2f} "
+            f"| {r['schedule_ms']:.2f} | {r['complete_ms']:.2f} |"
+        )
     return 0
 
 

@@ -53,11 +53,11 @@ from qwen_triton.kernels import reference as ref
 
 # Qwen2.5-7B attention and linear shapes.
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 28, 4, 128, 16
-LINEAR_SHAPES = {            # name: (out_features, in_features)
+LINEAR_SHAPES = {  # name: (out_features, in_features)
     "qkv 4608x3584": (4608, 3584),
     "o 3584x3584": (3584, 3584),
     "up 18944x3584": (18944, 3584),
-    "gate_up 37888x3584": (37888, 3584),   # the model's fused gate + up projection
+    "gate_up 37888x3584": (37888, 3584),  # the model's fused gate + up projection
     "down 3584x18944": (3584, 18944),
     # Qwen2.5-0.5B's, for the int4 GEMV at one row (by their first word: --shapes qkv05,o05,...)
     "qkv05 1152x896": (1152, 896),
@@ -66,18 +66,19 @@ LINEAR_SHAPES = {            # name: (out_features, in_features)
     "down05 896x4864": (896, 4864),
 }
 GROUP = 128
-SAVE_PROGRESS = lambda: None   # main() replaces it: write the JSON so far (a killed run keeps its numbers)
+SAVE_PROGRESS = lambda: None  # main() replaces it: write the JSON so far (a killed run keeps its numbers)
 # fp8_wo: the weight-only Triton kernel (qm.fp8_linear); fp8: Fp8Linear's _scaled_mm path (W8A8).
 LINEAR_COLUMNS = ("bf16", "int8", "int8_best", "int4", "int4_best", "fp8_wo", "fp8_wo_best", "fp8", "fp8_mm_only")
-KERNEL_FORMATS = ("int8", "int4", "fp8_wo")   # the formats our kernels serve: checked, swept
-DEVICE = "cuda"     # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
-FORMATS = set(LINEAR_COLUMNS)   # main() narrows them with --formats
-BASELINE = None     # main() sets it with --baseline: a saved copy of quant_matmul, timed as "<fmt>_base"
+KERNEL_FORMATS = ("int8", "int4", "fp8_wo")  # the formats our kernels serve: checked, swept
+DEVICE = "cuda"  # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
+FORMATS = set(LINEAR_COLUMNS)  # main() narrows them with --formats
+BASELINE = None  # main() sets it with --baseline: a saved copy of quant_matmul, timed as "<fmt>_base"
 
 
 # ------------------------------------------------------------------------------------------------
 # Timing
 # ------------------------------------------------------------------------------------------------
+
 
 def time_calls(calls, replays=20, min_calls=16):
     """Median microseconds per call: the calls (one per input copy) captured in a CUDA graph,
@@ -86,7 +87,7 @@ def time_calls(calls, replays=20, min_calls=16):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for call in calls:           # compile + warm up outside the graph
+        for call in calls:  # compile + warm up outside the graph
             call()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
@@ -121,7 +122,7 @@ def warm_up_clocks(seconds=1.0):
 def memory_bandwidths():
     """(copy, read) bytes per second: a large device-to-device copy counting bytes read + written
     (the rate the bounds use), and a large sum (bytes read only), for reference."""
-    src = torch.randn(512 * 2**20, device=DEVICE, dtype=torch.bfloat16)   # 1 GiB
+    src = torch.randn(512 * 2**20, device=DEVICE, dtype=torch.bfloat16)  # 1 GiB
     dst = torch.empty_like(src)
     total = torch.empty((), device=DEVICE, dtype=torch.float32)
     nbytes = src.numel() * src.element_size()
@@ -146,6 +147,7 @@ def copies_needed(bytes_per_copy, l2_bytes, cap=32):
 # ------------------------------------------------------------------------------------------------
 # Decode attention
 # ------------------------------------------------------------------------------------------------
+
 
 def quantize_cache(cache, kind):
     """bf16 cache -> (int8 | fp8 cache, float32 scales [num_blocks, kv_heads]) by per-block absmax."""
@@ -179,13 +181,14 @@ def check_attention(results):
     q = torch.randn(batch, HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bfloat16)
     for kind, (k, v, ks, vs) in caches.items():
         for window, sinks, splits in ((0, 0, None), (0, 0, 1), (0, 0, 7), (512, 4, None), (64, 0, 3)):
-            expected = ref.paged_decode_attention_reference(q, k, v, tables, lens, HEAD_DIM ** -0.5, ks, vs,
-                                                            window=window, sinks=sinks)
-            out = pa.paged_decode_attention(q, k, v, tables, lens, HEAD_DIM ** -0.5, ks, vs,
-                                            window=window, sinks=sinks, num_splits=splits)
+            expected = ref.paged_decode_attention_reference(
+                q, k, v, tables, lens, HEAD_DIM**-0.5, ks, vs, window=window, sinks=sinks
+            )
+            out = pa.paged_decode_attention(
+                q, k, v, tables, lens, HEAD_DIM**-0.5, ks, vs, window=window, sinks=sinks, num_splits=splits
+            )
             err = rel_error(out.cpu(), expected)
-            results.append(dict(kind=kind, window=window, sinks=sinks, splits=splits, rel_error=err,
-                                ok=err < 2e-2))
+            results.append(dict(kind=kind, window=window, sinks=sinks, splits=splits, rel_error=err, ok=err < 2e-2))
     del caches
 
 
@@ -208,46 +211,80 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
             num_blocks = copies * batch * blocks_per_seq
             caches = make_caches(num_blocks, ["bf16", "int8", "fp8"])
             perm = torch.randperm(num_blocks, device=DEVICE).int()
-            tables = [perm[i * batch * blocks_per_seq:(i + 1) * batch * blocks_per_seq].view(batch, blocks_per_seq)
-                      for i in range(copies)]
+            tables = [
+                perm[i * batch * blocks_per_seq : (i + 1) * batch * blocks_per_seq].view(batch, blocks_per_seq)
+                for i in range(copies)
+            ]
             lens = torch.full((batch,), context, dtype=torch.int32, device=DEVICE)
             q = torch.randn(batch, HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bfloat16)
             splits = pa.choose_num_splits(batch, KV_HEADS, blocks_per_seq * PAGE, q.device)
             row = dict(batch=batch, context=context, splits=splits, copies=copies)
             for kind, (k, v, ks, vs) in caches.items():
-                calls = [lambda t=t, k=k, v=v, ks=ks, vs=vs: pa.paged_decode_attention(
-                    q, k, v, t, lens, HEAD_DIM ** -0.5, ks, vs) for t in tables]
+                calls = [
+                    lambda t=t, k=k, v=v, ks=ks, vs=vs: pa.paged_decode_attention(
+                        q, k, v, t, lens, HEAD_DIM**-0.5, ks, vs
+                    )
+                    for t in tables
+                ]
                 us = time_calls(calls)[0]
                 bound_us = kv_bytes[kind] / bandwidth * 1e6
-                row[kind] = dict(us=us, bound_us=bound_us, pct_of_bound=100 * bound_us / us,
-                                 gbps=kv_bytes[kind] / us / 1e3)
+                row[kind] = dict(
+                    us=us, bound_us=bound_us, pct_of_bound=100 * bound_us / us, gbps=kv_bytes[kind] / us / 1e3
+                )
             try:
                 k, v = caches["bf16"][:2]
                 calls = [lambda t=t: sdpa_baseline(q, k, v, t, context) for t in tables[:4]]
                 row["sdpa_gather_us"] = time_calls(calls, replays=10, min_calls=4)[0]
-            except Exception as exc:   # noqa: BLE001 - report, keep benchmarking
+            except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
                 row["sdpa_gather_us"] = None
                 row["sdpa_error"] = repr(exc)[:200]
             rows.append(row)
-            print(f"attention b={batch} ctx={context}: " + ", ".join(
-                f"{kind} {row[kind]['us']:.1f}us ({row[kind]['pct_of_bound']:.0f}%)" for kind in caches)
-                + f", sdpa {row['sdpa_gather_us']}", flush=True)
+            print(
+                f"attention b={batch} ctx={context}: "
+                + ", ".join(f"{kind} {row[kind]['us']:.1f}us ({row[kind]['pct_of_bound']:.0f}%)" for kind in caches)
+                + f", sdpa {row['sdpa_gather_us']}",
+                flush=True,
+            )
             if (batch, context) in sweep_shapes:
                 k, v = caches["bf16"][:2]
-                for block_n, warps, stages, split_choice in ((64, 4, 3, None), (128, 4, 2, None),
-                                                             (64, 4, 2, splits * 2), (32, 4, 2, splits * 4)):
-                    calls = [lambda t=t: pa.paged_decode_attention(
-                        q, k, v, t, lens, HEAD_DIM ** -0.5, block_n=block_n, num_warps=warps,
-                        num_stages=stages, num_splits=split_choice) for t in tables]
+                for block_n, warps, stages, split_choice in (
+                    (64, 4, 3, None),
+                    (128, 4, 2, None),
+                    (64, 4, 2, splits * 2),
+                    (32, 4, 2, splits * 4),
+                ):
+                    calls = [
+                        lambda t=t: pa.paged_decode_attention(
+                            q,
+                            k,
+                            v,
+                            t,
+                            lens,
+                            HEAD_DIM**-0.5,
+                            block_n=block_n,
+                            num_warps=warps,
+                            num_stages=stages,
+                            num_splits=split_choice,
+                        )
+                        for t in tables
+                    ]
                     try:
                         us = time_calls(calls)[0]
                     except Exception as exc:  # noqa: BLE001
                         us = None
                         print("sweep failed", block_n, warps, stages, repr(exc)[:200])
-                    sweeps.append(dict(batch=batch, context=context, block_n=block_n, num_warps=warps,
-                                       num_stages=stages, num_splits=split_choice or splits, us=us,
-                                       pct_of_bound=None if us is None else
-                                       100 * kv_bytes["bf16"] / bandwidth * 1e6 / us))
+                    sweeps.append(
+                        dict(
+                            batch=batch,
+                            context=context,
+                            block_n=block_n,
+                            num_warps=warps,
+                            num_stages=stages,
+                            num_splits=split_choice or splits,
+                            us=us,
+                            pct_of_bound=None if us is None else 100 * kv_bytes["bf16"] / bandwidth * 1e6 / us,
+                        )
+                    )
             del caches, tables, perm
             torch.cuda.empty_cache()
             SAVE_PROGRESS()
@@ -257,9 +294,10 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
 # Quantized linears
 # ------------------------------------------------------------------------------------------------
 
+
 def make_weights(out_f, in_f):
     """One random bf16 weight and its int8 / int4 (asymmetric, group 128) / fp8 forms."""
-    from qwen_triton import quantization as quant
+    from qwen_triton.quantization import formats as quant
 
     w = torch.randn(out_f, in_f, device=DEVICE, dtype=torch.bfloat16) * 0.02
     int8 = quant.Int8Linear.from_float(w)
@@ -290,19 +328,21 @@ def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
         return lambda: kernels.int8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
     if fmt == "int4":
         m = forms["int4"]
-        return lambda: kernels.int4_linear(x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path,
-                                           split_k=split_k)
+        return lambda: kernels.int4_linear(
+            x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path, split_k=split_k
+        )
     if fmt == "fp8_wo":
         m = forms["fp8"]
         return lambda: kernels.fp8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
-    if fmt == "fp8":           # _scaled_mm with per-token activation quantization, whatever kernels are registered
+    if fmt == "fp8":  # _scaled_mm with per-token activation quantization, whatever kernels are registered
         m = forms["fp8"]
         return lambda: m._scaled_mm_forward(x)
-    if fmt == "fp8_mm_only":   # _scaled_mm alone, activations already fp8 (kernel time without the quant ops)
+    if fmt == "fp8_mm_only":  # _scaled_mm alone, activations already fp8 (kernel time without the quant ops)
         m = forms["fp8"]
         x8, xs = qm_fp8_activation(x)
-        return lambda: torch._scaled_mm(x8, m.qweight.t(), scale_a=xs, scale_b=m.scale.view(1, -1),
-                                        out_dtype=torch.bfloat16)
+        return lambda: torch._scaled_mm(
+            x8, m.qweight.t(), scale_a=xs, scale_b=m.scale.view(1, -1), out_dtype=torch.bfloat16
+        )
     raise ValueError(fmt)
 
 
@@ -326,8 +366,17 @@ def check_linears(results, shapes, formats):
                     for split_k in (None, 1, 3):
                         out = linear_call(fmt, forms, x, path=path, split_k=split_k)()
                         err = rel_error(out, expected)
-                        results.append(dict(fmt=fmt, shape=[out_f, in_f], rows=rows, path=path, split_k=split_k,
-                                            rel_error=err, ok=err < 1e-2))
+                        results.append(
+                            dict(
+                                fmt=fmt,
+                                shape=[out_f, in_f],
+                                rows=rows,
+                                path=path,
+                                split_k=split_k,
+                                rel_error=err,
+                                ok=err < 1e-2,
+                            )
+                        )
             if "int4" in formats and rows in (1, 16):
                 check_int4_variants(forms["int4"], x, results)
         del forms
@@ -338,14 +387,22 @@ def check_int4_variants(module, x, results):
     """int4 with float16 activations, and symmetric (zeros None: zero point 8) on the same codes."""
     weight = module.dequantize_weight(torch.float32)
     sym_weight = ref.int4_dequantize(module.qweight, module.scales, None, GROUP)
-    for name, xs, zeros, w in (("int4 fp16", x.half(), module.zeros, weight),
-                               ("int4 symmetric", x, None, sym_weight)):
+    for name, xs, zeros, w in (("int4 fp16", x.half(), module.zeros, weight), ("int4 symmetric", x, None, sym_weight)):
         expected = xs.float() @ w.T
         for split_k in (None, 1, 3):
             out = qm.int4_linear(xs, module.qweight, module.scales, zeros, GROUP, split_k=split_k)
             err = rel_error(out, expected)
-            results.append(dict(fmt=name, shape=list(module.qweight.shape), rows=x.shape[0], path=None,
-                                split_k=split_k, rel_error=err, ok=err < 1e-2))
+            results.append(
+                dict(
+                    fmt=name,
+                    shape=list(module.qweight.shape),
+                    rows=x.shape[0],
+                    path=None,
+                    split_k=split_k,
+                    rel_error=err,
+                    ok=err < 1e-2,
+                )
+            )
 
 
 def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps, shapes, sweep_formats):
@@ -372,37 +429,64 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps, shapes, swee
             rows_out.append(row)
             sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats)
             for fmt in KERNEL_FORMATS:
-                tried = [s for s in sweeps if s["shape"] == name and s["rows"] == rows and s["fmt"] == fmt
-                         and s.get("us") and "config" in s]
+                tried = [
+                    s
+                    for s in sweeps
+                    if s["shape"] == name and s["rows"] == rows and s["fmt"] == fmt and s.get("us") and "config" in s
+                ]
                 if tried:
                     best = min(tried, key=lambda s: s["us"])
-                    row[fmt + "_best"] = dict(us=best["us"], pct_of_bound=best["pct_of_bound"],
-                                              config=best["config"], split_k=best["split_k"], path=best.get("path"))
-            print(f"linear {name} rows={rows}: " + ", ".join(
-                f"{f} {row[f]['us']:.1f}us ({row[f]['pct_of_bound']:.0f}%)" if "us" in row[f] else f"{f} err"
-                for f in linear_columns() if f in row), flush=True)
+                    row[fmt + "_best"] = dict(
+                        us=best["us"],
+                        pct_of_bound=best["pct_of_bound"],
+                        config=best["config"],
+                        split_k=best["split_k"],
+                        path=best.get("path"),
+                    )
+            print(
+                f"linear {name} rows={rows}: "
+                + ", ".join(
+                    f"{f} {row[f]['us']:.1f}us ({row[f]['pct_of_bound']:.0f}%)" if "us" in row[f] else f"{f} err"
+                    for f in linear_columns()
+                    if f in row
+                ),
+                flush=True,
+            )
         del sets, base
         torch.cuda.empty_cache()
         SAVE_PROGRESS()
 
 
-BYTE_GEMV_SWEEP = [dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
-                   dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4)]
+BYTE_GEMV_SWEEP = [
+    dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+    dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8),
+    dict(BLOCK_N=16, BLOCK_K=512, num_warps=4),
+]
 GEMV_SWEEP = {
     "int8": BYTE_GEMV_SWEEP,
-    "fp8_wo": BYTE_GEMV_SWEEP,       # one byte per weight like int8; its conversion differs
+    "fp8_wo": BYTE_GEMV_SWEEP,  # one byte per weight like int8; its conversion differs
     # int4's GEMV (quant_matmul._int4_gemv_kernel), its default first: BLOCK_K inputs a step in
     # chunks of 32 (16 bytes, one a thread), BLOCK_N rows a program; num_stages > 1 asks Triton to
     # pipeline its loads.
-    "int4": [dict(BLOCK_N=16, BLOCK_K=512, num_warps=4), dict(BLOCK_N=16, BLOCK_K=1024, num_warps=4),
-             dict(BLOCK_N=32, BLOCK_K=512, num_warps=4), dict(BLOCK_N=32, BLOCK_K=1024, num_warps=8),
-             dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4), dict(BLOCK_N=64, BLOCK_K=512, num_warps=8),
-             dict(BLOCK_N=32, BLOCK_K=256, num_warps=4), dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3),
-             dict(BLOCK_N=32, BLOCK_K=128, num_warps=4), dict(BLOCK_N=64, BLOCK_K=128, num_warps=4)],
+    "int4": [
+        dict(BLOCK_N=16, BLOCK_K=512, num_warps=4),
+        dict(BLOCK_N=16, BLOCK_K=1024, num_warps=4),
+        dict(BLOCK_N=32, BLOCK_K=512, num_warps=4),
+        dict(BLOCK_N=32, BLOCK_K=1024, num_warps=8),
+        dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4),
+        dict(BLOCK_N=64, BLOCK_K=512, num_warps=8),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3),
+        dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
+    ],
 }
-BYTE_GEMM_SWEEP = [dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-                   dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
-                   dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4)]
+BYTE_GEMM_SWEEP = [
+    dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
+    dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+    dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4),
+]
 GEMM_SWEEP = {
     "int8": BYTE_GEMM_SWEEP,
     "fp8_wo": BYTE_GEMM_SWEEP,
@@ -410,14 +494,16 @@ GEMM_SWEEP = {
     # BLOCK_K 256 spans two groups of 128 (128 contiguous bytes of each weight row; the kernel takes
     # at most two groups a step). SERIAL=False: the separate split-sum kernel; PACKED_CVT=False: the
     # pure-Triton conversion. Out < 2048 (INT4_NARROW) runs BLOCK_N 32 / 2 warps by default.
-    "int4": [dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3),
-             dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3),
-             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=2),
-             dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=2),
-             dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
-             dict(BLOCK_N=128, BLOCK_K=256, num_warps=4, num_stages=3),
-             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=False),
-             dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, PACKED_CVT=False)],
+    "int4": [
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=3),
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=2),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=2, num_stages=2),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+        dict(BLOCK_N=128, BLOCK_K=256, num_warps=4, num_stages=3),
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=False),
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, PACKED_CVT=False),
+    ],
 }
 EXTRA_SPLITS = (2, 4, 8, 16)
 
@@ -447,27 +533,45 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
         configs = GEMV_SWEEP[fmt] if uses_gemv(qm, fmt, rows, name) else GEMM_SWEEP[fmt]
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
         for i, config in enumerate(configs):
-            if fmt == "int4":   # many configs: other splits for the first (the default) only
+            if fmt == "int4":  # many configs: other splits for the first (the default) only
                 splits = (None, 1) + EXTRA_SPLITS if i == 0 else (None,)
             else:
                 splits = (None, 1)
             for split_k in splits:
                 us = timed(fmt, config=config, split_k=split_k)
-                sweeps.append(dict(fmt=fmt, shape=name, rows=rows, config=config, split_k=split_k, us=us,
-                                   pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
-        if rows in (1, 2, 4):   # where is the GEMV / GEMM crossover?
+                sweeps.append(
+                    dict(
+                        fmt=fmt,
+                        shape=name,
+                        rows=rows,
+                        config=config,
+                        split_k=split_k,
+                        us=us,
+                        pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us,
+                    )
+                )
+        if rows in (1, 2, 4):  # where is the GEMV / GEMM crossover?
             for path in ("gemv", "gemm"):
                 us = timed(fmt, path=path)
-                sweeps.append(dict(fmt=fmt, shape=name, rows=rows, path=path, config=None, split_k=None, us=us,
-                                   pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us))
-
+                sweeps.append(
+                    dict(
+                        fmt=fmt,
+                        shape=name,
+                        rows=rows,
+                        path=path,
+                        config=None,
+                        split_k=None,
+                        us=us,
+                        pct_of_bound=None if us is None else 100 * moved / bandwidth * 1e6 / us,
+                    )
+                )
 
 
 # ------------------------------------------------------------------------------------------------
 # Dense few-row linears (kernels/dense_gemv.py) against cuBLAS
 # ------------------------------------------------------------------------------------------------
 
-DENSE_SHAPES = {             # name: (out_features, in_features, bias, SiLU*up fused in front)
+DENSE_SHAPES = {  # name: (out_features, in_features, bias, SiLU*up fused in front)
     "7b qkv 4608x3584": (4608, 3584, True, False),
     "7b o 3584x3584": (3584, 3584, False, False),
     "7b gate_up 37888x3584": (37888, 3584, False, False),
@@ -479,25 +583,46 @@ DENSE_SHAPES = {             # name: (out_features, in_features, bias, SiLU*up f
 }
 # Launch settings tried per rows of x (the default first); each with the K splits of DENSE_SPLITS.
 DENSE_SWEEP = {
-    1: [None, dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4), dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8),
-        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4), dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
-        dict(BLOCK_N=8, BLOCK_K=256, num_warps=4), dict(BLOCK_N=16, BLOCK_K=256, num_warps=4)],
-    2: [None, dict(BLOCK_N=4, BLOCK_K=512, num_warps=4), dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
-        dict(BLOCK_N=8, BLOCK_K=512, num_warps=8)],
-    4: [None, dict(BLOCK_N=4, BLOCK_K=256, num_warps=4), dict(BLOCK_N=8, BLOCK_K=512, num_warps=8),
-        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4)],
+    1: [
+        None,
+        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+        dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8),
+        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+        dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
+        dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4),
+    ],
+    2: [
+        None,
+        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+        dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=8),
+    ],
+    4: [
+        None,
+        dict(BLOCK_N=4, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=8),
+        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+    ],
 }
 DENSE_SPLITS = (None, 1, 2, 4)
 # With SiLU*up fused in, more weight rows a thread share each SiLU; narrower tiles need more K splits.
-DENSE_SILU_SWEEP = {1: [None, dict(BLOCK_N=16, BLOCK_K=256, num_warps=4), dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
-                        dict(BLOCK_N=32, BLOCK_K=256, num_warps=8), dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
-                        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4)]}
+DENSE_SILU_SWEEP = {
+    1: [
+        None,
+        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=8),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+    ]
+}
 DENSE_SILU_SPLITS = (None, 2, 4, 6, 8)
 
 
 def dense_case(out_f, in_f, bias, silu, rows, dtype=torch.bfloat16):
     """(weight, bias or None, x): x is the gate_up output [rows, 2 * in] when SiLU*up is fused in."""
-    weight = (torch.randn(out_f, in_f, device=DEVICE) * in_f ** -0.5).to(dtype)
+    weight = (torch.randn(out_f, in_f, device=DEVICE) * in_f**-0.5).to(dtype)
     b = torch.randn(out_f, device=DEVICE).to(dtype) if bias else None
     x = torch.randn(rows, 2 * in_f if silu else in_f, device=DEVICE).to(dtype)
     return weight, b, x
@@ -531,13 +656,22 @@ def check_dense(results):
     for out_f, in_f, bias, silu in shapes:
         for dtype in (torch.bfloat16, torch.float16) if out_f in (4608, 1000) else (torch.bfloat16,):
             weight, b, _ = dense_case(out_f, in_f, bias, silu, 1, dtype)
-            for rows in (1, 3, 6):   # launches of 1, 3, 4 + 2 rows
+            for rows in (1, 3, 6):  # launches of 1, 3, 4 + 2 rows
                 x = dense_case(1, in_f, False, silu, rows, dtype)[2]
                 expected = dense_reference(weight, b, x, silu)
                 for split_k in (None, 3):
                     err = rel_error(dense_call("gemv", weight, b, x, silu, split_k=split_k)(), expected)
-                    results.append(dict(fmt=f"dense {dtype}", shape=[out_f, in_f], rows=rows, silu=silu,
-                                        split_k=split_k, rel_error=err, ok=err < 1e-2))
+                    results.append(
+                        dict(
+                            fmt=f"dense {dtype}",
+                            shape=[out_f, in_f],
+                            rows=rows,
+                            silu=silu,
+                            split_k=split_k,
+                            rel_error=err,
+                            ok=err < 1e-2,
+                        )
+                    )
     check_dense_graphs(results)
 
 
@@ -545,26 +679,34 @@ def check_dense_graphs(results):
     """Graph replays with new inputs: the split-K tile counters must be back at zero after each; and
     the path taken when a graph is captured before the counters exist (a separate sum kernel)."""
     weight, b, x = dense_case(3584, 18944, False, True, 1)
-    counters = dg._split_counters
+    counters = dg.split_counters
     for fallback in (False, True):
         if fallback:
-            dg._split_counters = lambda device, tiles: None
+            dg.split_counters = lambda device, tiles: None
         try:
             call = dense_call("gemv", weight, b, x, True, split_k=4)
-            call()   # compile outside the capture
+            call()  # compile outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = call()
         finally:
-            dg._split_counters = counters
+            dg.split_counters = counters
         for replay in range(3):
             x.copy_(torch.randn_like(x))
             graph.replay()
             torch.cuda.synchronize()
             err = rel_error(out, dense_reference(weight, b, x, True))
-            results.append(dict(fmt="dense graph" + (" fallback" if fallback else ""), shape=[3584, 18944],
-                                rows=1, replay=replay, rel_error=err, ok=err < 1e-2))
+            results.append(
+                dict(
+                    fmt="dense graph" + (" fallback" if fallback else ""),
+                    shape=[3584, 18944],
+                    rows=1,
+                    replay=replay,
+                    rel_error=err,
+                    ok=err < 1e-2,
+                )
+            )
         del graph
 
 
@@ -592,24 +734,35 @@ def bench_dense(rows_list, bandwidth, l2_bytes, rows_out, sweeps, deadline, swee
         for rows in rows_list:
             sets = dense_sets(name, rows, l2_bytes)
             bound = dense_bytes(out_f, in_f, bias, silu, rows) / bandwidth * 1e6
-            row = dict(shape=name, rows=rows, bound_us=bound, cublas_us=time_dense("cublas", sets, silu),
-                       gemv_us=time_dense("gemv", sets, silu))
+            row = dict(
+                shape=name,
+                rows=rows,
+                bound_us=bound,
+                cublas_us=time_dense("cublas", sets, silu),
+                gemv_us=time_dense("gemv", sets, silu),
+            )
             rows_out.append(row)
-            print(f"dense {name} rows={rows}: cublas {row['cublas_us']} us, gemv {row['gemv_us']} us, "
-                  f"bound {bound:.1f} us", flush=True)
+            print(
+                f"dense {name} rows={rows}: cublas {row['cublas_us']} us, gemv {row['gemv_us']} us, "
+                f"bound {bound:.1f} us",
+                flush=True,
+            )
             del sets
         SAVE_PROGRESS()
     # 7B shapes first, one row first: what the deadline must not cut.
-    order = sorted(((rows, name) for rows in rows_list for name in DENSE_SHAPES if sweep_filter in name),
-                   key=lambda item: (not item[1].startswith("7b"), item[0]))
+    order = sorted(
+        ((rows, name) for rows in rows_list for name in DENSE_SHAPES if sweep_filter in name),
+        key=lambda item: (not item[1].startswith("7b"), item[0]),
+    )
     for rows, name in order:
         if time.time() > deadline:
             print("dense sweep: deadline reached", flush=True)
             return
         silu = DENSE_SHAPES[name][3]
         sets = dense_sets(name, rows, l2_bytes)
-        table, splits = (DENSE_SILU_SWEEP, DENSE_SILU_SPLITS) if silu and rows in DENSE_SILU_SWEEP else \
-            (DENSE_SWEEP, DENSE_SPLITS)
+        table, splits = (
+            (DENSE_SILU_SWEEP, DENSE_SILU_SPLITS) if silu and rows in DENSE_SILU_SWEEP else (DENSE_SWEEP, DENSE_SPLITS)
+        )
         for config in table[min(r for r in table if r >= rows)]:
             for split_k in splits:
                 us = time_dense("gemv", sets, silu, config=config, split_k=split_k)
@@ -625,11 +778,15 @@ def print_dense_table(report):
     print("(cublas: F.linear, down+silu: SiLU*up kernel + F.linear; gemv: dense_gemv defaults; best: sweep)")
     print(f"{'shape':>24} {'rows':>4} | {'bound':>6} | {'cublas':>13} | {'gemv':>13} | {'best':>13} | best config")
     for row in report["dense"]:
-        tried = [s for s in report["dense_sweep"] if s["shape"] == row["shape"] and s["rows"] == row["rows"]
-                 and s["us"]]
+        tried = [
+            s for s in report["dense_sweep"] if s["shape"] == row["shape"] and s["rows"] == row["rows"] and s["us"]
+        ]
         best = min(tried, key=lambda s: s["us"]) if tried else None
-        cells = [_dense_cell(row["cublas_us"], row["bound_us"]), _dense_cell(row["gemv_us"], row["bound_us"]),
-                 _dense_cell(best and best["us"], row["bound_us"])]
+        cells = [
+            _dense_cell(row["cublas_us"], row["bound_us"]),
+            _dense_cell(row["gemv_us"], row["bound_us"]),
+            _dense_cell(best and best["us"], row["bound_us"]),
+        ]
         where = "" if best is None else f"{best['config'] or 'default'} split {best['split_k']}"
         print(f"{row['shape']:>24} {row['rows']:>4} | {row['bound_us']:6.1f} | " + " | ".join(cells) + " | " + where)
 
@@ -642,13 +799,20 @@ def _dense_cell(us, bound):
 # Report
 # ------------------------------------------------------------------------------------------------
 
+
 def print_table(report):
-    print("\n== GPU kernels:", report["device"], "| copy bandwidth %.0f GB/s, read-only %.0f GB/s"
-          % (report["copy_bandwidth"] / 1e9, report.get("read_bandwidth", 0) / 1e9))
+    print(
+        "\n== GPU kernels:",
+        report["device"],
+        "| copy bandwidth %.0f GB/s, read-only %.0f GB/s"
+        % (report["copy_bandwidth"] / 1e9, report.get("read_bandwidth", 0) / 1e9),
+    )
     checks = report["checks"]
     bad = [c for c in checks if not c["ok"]]
-    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks pass; worst rel error "
-          f"{max((c['rel_error'] for c in checks), default=0):.2e}")
+    print(
+        f"correctness: {len(checks) - len(bad)}/{len(checks)} checks pass; worst rel error "
+        f"{max((c['rel_error'] for c in checks), default=0):.2e}"
+    )
     for c in bad[:10]:
         print("  FAIL", c)
     if report["attention"]:
@@ -659,12 +823,17 @@ def print_table(report):
 
 def print_attention_table(report):
     print("\nDecode attention, Qwen2.5-7B shape (28/4 heads, d128), us per layer call, % of bandwidth bound")
-    print(f"{'batch':>5} {'ctx':>5} {'splits':>6} | {'bf16':>14} | {'int8 KV':>14} | {'fp8 KV':>14} | {'gather+SDPA':>11}")
+    print(
+        f"{'batch':>5} {'ctx':>5} {'splits':>6} | {'bf16':>14} | {'int8 KV':>14} | {'fp8 KV':>14} | {'gather+SDPA':>11}"
+    )
     for row in report["attention"]:
         cells = [f"{row[k]['us']:8.1f} {row[k]['pct_of_bound']:4.0f}%" for k in ("bf16", "int8", "fp8")]
         sdpa = row.get("sdpa_gather_us")
-        print(f"{row['batch']:>5} {row['context']:>5} {row['splits']:>6} | " + " | ".join(cells)
-              + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}")
+        print(
+            f"{row['batch']:>5} {row['context']:>5} {row['splits']:>6} | "
+            + " | ".join(cells)
+            + f" | {sdpa if sdpa is None else f'{sdpa:9.1f}'}"
+        )
 
 
 def print_linear_table(report):
@@ -676,8 +845,10 @@ def print_linear_table(report):
     fmts = [f for f in linear_columns() if any(f in row for row in report["linears"])]
     print(f"{'shape':>16} {'rows':>4} | " + " | ".join(f"{f:>14}" for f in fmts))
     for row in report["linears"]:
-        cells = [f"{row[f]['us']:8.1f} {row[f]['pct_of_bound']:4.0f}%" if "us" in row.get(f, {}) else f"{'-':>14}"
-                 for f in fmts]
+        cells = [
+            f"{row[f]['us']:8.1f} {row[f]['pct_of_bound']:4.0f}%" if "us" in row.get(f, {}) else f"{'-':>14}"
+            for f in fmts
+        ]
         print(f"{row['shape']:>16} {row['rows']:>4} | " + " | ".join(cells))
 
 
@@ -701,18 +872,22 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16,64,256")
     parser.add_argument("--contexts", default="512,1024,2048,4096")
     parser.add_argument("--rows", default="1,4,16,64")
-    parser.add_argument("--skip", default="",
-                        help="comma list of sections to skip: checks,attention,linears,sweeps")
-    parser.add_argument("--formats", default=",".join(LINEAR_COLUMNS),
-                        help="linear formats to check and time (of %s)" % ", ".join(LINEAR_COLUMNS))
-    parser.add_argument("--shapes", default="qkv,o,up,gate_up,down",
-                        help="linear shapes by name: " + ", ".join(LINEAR_SHAPES))
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: checks,attention,linears,sweeps")
+    parser.add_argument(
+        "--formats",
+        default=",".join(LINEAR_COLUMNS),
+        help="linear formats to check and time (of %s)" % ", ".join(LINEAR_COLUMNS),
+    )
+    parser.add_argument(
+        "--shapes", default="qkv,o,up,gate_up,down", help="linear shapes by name: " + ", ".join(LINEAR_SHAPES)
+    )
     parser.add_argument("--baseline", help="a saved quant_matmul.py to time beside the current kernels")
     parser.add_argument("--sweep", help="kernel formats whose launch settings to sweep (default: those timed)")
     parser.add_argument("--check", help="kernel formats to check against the reference (default: those timed)")
     parser.add_argument("--dense-rows", default="1,2,4", help="rows of x for the bf16_gemv format")
-    parser.add_argument("--dense-deadline", type=float, default=1e9,
-                        help="seconds after the start past which the bf16_gemv sweep stops")
+    parser.add_argument(
+        "--dense-deadline", type=float, default=1e9, help="seconds after the start past which the bf16_gemv sweep stops"
+    )
     parser.add_argument("--dense-sweep-filter", default="", help="sweep only the bf16_gemv shapes naming this")
     args = parser.parse_args(argv)
     started = time.time()
@@ -731,15 +906,31 @@ def main(argv=None):
     checked = set(args.check.split(",")) if args.check is not None else FORMATS
     check_formats = [f for f in KERNEL_FORMATS if f in checked]
     props = torch.cuda.get_device_properties(0)
-    report = dict(date=time.strftime("%Y-%m-%d"), device=props.name, sms=props.multi_processor_count,
-                  l2_bytes=props.L2_cache_size, torch=torch.__version__, triton=triton.__version__,
-                  command=" ".join(sys.argv), checks=[], attention=[], attention_sweep=[], linears=[],
-                  linear_sweep=[], dense=[], dense_sweep=[], errors=[])
+    report = dict(
+        date=time.strftime("%Y-%m-%d"),
+        device=props.name,
+        sms=props.multi_processor_count,
+        l2_bytes=props.L2_cache_size,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        command=" ".join(sys.argv),
+        checks=[],
+        attention=[],
+        attention_sweep=[],
+        linears=[],
+        linear_sweep=[],
+        dense=[],
+        dense_sweep=[],
+        errors=[],
+    )
     warm_up_clocks()
     bandwidth, read_bandwidth = memory_bandwidths()
     report["copy_bandwidth"], report["read_bandwidth"] = bandwidth, read_bandwidth
-    print(f"{props.name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write), "
-          f"read-only {read_bandwidth / 1e9:.0f} GB/s", flush=True)
+    print(
+        f"{props.name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write), "
+        f"read-only {read_bandwidth / 1e9:.0f} GB/s",
+        flush=True,
+    )
 
     def save():
         with open(args.out, "w") as fh:
@@ -770,15 +961,42 @@ def main(argv=None):
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (16, 4096), (256, 4096)}
     if "attention" not in skip:
-        section("attention", bench_attention, batches, contexts, bandwidth, props.L2_cache_size,
-                sweep_shapes, report["attention"], report["attention_sweep"])
+        section(
+            "attention",
+            bench_attention,
+            batches,
+            contexts,
+            bandwidth,
+            props.L2_cache_size,
+            sweep_shapes,
+            report["attention"],
+            report["attention_sweep"],
+        )
     if "linears" not in skip:
-        section("linears", bench_linears, [int(r) for r in args.rows.split(",")], bandwidth,
-                props.L2_cache_size, report["linears"], report["linear_sweep"], shapes, sweep_formats)
+        section(
+            "linears",
+            bench_linears,
+            [int(r) for r in args.rows.split(",")],
+            bandwidth,
+            props.L2_cache_size,
+            report["linears"],
+            report["linear_sweep"],
+            shapes,
+            sweep_formats,
+        )
     if "bf16_gemv" in FORMATS:
         deadline = started + (args.dense_deadline if "sweeps" not in skip else 0)
-        section("dense", bench_dense, [int(r) for r in args.dense_rows.split(",")], bandwidth,
-                props.L2_cache_size, report["dense"], report["dense_sweep"], deadline, args.dense_sweep_filter)
+        section(
+            "dense",
+            bench_dense,
+            [int(r) for r in args.dense_rows.split(",")],
+            bandwidth,
+            props.L2_cache_size,
+            report["dense"],
+            report["dense_sweep"],
+            deadline,
+            args.dense_sweep_filter,
+        )
     print_table(report)
     print_dense_table(report)
     with open(args.out, "w") as fh:

@@ -20,14 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_bench import (FORMATS, bytes_read_per_step, ceilings, decode_batch1, engine_for, log,  # noqa: E402
-                       make_checkpoint, release)
-
+from gpu_bench import FORMATS, bytes_read_per_step, ceilings, decode_batch1, engine_for, log, make_checkpoint, release  # noqa: E402
 
 
 def measure(checkpoint: Path, fmt: str, pdl: str) -> tuple[float, int]:
     os.environ["QWEN_TRITON_PDL"] = pdl
-    engine = engine_for(checkpoint, fmt, max_num_seqs=1)   # one captured graph: batch 1
+    engine = engine_for(checkpoint, fmt, max_num_seqs=1)  # one captured graph: batch 1
     try:
         return decode_batch1(engine), bytes_read_per_step(engine)
     finally:
@@ -51,7 +49,7 @@ def main() -> int:
     for shape in args.shapes.split(","):
         checkpoint = make_checkpoint(shape, args.tokenizer, root)
         for fmt in args.formats.split(","):
-            runs = {"0": [], "1": []}   # off, on
+            runs = {"0": [], "1": []}  # off, on
             weight_bytes = 0
             for pdl in args.settings.split(",") * args.rounds:
                 tok_s, weight_bytes = measure(checkpoint, fmt, pdl)
@@ -59,16 +57,21 @@ def main() -> int:
                 log(f"{shape} {fmt} PDL={pdl}: {tok_s:.1f} tok/s")
             bound = bounds["copy_bytes_per_s"] / weight_bytes
             rows.append({"shape": shape, "format": fmt, "bound_tok_per_s": bound, "off": runs["0"], "on": runs["1"]})
-            args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "ceilings": bounds,
-                                            "rows": rows}, indent=1))
+            args.out.write_text(
+                json.dumps({"device": torch.cuda.get_device_name(), "ceilings": bounds, "rows": rows}, indent=1)
+            )
     log(f"\nDevice: {torch.cuda.get_device_name()}; copy {bounds['copy_bytes_per_s'] / 1e12:.2f} TB/s")
-    log("\n| shape | format | PDL off tok/s (each run) | PDL on tok/s (each run) | gain | bound tok/s | % of bound off / on |")
+    log(
+        "\n| shape | format | PDL off tok/s (each run) | PDL on tok/s (each run) | gain | bound tok/s | % of bound off / on |"
+    )
     log("|---|---|---|---|---|---|---|")
     for r in rows:
         off, on = max(r["off"], default=float("nan")), max(r["on"], default=float("nan"))
-        log(f"| {r['shape']} | {r['format']} | {' / '.join(f'{v:.1f}' for v in r['off'])} | "
+        log(
+            f"| {r['shape']} | {r['format']} | {' / '.join(f'{v:.1f}' for v in r['off'])} | "
             f"{' / '.join(f'{v:.1f}' for v in r['on'])} | {on / off:.3f}x | {r['bound_tok_per_s']:.1f} | "
-            f"{100 * off / r['bound_tok_per_s']:.0f} % / {100 * on / r['bound_tok_per_s']:.0f} % |")
+            f"{100 * off / r['bound_tok_per_s']:.0f} % / {100 * on / r['bound_tok_per_s']:.0f} % |"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ for each model sends the same greedy chat requests over HTTP generate, first one
 
     .venv/bin/python benchmarks/pipeline_vs_direct.py --requests 24 --concurrency 8 --max-tokens 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from conftest import free_ports  # noqa: E402  (the test fixture's helper: same way of picking ports)
 
-QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 12 times 12?",
-             "Who wrote Hamlet?", "What does a bee make?", "Which planet is the largest?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "What is 12 times 12?",
+    "Who wrote Hamlet?",
+    "What does a bee make?",
+    "Which planet is the largest?",
+]
 
 
 def one_request(url: str, model: str, index: int, max_tokens: int) -> float:
     messages = json.dumps([{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
     started = time.perf_counter()
-    reply = requests.post(f"{url}/v2/models/{model}/generate", timeout=300, json={
-        "messages": messages, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0})
+    reply = requests.post(
+        f"{url}/v2/models/{model}/generate",
+        timeout=300,
+        json={"messages": messages, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0},
+    )
     reply.raise_for_status()
     return time.perf_counter() - started
 
@@ -43,18 +53,31 @@ def measure(url: str, model: str, count: int, concurrency: int, max_tokens: int)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(lambda i: one_request(url, model, i, max_tokens), range(count)))
     wall = time.perf_counter() - started
-    return {"p50_ms": 1000 * statistics.median(sequential),
-            "mean_ms": 1000 * statistics.fmean(sequential),
-            "tokens_per_s": count * max_tokens / wall}
+    return {
+        "p50_ms": 1000 * statistics.median(sequential),
+        "mean_ms": 1000 * statistics.fmean(sequential),
+        "tokens_per_s": count * max_tokens / wall,
+    }
 
 
 def start_server(ports: list[int]):
     import subprocess
 
     http, grpc, metrics = ports
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "serve.py"), "--http-port", str(http),
-               "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--instance-kind", "cpu",
-               "--param", "max_model_len=2048"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "serve.py"),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--instance-kind",
+        "cpu",
+        "--param",
+        "max_model_len=2048",
+    ]
     log = Path("/tmp/pipeline_vs_direct.server.log")
     with open(log, "w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
@@ -80,8 +103,10 @@ def main() -> int:
         url = f"http://127.0.0.1:{ports[0]}"
     try:
         # Each model twice, interleaved, so a warming machine or a noisy neighbour shows up as spread.
-        rows = [(model, measure(url, model, args.requests, args.concurrency, args.max_tokens))
-                for model in ("qwen", "qwen_pipeline", "qwen", "qwen_pipeline")]
+        rows = [
+            (model, measure(url, model, args.requests, args.concurrency, args.max_tokens))
+            for model in ("qwen", "qwen_pipeline", "qwen", "qwen_pipeline")
+        ]
     finally:
         if process is not None:
             process.terminate()

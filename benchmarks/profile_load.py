@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import engine_for, make_checkpoint, prompt_ids, run_requests  # noqa: E402
 
-from qwen_triton.sampling_params import SamplingParams  # noqa: E402
+from qwen_triton.engine.sampling_params import SamplingParams  # noqa: E402
 
 
 def record_schedules(engine) -> list[tuple[int, int]]:
@@ -35,8 +35,11 @@ def record_schedules(engine) -> list[tuple[int, int]]:
         scheduled = schedule(*args, **kwargs)
         if not scheduled:
             return scheduled
-        decode = sum(1 for item in scheduled
-                     if item.num_tokens == 1 and item.seq.num_computed_tokens >= len(item.seq.prompt_token_ids))
+        decode = sum(
+            1
+            for item in scheduled
+            if item.num_tokens == 1 and item.seq.num_computed_tokens >= len(item.seq.prompt_token_ids)
+        )
         log.append((decode, sum(item.num_tokens for item in scheduled) - decode))
         return scheduled
 
@@ -59,8 +62,12 @@ def timed_load(engine, prompts: list[list[int]], max_tokens: int, profile_decode
     steps, table = [], None
     while engine.has_unfinished():
         start = time.perf_counter()
-        mixed_next = (profile_decode_rows and table is None
-                      and len(engine.scheduler.running) >= profile_decode_rows and engine.scheduler.waiting)
+        mixed_next = (
+            profile_decode_rows
+            and table is None
+            and len(engine.scheduler.running) >= profile_decode_rows
+            and engine.scheduler.waiting
+        )
         if mixed_next:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 engine.step()
@@ -71,18 +78,19 @@ def timed_load(engine, prompts: list[list[int]], max_tokens: int, profile_decode
         decode, prompt = log[len(steps)] if len(steps) < len(log) else (None, None)
         if mixed_next and decode >= profile_decode_rows and prompt:
             events = prof.key_averages()
-            table = (f"step of {decode} decode rows and {prompt} prompt tokens, {1e3 * elapsed:.1f} ms wall\n"
-                     + events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60)
-                     + events.table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=60))
+            table = (
+                f"step of {decode} decode rows and {prompt} prompt tokens, {1e3 * elapsed:.1f} ms wall\n"
+                + events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60)
+                + events.table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=60)
+            )
         steps.append((decode, prompt, elapsed))
     engine.config.overlap_steps = overlap
-    del engine.scheduler.schedule   # the wrapper above: back to the class's method
+    del engine.scheduler.schedule  # the wrapper above: back to the class's method
     return steps, table
 
 
 def summarize(steps) -> None:
-    phases = {"with prompt tokens": [s for s in steps if s[1]],
-              "decode only": [s for s in steps if not s[1]]}
+    phases = {"with prompt tokens": [s for s in steps if s[1]], "decode only": [s for s in steps if not s[1]]}
     total = sum(s[2] for s in steps)
     print(f"{len(steps)} steps, {total:.3f} s")
     print("| phase | steps | seconds | mean ms | median ms | prompt tokens |")
@@ -90,10 +98,11 @@ def summarize(steps) -> None:
     for name, group in phases.items():
         if group:
             times = [1e3 * s[2] for s in group]
-            print(f"| {name} | {len(group)} | {sum(times) / 1e3:.3f} | {statistics.mean(times):.1f} | "
-                  f"{statistics.median(times):.1f} | {sum(s[1] or 0 for s in group)} |")
-    print("first 12 steps (decode rows, prompt tokens, ms):",
-          [(d, p, round(1e3 * t, 1)) for d, p, t in steps[:12]])
+            print(
+                f"| {name} | {len(group)} | {sum(times) / 1e3:.3f} | {statistics.mean(times):.1f} | "
+                f"{statistics.median(times):.1f} | {sum(s[1] or 0 for s in group)} |"
+            )
+    print("first 12 steps (decode rows, prompt tokens, ms):", [(d, p, round(1e3 * t, 1)) for d, p, t in steps[:12]])
 
 
 def main() -> int:
@@ -104,10 +113,17 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    parser.add_argument("--profile-decode-rows", type=int, default=24,
-                        help="profile the first step with prompt tokens and at least this many decode rows")
-    parser.add_argument("--cold", action="store_true",
-                        help="warm up with one short request only (first sight of each step shape is timed)")
+    parser.add_argument(
+        "--profile-decode-rows",
+        type=int,
+        default=24,
+        help="profile the first step with prompt tokens and at least this many decode rows",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="warm up with one short request only (first sight of each step shape is timed)",
+    )
     args = parser.parse_args()
     checkpoint = make_checkpoint(args.shape, args.tokenizer, Path(tempfile.mkdtemp()))
     engine = engine_for(checkpoint, max_num_batched_tokens=args.max_num_batched_tokens)
@@ -116,8 +132,10 @@ def main() -> int:
     run_requests(engine, prompt_ids(vocab, warm_up, args.prompt_tokens), 4)
     prompts = prompt_ids(vocab, args.concurrency, args.prompt_tokens)
     steps, _ = timed_load(engine, prompts, args.max_tokens)
-    print(f"{args.shape}, {args.concurrency} x ({args.prompt_tokens} + {args.max_tokens}), "
-          f"max_num_batched_tokens {args.max_num_batched_tokens}{', cold' if args.cold else ''}:")
+    print(
+        f"{args.shape}, {args.concurrency} x ({args.prompt_tokens} + {args.max_tokens}), "
+        f"max_num_batched_tokens {args.max_num_batched_tokens}{', cold' if args.cold else ''}:"
+    )
     summarize(steps)
     _, table = timed_load(engine, prompts, 8, args.profile_decode_rows)
     print(table or f"no step had prompt tokens and {args.profile_decode_rows} decode rows")

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import engine_for, make_checkpoint, prompt_ids  # noqa: E402
 
-from qwen_triton.sampling_params import SamplingParams  # noqa: E402
+from qwen_triton.engine.sampling_params import SamplingParams  # noqa: E402
 
 
 def prefill_once(engine, prompts: list[list[int]], name: str) -> float:
@@ -49,7 +49,7 @@ def main() -> int:
     checkpoint = make_checkpoint(args.shape, args.tokenizer, Path(tempfile.mkdtemp()))
     engine = engine_for(checkpoint, max_num_seqs=max(8, args.batch))
     ids = prompt_ids(engine.hf_config.vocab_size, (args.repeat + 3) * args.batch, args.prompt_tokens)
-    prompts = [ids[i * args.batch:(i + 1) * args.batch] for i in range(args.repeat + 3)]
+    prompts = [ids[i * args.batch : (i + 1) * args.batch] for i in range(args.repeat + 3)]
     for i in range(2):
         prefill_once(engine, prompts[i], f"warm{i}")
     times = [prefill_once(engine, prompts[2 + i], f"p{i}") for i in range(args.repeat)]
@@ -57,10 +57,14 @@ def main() -> int:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         prefill_once(engine, prompts[-1], "profiled")
     events = prof.key_averages()
-    launches = sum(e.count for e in events if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")))
+    launches = sum(
+        e.count for e in events if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch"))
+    )
     print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
-    print(f"{args.shape}, {args.batch} x {args.prompt_tokens}-token prompt: prefill step {wall_ms:.1f} ms wall (median of "
-          f"{args.repeat}); {launches} kernel launches (GPU time: 'Self CUDA time total' above)")
+    print(
+        f"{args.shape}, {args.batch} x {args.prompt_tokens}-token prompt: prefill step {wall_ms:.1f} ms wall (median of "
+        f"{args.repeat}); {launches} kernel launches (GPU time: 'Self CUDA time total' above)"
+    )
     return 0
 
 

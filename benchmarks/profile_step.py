@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import engine_for, make_checkpoint, prompt_ids  # noqa: E402
 
-from qwen_triton.sampling_params import SamplingParams  # noqa: E402
+from qwen_triton.engine.sampling_params import SamplingParams  # noqa: E402
 
 
 def main() -> int:
@@ -35,8 +35,12 @@ def main() -> int:
     parser.add_argument("--shape", default="7b")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--dense-max-rows", type=int, default=None,
-                        help="rows up to which dense linears take the Triton GEMV (default: the module's)")
+    parser.add_argument(
+        "--dense-max-rows",
+        type=int,
+        default=None,
+        help="rows up to which dense linears take the Triton GEMV (default: the module's)",
+    )
     args = parser.parse_args()
     if args.dense_max_rows is not None:
         from qwen_triton.kernels import dense_gemv

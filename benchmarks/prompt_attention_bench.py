@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
-from qwen_triton import attention  # noqa: E402
-from qwen_triton.attention import AttentionMetadata  # noqa: E402
+from qwen_triton.layers import attention  # noqa: E402
+from qwen_triton.layers.attention import AttentionMetadata  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 28, 4, 128
 
@@ -41,21 +41,28 @@ def step_inputs(lengths: list[int]):
     qkv = torch.randn(tokens, (HEADS + 2 * KV_HEADS) * DIM, device="cuda", dtype=torch.bfloat16)
     q, k, v = qkv.split([HEADS * DIM, KV_HEADS * DIM, KV_HEADS * DIM], dim=1)
     q, k, v = q.view(tokens, HEADS, DIM), k.view(tokens, KV_HEADS, DIM), v.view(tokens, KV_HEADS, DIM)
-    meta = AttentionMetadata(slot_mapping=torch.zeros(tokens, dtype=torch.long, device="cuda"),
-                             block_tables=torch.zeros(len(lengths), 1, dtype=torch.int32, device="cuda"),
-                             context_lens=torch.tensor(lengths, dtype=torch.int32, device="cuda"),
-                             is_decode=False, query_lens=lengths, context_lens_cpu=lengths)
+    meta = AttentionMetadata(
+        slot_mapping=torch.zeros(tokens, dtype=torch.long, device="cuda"),
+        block_tables=torch.zeros(len(lengths), 1, dtype=torch.int32, device="cuda"),
+        context_lens=torch.tensor(lengths, dtype=torch.int32, device="cuda"),
+        is_decode=False,
+        query_lens=lengths,
+        context_lens_cpu=lengths,
+    )
     return q, k, v, meta.plan()
 
 
 def variants(plan):
-    scale = DIM ** -0.5
-    found = {"padded": lambda q, k, v: attention._fresh_prompts_padded(q, k, v, plan, scale),
-             "varlen": lambda q, k, v: attention._flash(q, k, v, plan.fresh_cu_seqlens, plan.fresh_shape[1], scale)}
+    scale = DIM**-0.5
+    found = {
+        "padded": lambda q, k, v: attention._fresh_prompts_padded(q, k, v, plan, scale),
+        "varlen": lambda q, k, v: attention._flash(q, k, v, plan.fresh_cu_seqlens, plan.fresh_shape[1], scale),
+    }
     if plan.fresh_uniform:
         batch, length = plan.fresh_shape
-        found["grid"] = lambda q, k, v: attention._flash(*(x.unflatten(0, (batch, length)) for x in (q, k, v)),
-                                                         None, length, scale).flatten(0, 1)
+        found["grid"] = lambda q, k, v: attention._flash(
+            *(x.unflatten(0, (batch, length)) for x in (q, k, v)), None, length, scale
+        ).flatten(0, 1)
     return found
 
 

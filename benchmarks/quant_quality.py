@@ -30,13 +30,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python_backend"))
 
-from qwen_triton.kv_quant import (  # noqa: E402
+from qwen_triton.layers.kv_cache import (  # noqa: E402
     allocate_quantized_kv,
     dequantize_kv,
     kv_bytes_per_token,
     write_quantized_kv,
 )
-from qwen_triton.quantization import QuantizedLinear, linear_weight_bytes, parse_spec, quantize_model  # noqa: E402
+from qwen_triton.quantization.formats import QuantizedLinear
+from qwen_triton.quantization.quantize import quantize_model  # noqa: E402
+from qwen_triton.quantization.spec import linear_weight_bytes, parse_spec
 
 DEMO_MODEL = ROOT / "models" / "smollm2-135m-instruct"
 EVAL_TEXT = ROOT / "benchmarks" / "data" / "quant_eval_text.txt"
@@ -113,7 +115,11 @@ def weight_bytes(shape: ModelShape, spec: str, float_bytes: int = 2) -> int:
     )
     embed = shape.vocab * h * float_bytes
     lm_head_fmt = formats["lm_head"]
-    lm_head = 0 if (shape.tied and lm_head_fmt.kind == "none") else linear_weight_bytes(h, shape.vocab, lm_head_fmt, float_bytes)
+    lm_head = (
+        0
+        if (shape.tied and lm_head_fmt.kind == "none")
+        else linear_weight_bytes(h, shape.vocab, lm_head_fmt, float_bytes)
+    )
     return shape.layers * per_layer + embed + lm_head + h * float_bytes
 
 
@@ -134,8 +140,14 @@ def _through_quantized_blocks(module, name: str, states: torch.Tensor, kind: str
     if cache is None:
         blocks_per_row = -(-(seq + 128) // KV_BLOCK_SIZE)
         k, s = allocate_quantized_kv(batch * blocks_per_row, KV_BLOCK_SIZE, heads, head_dim, kind)
-        cache = caches[name] = dict(cache=k, scale=s, written=0, batch=batch,
-                                    blocks_per_row=blocks_per_row, capacity=blocks_per_row * KV_BLOCK_SIZE)
+        cache = caches[name] = dict(
+            cache=k,
+            scale=s,
+            written=0,
+            batch=batch,
+            blocks_per_row=blocks_per_row,
+            capacity=blocks_per_row * KV_BLOCK_SIZE,
+        )
     start = cache["written"]
     new = states[:, :, start:].permute(0, 2, 1, 3).reshape(-1, heads, head_dim)
     rows = torch.arange(batch)[:, None] * cache["capacity"]
@@ -237,10 +249,14 @@ def greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> tor
     reset_quantized_kv(model)
     ids, mask = left_padded(prompts, pad_id)
     out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+        ids,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
         pad_token_id=pad_id,
     )
-    return out[:, ids.shape[1]:]
+    return out[:, ids.shape[1] :]
 
 
 @torch.no_grad()
@@ -270,10 +286,17 @@ def measure(base_model, spec, kv_kind, text_ids, prompts, references, args, pad_
     started = time.perf_counter()
     ppl = perplexity(model, text_ids)
     forced = sum(teacher_forced_agreement(model, p, r, eos_id) for p, r in zip(prompts, references))
-    free = None if args.no_free_run else common_prefix_fraction(greedy(model, prompts, args.new_tokens, pad_id), references)
+    free = (
+        None
+        if args.no_free_run
+        else common_prefix_fraction(greedy(model, prompts, args.new_tokens, pad_id), references)
+    )
     return dict(
-        ppl=ppl, forced=forced / references.numel(), free=free,
-        model_bytes=report.model_bytes_after, seconds=time.perf_counter() - started,
+        ppl=ppl,
+        forced=forced / references.numel(),
+        free=free,
+        model_bytes=report.model_bytes_after,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -289,8 +312,11 @@ def run(args) -> str:
     for label, spec, kv_kind in CONFIGS:
         result = measure(model, spec, kv_kind, text_ids, prompts, references, args, pad_id, tokenizer.eos_token_id)
         rows.append((label, spec, kv_kind, result))
-        print(f"{label:24s} ppl {result['ppl']:.3f}  forced {result['forced']:.3f}  "
-              f"free {result['free']}  {result['seconds']:.0f}s", flush=True)
+        print(
+            f"{label:24s} ppl {result['ppl']:.3f}  forced {result['forced']:.3f}  "
+            f"free {result['free']}  {result['seconds']:.0f}s",
+            flush=True,
+        )
     return render(rows, len(text_ids), args)
 
 
@@ -314,15 +340,23 @@ def render(rows, text_tokens: int, args) -> str:
             f"{r['forced']:.1%} | {free} | {r['model_bytes'] / 2**20:.1f} ({r['model_bytes'] / base_bytes:.0%}) |"
         )
     lines += ["", "Weight bytes by format (bf16 baseline; embeddings stay bf16; GiB = 2^30 bytes):", ""]
-    specs = [("bf16", "none"), ("int8", "int8"), ("int4 g128", "int4"), ("int4 g64", "int4:g64"),
-             ("fp8", "fp8"), ("layered", "layered")]
+    specs = [
+        ("bf16", "none"),
+        ("int8", "int8"),
+        ("int4 g128", "int4"),
+        ("int4 g64", "int4:g64"),
+        ("fp8", "fp8"),
+        ("layered", "layered"),
+    ]
     lines.append("| model | " + " | ".join(name for name, _ in specs) + " |")
     lines.append("| --- |" + " --- |" * len(specs))
     for shape in SHAPES:
         base = weight_bytes(shape, "none")
-        cells = [f"{weight_bytes(shape, spec) / 2**30:.3f} ({weight_bytes(shape, spec) / base:.0%})" for _, spec in specs]
+        cells = [
+            f"{weight_bytes(shape, spec) / 2**30:.3f} ({weight_bytes(shape, spec) / base:.0%})" for _, spec in specs
+        ]
         lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
-    lines += ["", f"KV bytes per token (all layers, K+V; int8/fp8 include the fp32 scale per token and head):", ""]
+    lines += ["", "KV bytes per token (all layers, K+V; int8/fp8 include the fp32 scale per token and head):", ""]
     lines.append("| model | bf16 | int8 | fp8 | tokens per GiB bf16 -> int8 |")
     lines.append("| --- | --- | --- | --- | --- |")
     for shape in SHAPES:
@@ -377,8 +411,11 @@ def main() -> None:
     table = run(args)
     print(table)
     if args.write_docs:
-        command = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "") + " .venv/bin/python " + " ".join(
-            ["benchmarks/quant_quality.py"] + sys.argv[1:]
+        command = (
+            "OMP_NUM_THREADS="
+            + os.environ.get("OMP_NUM_THREADS", "")
+            + " .venv/bin/python "
+            + " ".join(["benchmarks/quant_quality.py"] + sys.argv[1:])
         )
         write_docs(table, command)
 

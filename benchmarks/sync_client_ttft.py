@@ -25,7 +25,7 @@ def first_token_ms(client: QwenClient, prompt: list[int], max_tokens: int) -> fl
     try:
         next(chunks)
         ttft = time.perf_counter() - start
-        for _ in chunks:   # drain: the next request starts on an idle server
+        for _ in chunks:  # drain: the next request starts on an idle server
             pass
     finally:
         chunks.close()
@@ -41,11 +41,13 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=4)
     args = parser.parse_args()
-    clients = {"grpc": QwenClient(args.grpc_url, protocol="grpc", model=args.model),
-               "http": QwenClient(args.http_url, protocol="http", model=args.model)}
+    clients = {
+        "grpc": QwenClient(args.grpc_url, protocol="grpc", model=args.model),
+        "http": QwenClient(args.http_url, protocol="http", model=args.model),
+    }
     prompt = [(7 * i + 11) % 30000 + 100 for i in range(args.prompt_tokens)]
     times = {name: [] for name in clients}
-    for name, client in clients.items():   # warm-up: connections, the server's first requests
+    for name, client in clients.items():  # warm-up: connections, the server's first requests
         for _ in range(3):
             first_token_ms(client, prompt, args.max_tokens)
     for _ in range(args.requests):
@@ -53,11 +55,13 @@ def main() -> int:
             times[name].append(first_token_ms(client, prompt, args.max_tokens))
     for client in clients.values():
         client.close()
-    print(f"| protocol | requests | TTFT p50 ms | p90 ms | mean ms |\n|---|---|---|---|---|")
+    print("| protocol | requests | TTFT p50 ms | p90 ms | mean ms |\n|---|---|---|---|---|")
     for name, values in times.items():
         ordered = sorted(values)
-        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {ordered[int(0.9 * len(values))]:.2f} | "
-              f"{statistics.fmean(values):.2f} |")
+        print(
+            f"| {name} | {len(values)} | {statistics.median(values):.2f} | {ordered[int(0.9 * len(values))]:.2f} | "
+            f"{statistics.fmean(values):.2f} |"
+        )
     return 0
 
 

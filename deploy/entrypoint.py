@@ -13,6 +13,7 @@ Usage (the Helm chart writes these arguments):
       --instance-kind gpu --instance-count 1 --tritonserver /opt/tritonserver/bin/tritonserver \
       -- <tritonserver flags>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     own, server_flags = split_at_double_dash(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     image_repository = os.environ.get("QWEN_MODEL_REPOSITORY")  # set by deploy/Dockerfile
-    parser.add_argument("--source-repository", type=Path, default=image_repository, required=not image_repository,
-                        help="the image's model repository (default: $QWEN_MODEL_REPOSITORY)")
+    parser.add_argument(
+        "--source-repository",
+        type=Path,
+        default=image_repository,
+        required=not image_repository,
+        help="the image's model repository (default: $QWEN_MODEL_REPOSITORY)",
+    )
     parser.add_argument("--run-dir", type=Path, required=True, help="writable scratch for the rendered copy")
     parser.add_argument("--model-name", default="qwen", help="the Triton model whose instance_group is set")
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id (the `model` parameter)")
@@ -41,11 +47,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--instance-kind", choices=["cpu", "gpu"], default="gpu")
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--tritonserver", default="/opt/tritonserver/bin/tritonserver")
-    parser.add_argument("--restricted-apis", default="",
-                        help="comma-separated Triton API groups that need the admin header (HTTP and gRPC)")
+    parser.add_argument(
+        "--restricted-apis",
+        default="",
+        help="comma-separated Triton API groups that need the admin header (HTTP and gRPC)",
+    )
     parser.add_argument("--restricted-header", default="triton-admin-key", help="the admin header's name")
-    parser.add_argument("--admin-key-file", type=Path,
-                        help="file holding the admin header's value (a mounted Secret); default: $TRITON_ADMIN_KEY")
+    parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        help="file holding the admin header's value (a mounted Secret); default: $TRITON_ADMIN_KEY",
+    )
     parser.add_argument("--dry-run", action="store_true", help="render, print the command as JSON, do not exec")
     args = parser.parse_args(own)
     if args.instance_count < 1:
@@ -57,7 +69,7 @@ def split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
     if "--" not in argv:
         return argv, []
     cut = argv.index("--")
-    return argv[:cut], argv[cut + 1:]
+    return argv[:cut], argv[cut + 1 :]
 
 
 def set_instance_count(repository: Path, model_name: str, count: int) -> None:
@@ -81,8 +93,10 @@ def admin_key(args: argparse.Namespace) -> str:
         key = os.environ.get("TRITON_ADMIN_KEY", "").strip()
         source = "$TRITON_ADMIN_KEY"
     if not key:
-        sys.exit(f"entrypoint: --restricted-apis needs an admin key, but {source} is empty; "
-                 "set --admin-key-file or TRITON_ADMIN_KEY (the chart uses the pod UID by default)")
+        sys.exit(
+            f"entrypoint: --restricted-apis needs an admin key, but {source} is empty; "
+            "set --admin-key-file or TRITON_ADMIN_KEY (the chart uses the pod UID by default)"
+        )
     return key
 
 

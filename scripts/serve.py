@@ -11,6 +11,7 @@ What it does, in order:
 
 `make serve` and the test fixture (tests/conftest.py) both run it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ def site_packages() -> Path:
 def pytriton_root() -> Path:
     root = site_packages() / "pytriton" / "tritonserver"
     if not (root / "bin" / "tritonserver").exists():
-        sys.exit(f"serve.py: no tritonserver under {root}; install it with `pip install -r requirements/serve.txt` "
-                 "(the nvidia-pytriton wheel ships the binary)")
+        sys.exit(
+            f"serve.py: no tritonserver under {root}; install it with `pip install -r requirements/serve.txt` "
+            "(the nvidia-pytriton wheel ships the binary)"
+        )
     return root
 
 
@@ -90,15 +93,19 @@ def server_env(root: Path) -> dict[str, str]:
     # find the system's own: drop the venv from PATH and the variables that point at it.
     venv = os.environ.get("VIRTUAL_ENV") or (sys.prefix if sys.prefix != sys.base_prefix else "")
     if venv:
-        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                      if p and not Path(p).resolve().is_relative_to(Path(venv).resolve()))
+        env["PATH"] = os.pathsep.join(
+            p
+            for p in env.get("PATH", "").split(os.pathsep)
+            if p and not Path(p).resolve().is_relative_to(Path(venv).resolve())
+        )
     for name in ("VIRTUAL_ENV", "PYTHONHOME"):
         env.pop(name, None)
     libs = site_packages() / "nvidia_pytriton.libs"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
     # Directories already named come first: a deployment can put packages ahead of the virtualenv's.
-    env["QWEN_TRITON_SITE_DIRS"] = os.pathsep.join(filter(None, [os.environ.get("QWEN_TRITON_SITE_DIRS"),
-                                                                  str(site_packages())]))
+    env["QWEN_TRITON_SITE_DIRS"] = os.pathsep.join(
+        filter(None, [os.environ.get("QWEN_TRITON_SITE_DIRS"), str(site_packages())])
+    )
     env.setdefault("OMP_NUM_THREADS", str(max(1, os.cpu_count() or 1)))
     return env
 
@@ -213,7 +220,9 @@ def wait_ready(process: subprocess.Popen, http_port: int, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"serve.py: tritonserver exited with code {process.returncode} before becoming ready (see its log above)")
+            sys.exit(
+                f"serve.py: tritonserver exited with code {process.returncode} before becoming ready (see its log above)"
+            )
         if is_ready(http_port):
             return
         time.sleep(0.5)
@@ -245,15 +254,27 @@ def forward_signals(process: subprocess.Popen) -> None:
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id (default: %(default)s)")
-    parser.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
-                        help="override a config.pbtxt parameter, e.g. --param max_model_len=4096 (repeatable)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config.pbtxt parameter, e.g. --param max_model_len=4096 (repeatable)",
+    )
     parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
-    parser.add_argument("--run-dir", type=Path, help="where to write the run copy of the repository (default: a temp dir)")
+    parser.add_argument(
+        "--run-dir", type=Path, help="where to write the run copy of the repository (default: a temp dir)"
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--instance-kind", choices=["auto", "cpu", "gpu"], default="auto",
-                        help="instance_group kind of Python models (auto: gpu when nvidia-smi exists)")
+    parser.add_argument(
+        "--instance-kind",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="instance_group kind of Python models (auto: gpu when nvidia-smi exists)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     parser.add_argument("--detach", action="store_true", help="return once ready, leaving the server running")
     parser.add_argument("--log-verbose", type=int, default=0)
@@ -282,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {CHECKPOINT_PARAM: resolve_checkpoint(args.model), **dict(args.param)}
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="qwen-triton-run-"))
-    repository = prepare_model_repository(args.model_repository, run_dir / "model_repository", overrides,
-                                          args.instance_kind)
+    repository = prepare_model_repository(
+        args.model_repository, run_dir / "model_repository", overrides, args.instance_kind
+    )
     command = server_command(root, backend_dir, repository, args)
     print("serve.py: " + " ".join(command), flush=True)
     process = subprocess.Popen(command, env=server_env(root), preexec_fn=raise_stack_limit)

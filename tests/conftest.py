@@ -6,6 +6,7 @@ fast, and is stopped by PID when the session ends. Any test that needs a live se
     def test_something(triton_server):
         requests.post(f"{triton_server.http_url}/v2/models/qwen/generate", json={...})
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,10 @@ STOP_TIMEOUT_S = 60
 
 @dataclass
 class TritonServer:
-    http_url: str      # http://127.0.0.1:<port>
-    grpc_url: str      # 127.0.0.1:<port> (tritonclient.grpc form, no scheme)
-    metrics_url: str   # http://127.0.0.1:<port>/metrics
-    pid: int           # scripts/serve.py, which owns tritonserver
+    http_url: str  # http://127.0.0.1:<port>
+    grpc_url: str  # 127.0.0.1:<port> (tritonclient.grpc form, no scheme)
+    metrics_url: str  # http://127.0.0.1:<port>/metrics
+    pid: int  # scripts/serve.py, which owns tritonserver
     log_path: Path
 
     def metrics(self) -> str:
@@ -93,19 +94,39 @@ def triton_server(tmp_path_factory) -> TritonServer:
     http_port, grpc_port, metrics_port = free_ports(3)
     run_dir = tmp_path_factory.mktemp("triton")
     log_path = run_dir / "server.log"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "serve.py"), "--model", str(DEMO_MODEL),
-               "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-               "--instance-kind", "cpu", "--run-dir", str(run_dir), "--ready-timeout", str(READY_TIMEOUT_S)]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "serve.py"),
+        "--model",
+        str(DEMO_MODEL),
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        "--instance-kind",
+        "cpu",
+        "--run-dir",
+        str(run_dir),
+        "--ready-timeout",
+        str(READY_TIMEOUT_S),
+    ]
     for key, value in TEST_ENGINE_PARAMS.items():
         command += ["--param", f"{key}={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True
+        )
     try:
         _wait_until_ready(process, log_path)
-        yield TritonServer(http_url=f"http://127.0.0.1:{http_port}", grpc_url=f"127.0.0.1:{grpc_port}",
-                           metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", pid=process.pid,
-                           log_path=log_path)
+        yield TritonServer(
+            http_url=f"http://127.0.0.1:{http_port}",
+            grpc_url=f"127.0.0.1:{grpc_port}",
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            pid=process.pid,
+            log_path=log_path,
+        )
     finally:
         _stop(process)

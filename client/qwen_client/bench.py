@@ -7,6 +7,7 @@ that no prefix cache flatters the numbers, and `ignore_eos` makes every request 
     result = run_bench("localhost:8001", concurrency=4, num_requests=16, prompt_tokens=128, max_tokens=64)
     print(result.format_table())
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,6 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
 
 from .async_client import AsyncQwenClient
 from .errors import InvalidParameterError, QwenClientError
@@ -53,13 +53,13 @@ class RequestTiming:
     """What one request measured (seconds)."""
 
     latency_s: float = 0.0
-    ttft_s: Optional[float] = None
-    inter_token_s: List[float] = field(default_factory=list)
+    ttft_s: float | None = None
+    inter_token_s: list[float] = field(default_factory=list)
     output_tokens: int = 0
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
-    def tokens_per_s(self) -> Optional[float]:
+    def tokens_per_s(self) -> float | None:
         return self.output_tokens / self.latency_s if self.output_tokens and self.latency_s > 0 else None
 
 
@@ -76,7 +76,7 @@ class BenchResult:
     request_latency_s: Summary
     output_tokens_per_s: float  # aggregate over the run
     requests_per_s: float
-    errors: List[str]
+    errors: list[str]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,9 +102,7 @@ class BenchResult:
         for label, summary, scale in rows:
             values = (summary.p50, summary.p90, summary.p99, summary.mean)
             lines.append(f"{label:<26}" + "".join(f"{v * scale:>10.2f}" for v in values))
-        lines.append(
-            f"aggregate: {self.output_tokens_per_s:.1f} output tokens/s, {self.requests_per_s:.2f} requests/s"
-        )
+        lines.append(f"aggregate: {self.output_tokens_per_s:.1f} output tokens/s, {self.requests_per_s:.2f} requests/s")
         lines.extend(f"error: {e}" for e in self.errors)
         return "\n".join(lines)
 
@@ -117,14 +115,14 @@ def _nan_to_none(value):
     return None if isinstance(value, float) and value != value else value
 
 
-def make_prompt(config: BenchConfig, request_index: int) -> List[int]:
+def make_prompt(config: BenchConfig, request_index: int) -> list[int]:
     """The prompt of request `request_index`: the same for the same seed, different for every request."""
     rng = random.Random(config.seed * 1_000_003 + request_index)
     low = config.max_token_id // 30
     return [rng.randrange(low, config.max_token_id) for _ in range(config.prompt_tokens)]
 
 
-async def _timed_request(client: AsyncQwenClient, prompt: List[int], params: GenerationParams) -> RequestTiming:
+async def _timed_request(client: AsyncQwenClient, prompt: list[int], params: GenerationParams) -> RequestTiming:
     timing = RequestTiming()
     start = last = time.perf_counter()
     try:
@@ -151,7 +149,7 @@ async def _timed_request(client: AsyncQwenClient, prompt: List[int], params: Gen
 async def arun_bench(config: BenchConfig) -> BenchResult:
     """Runs the benchmark on the current event loop."""
     params = GenerationParams(max_tokens=config.max_tokens, ignore_eos=True, temperature=0.0)
-    timings: List[RequestTiming] = []
+    timings: list[RequestTiming] = []
     next_index = iter(range(config.num_requests))
 
     async with AsyncQwenClient(config.url, config.protocol, config.model, timeout=config.timeout) as client:
@@ -168,7 +166,7 @@ async def arun_bench(config: BenchConfig) -> BenchResult:
     return _result(config, timings, duration)
 
 
-def _result(config: BenchConfig, timings: List[RequestTiming], duration_s: float) -> BenchResult:
+def _result(config: BenchConfig, timings: list[RequestTiming], duration_s: float) -> BenchResult:
     ok = [t for t in timings if t.error is None]
     output_tokens = sum(t.output_tokens for t in ok)
     errors = list(dict.fromkeys(t.error for t in timings if t.error))[:_MAX_ERRORS_KEPT]

@@ -1,18 +1,19 @@
 """`qwen-client`: generate, chat, health, models and bench from the terminal.
 
-    qwen-client generate "Once upon a time" --max-tokens 32
-    qwen-client chat "What is the capital of France?"
-    qwen-client chat                      # interactive, keeps the conversation
-    qwen-client --protocol http health
-    qwen-client bench --concurrency 4 --num-requests 32 --prompt-tokens 128 --max-tokens 64 --json out.json
+qwen-client generate "Once upon a time" --max-tokens 32
+qwen-client chat "What is the capital of France?"
+qwen-client chat                      # interactive, keeps the conversation
+qwen-client --protocol http health
+qwen-client bench --concurrency 4 --num-requests 32 --prompt-tokens 128 --max-tokens 64 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .bench import DEFAULT_MAX_TOKEN_ID, BenchConfig, arun_bench
 from .client import QwenClient
@@ -58,7 +59,7 @@ def _params_from(args: argparse.Namespace) -> GenerationParams:
     return GenerationParams(**{k: v for k, v in values.items() if v is not None})
 
 
-def _client_from(args: argparse.Namespace, protocol: Optional[str] = None) -> QwenClient:
+def _client_from(args: argparse.Namespace, protocol: str | None = None) -> QwenClient:
     return QwenClient(args.url, protocol or args.protocol, args.model, timeout=args.timeout, retries=args.retries)
 
 
@@ -112,7 +113,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_reply(client: QwenClient, messages: List[Dict[str, Any]], params: GenerationParams) -> str:
+def _stream_reply(client: QwenClient, messages: list[dict[str, Any]], params: GenerationParams) -> str:
     parts = []
     for delta in client.chat(messages, stream=True, params=params):
         print(delta, end="", flush=True)
@@ -122,7 +123,7 @@ def _stream_reply(client: QwenClient, messages: List[Dict[str, Any]], params: Ge
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    messages: List[Dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
+    messages: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
     params = _params_from(args)
     with _client_from(args) as client:
         if args.message is not None:
@@ -159,8 +160,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     url = args.url or DEFAULT_URLS[args.protocol]
     config = BenchConfig(
-        url, args.concurrency, args.num_requests, args.prompt_tokens, args.max_tokens,
-        args.protocol, args.model, args.timeout, args.seed, args.max_token_id,
+        url,
+        args.concurrency,
+        args.num_requests,
+        args.prompt_tokens,
+        args.max_tokens,
+        args.protocol,
+        args.model,
+        args.timeout,
+        args.seed,
+        args.max_token_id,
     )
     result = asyncio.run(arun_bench(config))
     print(result.format_table())
@@ -170,7 +179,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if result.completed else _EXIT_FAILED
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

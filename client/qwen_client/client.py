@@ -1,8 +1,10 @@
 """`QwenClient`: the synchronous client. Generate, stream, chat, health and model list over gRPC or HTTP."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, List, Optional, Union
+from collections.abc import Iterator
+from typing import Any
 
 from . import retry
 from .client_base import NOT_LIVE, ClientBase
@@ -11,6 +13,7 @@ from .params import GenerationParams
 from .request import Messages, Prompt, messages_inputs, prompt_inputs
 from .results import Chunk, Completion, CompletionBuilder
 from .server_info import Health, ModelInfo
+
 
 def collect(chunks: Iterator[Chunk]) -> Completion:
     builder = CompletionBuilder()
@@ -27,7 +30,7 @@ class QwenClient(ClientBase):
 
     _transports = {"grpc": ".grpc_transport:GrpcTransport", "http": ".http_transport:HttpTransport"}
 
-    def __enter__(self) -> "QwenClient":
+    def __enter__(self) -> QwenClient:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -38,23 +41,23 @@ class QwenClient(ClientBase):
 
     # --- inference
 
-    def generate(self, prompt: Prompt, params: Optional[GenerationParams] = None, **overrides: Any) -> Completion:
+    def generate(self, prompt: Prompt, params: GenerationParams | None = None, **overrides: Any) -> Completion:
         """The whole answer to a text prompt or a list of token ids, in one response."""
         return collect(self._chunks(prompt_inputs(prompt), params, overrides, stream=False))
 
-    def stream(self, prompt: Prompt, params: Optional[GenerationParams] = None, **overrides: Any) -> Iterator[str]:
+    def stream(self, prompt: Prompt, params: GenerationParams | None = None, **overrides: Any) -> Iterator[str]:
         """Text deltas as the model produces them. Stop iterating to cancel the request."""
         return _texts(self.stream_chunks(prompt, params, **overrides))
 
     def stream_chunks(
-        self, prompt: Prompt, params: Optional[GenerationParams] = None, **overrides: Any
+        self, prompt: Prompt, params: GenerationParams | None = None, **overrides: Any
     ) -> Iterator[Chunk]:
         """Like `stream`, with token ids, finish reason, usage and logprobs of every response."""
         return self._chunks(prompt_inputs(prompt), params, overrides, stream=True)
 
     def chat(
-        self, messages: Messages, stream: bool = False, params: Optional[GenerationParams] = None, **overrides: Any
-    ) -> Union[Completion, Iterator[str]]:
+        self, messages: Messages, stream: bool = False, params: GenerationParams | None = None, **overrides: Any
+    ) -> Completion | Iterator[str]:
         """Chat messages ([{"role": "user", "content": ...}]), rendered by the server's chat template.
 
         Returns a Completion, or an iterator of text deltas when stream=True.
@@ -62,7 +65,7 @@ class QwenClient(ClientBase):
         chunks = self._chunks(messages_inputs(messages), params, overrides, stream=stream)
         return _texts(chunks) if stream else collect(chunks)
 
-    def _chunks(self, prompt_part, params, overrides: Dict[str, Any], stream: bool) -> Iterator[Chunk]:
+    def _chunks(self, prompt_part, params, overrides: dict[str, Any], stream: bool) -> Iterator[Chunk]:
         inputs = self._inputs(prompt_part, params, overrides, stream)
         return retry.stream(self._retry, lambda: self._transport.stream_chunks(inputs))
 
@@ -86,7 +89,7 @@ class QwenClient(ClientBase):
                 raise RequestTimeoutError(self._not_ready_error_message(timeout, health))
             time.sleep(interval)
 
-    def models(self) -> List[ModelInfo]:
+    def models(self) -> list[ModelInfo]:
         """The models in the server's repository, with their state."""
         return retry.call(self._retry, self._transport.models)
 

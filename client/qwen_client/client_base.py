@@ -1,9 +1,9 @@
 """What QwenClient and AsyncQwenClient share: settings, their checks, and turning a call into model inputs."""
+
 from __future__ import annotations
 
 import importlib
-
-from typing import Any, Dict, Optional
+from typing import Any
 
 from . import retry
 from .errors import InvalidParameterError
@@ -35,16 +35,16 @@ class ClientBase:
     """
 
     # protocol -> "module:Class", imported on first use: a gRPC-only install needs no HTTP stack.
-    _transports: Dict[str, str] = {}
+    _transports: dict[str, str] = {}
 
     def __init__(
         self,
-        url: Optional[str] = None,
+        url: str | None = None,
         protocol: str = "grpc",
         model: str = "qwen",
         timeout: float = 60.0,
         retries: int = 2,
-        params: Optional[GenerationParams] = None,
+        params: GenerationParams | None = None,
     ):
         check_settings(protocol, timeout, retries)
         self.protocol = protocol
@@ -57,8 +57,8 @@ class ClientBase:
         self._params = params
 
     def _inputs(
-        self, prompt_part: Dict[str, Any], params: Optional[GenerationParams], overrides: Dict[str, Any], stream: bool
-    ) -> Dict[str, Any]:
+        self, prompt_part: dict[str, Any], params: GenerationParams | None, overrides: dict[str, Any], stream: bool
+    ) -> dict[str, Any]:
         # Validated here, in the caller's frame, rather than at the first next() of a generator.
         return build_inputs(prompt_part, resolve_params(params or self._params, overrides), stream)
 

@@ -2,9 +2,8 @@
 
 Each message says what failed and what to do about it; `field` names the offending input when there is one.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 
 class QwenClientError(Exception):
@@ -28,7 +27,7 @@ class ServerError(QwenClientError):
 
     _what = "server error"
 
-    def __init__(self, message: str, status: Optional[str] = None, field: Optional[str] = None):
+    def __init__(self, message: str, status: str | None = None, field: str | None = None):
         self.message = message
         self.status = status
         self.field = field

@@ -4,13 +4,15 @@ A decoupled model cannot use the unary ModelInfer RPC, so every request, streami
 the bidirectional stream. The request asks for the empty final response so that the end of a request is
 always marked by the `triton_final_response` flag, whatever the model sends.
 """
+
 from __future__ import annotations
 
 import asyncio
 import queue
 import sys
 import uuid
-from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import tritonclient.grpc as grpcclient
@@ -18,15 +20,15 @@ import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
 from .errors import BadRequestError, ConnectionFailedError, QwenClientError, RequestTimeoutError, ServerError
-from .target import Target
-from .server_info import Health, ModelInfo, models_from_index
-from .wire import chunk_from_grpc, error_in_response, field_named_in, grpc_inputs
 from .results import Chunk
+from .server_info import Health, ModelInfo, models_from_index
+from .target import Target
+from .wire import chunk_from_grpc, error_in_response, field_named_in, grpc_inputs
 
 _FINAL_RESPONSE_PARAMETER = {"triton_enable_empty_final_response": True}
 
 
-def classify_error(status: Optional[str], message: str, url: str) -> QwenClientError:
+def classify_error(status: str | None, message: str, url: str) -> QwenClientError:
     """A gRPC failure -> the client's error type. Only 'cannot reach the server' becomes retryable."""
     if status == "StatusCode.UNAVAILABLE" and "model" not in message.lower():
         return ConnectionFailedError(
@@ -50,7 +52,6 @@ def _from_rpc(error: grpc.RpcError, url: str) -> QwenClientError:
     return classify_error(str(error.code()), error.details() or "", url)
 
 
-
 class GrpcTransport:
     """Synchronous gRPC. Thread-safe: each stream gets its own tritonclient (one stream per client object)."""
 
@@ -59,7 +60,7 @@ class GrpcTransport:
     def __init__(self, target: Target):
         self.url, self.model, self.timeout = target.url, target.model, target.timeout
         self._control = grpcclient.InferenceServerClient(self.url)  # unary calls: health, config, index
-        self._batched: Optional[bool] = None
+        self._batched: bool | None = None
 
     def close(self) -> None:
         self._control.close()
@@ -82,13 +83,13 @@ class GrpcTransport:
         ready = self._unary("is_server_ready")
         return Health(live=live, ready=ready, model_ready=self._unary("is_model_ready", self.model))
 
-    def models(self) -> List[ModelInfo]:
+    def models(self) -> list[ModelInfo]:
         return models_from_index(self._unary("get_model_repository_index", as_json=True).get("models", []))
 
-    def stream_chunks(self, inputs: Dict[str, Any]) -> Iterator[Chunk]:
+    def stream_chunks(self, inputs: dict[str, Any]) -> Iterator[Chunk]:
         """Sends one request and yields its responses until the final one; cancels it if abandoned early."""
         tensors = grpc_inputs(inputs, self.batched(), grpcclient.InferInput)
-        responses: "queue.Queue" = queue.Queue()
+        responses: queue.Queue = queue.Queue()
         client = grpcclient.InferenceServerClient(self.url)
         finished = False
         try:
@@ -105,7 +106,7 @@ class GrpcTransport:
             client.stop_stream(cancel_requests=not finished)
             client.close()
 
-    def _next_result(self, responses: "queue.Queue"):
+    def _next_result(self, responses: queue.Queue):
         try:
             result, error = responses.get(timeout=self.timeout)
         except queue.Empty:
@@ -122,8 +123,8 @@ class AsyncGrpcTransport:
 
     def __init__(self, target: Target):
         self.url, self.model, self.timeout = target.url, target.model, target.timeout
-        self._client: Optional[grpcclient_aio.InferenceServerClient] = None
-        self._batched: Optional[bool] = None
+        self._client: grpcclient_aio.InferenceServerClient | None = None
+        self._batched: bool | None = None
 
     def _get_client(self) -> grpcclient_aio.InferenceServerClient:
         # Created on first use: a grpc.aio channel belongs to the event loop running when it is made.
@@ -153,11 +154,11 @@ class AsyncGrpcTransport:
         ready = await self._unary("is_server_ready")
         return Health(live=live, ready=ready, model_ready=await self._unary("is_model_ready", self.model))
 
-    async def models(self) -> List[ModelInfo]:
+    async def models(self) -> list[ModelInfo]:
         index = await self._unary("get_model_repository_index", as_json=True)
         return models_from_index(index.get("models", []))
 
-    async def stream_chunks(self, inputs: Dict[str, Any]) -> AsyncIterator[Chunk]:
+    async def stream_chunks(self, inputs: dict[str, Any]) -> AsyncIterator[Chunk]:
         tensors = grpc_inputs(inputs, await self.batched(), grpcclient_aio.InferInput)
         request_done = asyncio.Event()
 

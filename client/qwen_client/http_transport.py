@@ -4,6 +4,7 @@ tritonclient.http only speaks /infer, which a decoupled model refuses; /generate
 /generate_stream (Server-Sent Events) accept it. So requests go there as plain JSON, with keys named like
 the model's inputs, through urllib (sync) and aiohttp (async).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,16 +12,17 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 from tritonclient.utils import InferenceServerException
 
 from .errors import BadRequestError, ConnectionFailedError, QwenClientError, RequestTimeoutError, ServerError
 from .results import Chunk
-from .target import Target
 from .server_info import Health, ModelInfo, models_from_index
 from .sse import SseDecoder
+from .target import Target
 from .wire import chunk_from_json, error_in_response, field_named_in, json_body
 
 
@@ -54,7 +56,6 @@ def _timed_out(url: str, timeout: float) -> RequestTimeoutError:
     return RequestTimeoutError(f"no response from Triton at {url} within {timeout}s")
 
 
-
 def _chunk_from_event(data: str) -> Chunk:
     payload = json.loads(data)
     if "error" in payload:
@@ -82,7 +83,7 @@ class HttpTransport:
             return getattr(self._control, method)(*args, **kwargs)
         except InferenceServerException as error:
             raise classify_status(int(error.status() or 500), error.message() or str(error)) from None
-        except socket.timeout:
+        except TimeoutError:
             raise _timed_out(self.url, self.timeout) from None
         except OSError as error:  # refused, reset, unknown host
             raise _unreachable(self.url, error) from None
@@ -92,10 +93,10 @@ class HttpTransport:
         ready = self._unary("is_server_ready")
         return Health(live=live, ready=ready, model_ready=self._unary("is_model_ready", self.model))
 
-    def models(self) -> List[ModelInfo]:
+    def models(self) -> list[ModelInfo]:
         return models_from_index(self._unary("get_model_repository_index"))
 
-    def _post(self, endpoint: str, body: Dict[str, Any]):
+    def _post(self, endpoint: str, body: dict[str, Any]):
         request = urllib.request.Request(
             f"http://{self.url}/v2/models/{self.model}/{endpoint}",
             data=json.dumps(body).encode("utf-8"),
@@ -109,12 +110,12 @@ class HttpTransport:
             if isinstance(error.reason, socket.timeout):
                 raise _timed_out(self.url, self.timeout) from None
             raise _unreachable(self.url, error.reason) from None
-        except socket.timeout:
+        except TimeoutError:
             raise _timed_out(self.url, self.timeout) from None
         except OSError as error:
             raise _unreachable(self.url, error) from None
 
-    def stream_chunks(self, inputs: Dict[str, Any]) -> Iterator[Chunk]:
+    def stream_chunks(self, inputs: dict[str, Any]) -> Iterator[Chunk]:
         streaming = bool(inputs.get("stream"))
         response = self._post("generate_stream" if streaming else "generate", json_body(inputs))
         # Closing the response (also when the caller stops early) drops the connection: Triton cancels.
@@ -131,7 +132,7 @@ class HttpTransport:
                 tail = decoder.flush()
                 if tail is not None:
                     yield _chunk_from_event(tail)
-            except socket.timeout:
+            except TimeoutError:
                 raise _timed_out(self.url, self.timeout) from None
 
 
@@ -141,15 +142,13 @@ class AsyncHttpTransport:
     def __init__(self, target: Target):
         self.url, self.model, self.timeout = target.url, target.model, target.timeout
         self._control = None  # tritonclient.http.aio client, made on the first control call
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._session: aiohttp.ClientSession | None = None
 
     def _get_control(self):
         if self._control is None:  # aiohttp sessions belong to the loop that creates them
             import tritonclient.http.aio as httpclient_aio  # control calls only: health, model list
 
-            self._control = httpclient_aio.InferenceServerClient(
-                self.url, conn_timeout=self.timeout
-            )
+            self._control = httpclient_aio.InferenceServerClient(self.url, conn_timeout=self.timeout)
         return self._control
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -186,10 +185,10 @@ class AsyncHttpTransport:
         ready = await self._unary("is_server_ready")
         return Health(live=live, ready=ready, model_ready=await self._unary("is_model_ready", self.model))
 
-    async def models(self) -> List[ModelInfo]:
+    async def models(self) -> list[ModelInfo]:
         return models_from_index(await self._unary("get_model_repository_index"))
 
-    async def stream_chunks(self, inputs: Dict[str, Any]) -> AsyncIterator[Chunk]:
+    async def stream_chunks(self, inputs: dict[str, Any]) -> AsyncIterator[Chunk]:
         streaming = bool(inputs.get("stream"))
         endpoint = "generate_stream" if streaming else "generate"
         url = f"http://{self.url}/v2/models/{self.model}/{endpoint}"

@@ -3,13 +3,15 @@
 Field names are the Triton input names (docs/CONTRACTS.md), so a field maps one to one onto a tensor
 (gRPC) or a JSON key (HTTP generate). `None` means "not sent": the server's default applies.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any
 
 from .errors import InvalidParameterError
 
@@ -26,7 +28,7 @@ class InputSpec:
 
 
 # Every input of the model, prompt inputs included. `stream` is set by the method called, not by params.
-INPUT_SPECS: Dict[str, InputSpec] = {
+INPUT_SPECS: dict[str, InputSpec] = {
     "text_input": InputSpec("BYTES"),
     "messages": InputSpec("BYTES"),
     "input_ids": InputSpec("INT64", is_list=True),
@@ -54,22 +56,22 @@ INPUT_SPECS: Dict[str, InputSpec] = {
 class GenerationParams:
     """Sampling and stopping settings for one request; invalid values raise `InvalidParameterError`."""
 
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    seed: Optional[int] = None
-    stop: Optional[Union[str, Sequence[str]]] = None
-    stop_token_ids: Optional[Sequence[int]] = None
-    ignore_eos: Optional[bool] = None
-    return_logprobs: Optional[bool] = None
-    dynamic_temperature: Optional[bool] = None
-    min_temperature: Optional[float] = None
-    max_temperature: Optional[float] = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: str | Sequence[str] | None = None
+    stop_token_ids: Sequence[int] | None = None
+    ignore_eos: bool | None = None
+    return_logprobs: bool | None = None
+    dynamic_temperature: bool | None = None
+    min_temperature: float | None = None
+    max_temperature: float | None = None
 
     def __post_init__(self):
         # Normalise first (a single stop string becomes a list), then check every field.
@@ -82,27 +84,23 @@ class GenerationParams:
         _check_temperature_bounds(self.min_temperature, self.max_temperature)
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "GenerationParams":
+    def from_kwargs(cls, **kwargs: Any) -> GenerationParams:
         """Build from keyword arguments, naming any unknown one (with the closest known name)."""
         for name in kwargs:
             if name not in _FIELD_NAMES:
                 raise InvalidParameterError(name, _unknown_field_hint(name))
         return cls(**kwargs)
 
-    def replace(self, **changes: Any) -> "GenerationParams":
+    def replace(self, **changes: Any) -> GenerationParams:
         """A copy with some fields changed (validated like a new instance)."""
         for name in changes:
             if name not in _FIELD_NAMES:
                 raise InvalidParameterError(name, _unknown_field_hint(name))
         return dataclasses.replace(self, **changes)
 
-    def to_inputs(self) -> Dict[str, Any]:
+    def to_inputs(self) -> dict[str, Any]:
         """The fields that are set, by Triton input name, as plain Python values (lists for list inputs)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(GenerationParams))
@@ -186,7 +184,7 @@ def _seed(name, value):
     return _int(name, value, 0, INT64_MAX)
 
 
-def _stop(name, value) -> List[str]:
+def _stop(name, value) -> list[str]:
     if not isinstance(value, (list, tuple)):
         raise InvalidParameterError(name, f"must be a string or a list of strings, got {type(value).__name__}")
     for item in value:
@@ -195,13 +193,13 @@ def _stop(name, value) -> List[str]:
     return list(value)
 
 
-def _token_ids(name, value) -> List[int]:
+def _token_ids(name, value) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         raise InvalidParameterError(name, f"must be a list of token ids, got {type(value).__name__}")
     return [_int(name, item, 0, INT64_MAX) for item in value]
 
 
-def _check_temperature_bounds(low: Optional[float], high: Optional[float]) -> None:
+def _check_temperature_bounds(low: float | None, high: float | None) -> None:
     if low is not None and high is not None and low > high:
         raise InvalidParameterError("min_temperature", f"must be <= max_temperature ({low} > {high})")
 

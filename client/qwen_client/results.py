@@ -1,8 +1,8 @@
 """What comes back: `Chunk` (one streamed response) and `Completion` (a whole answer)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,10 @@ class Chunk:
     """
 
     text: str = ""
-    token_ids: List[int] = field(default_factory=list)
-    finish_reason: Optional[str] = None
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
     usage: Usage = Usage()
-    logprobs: Optional[List[float]] = None
+    logprobs: list[float] | None = None
     is_final: bool = False
 
 
@@ -36,21 +36,21 @@ class Completion:
     """A whole answer: all the text and tokens of one request."""
 
     text: str
-    token_ids: List[int]
-    finish_reason: Optional[str]
+    token_ids: list[int]
+    finish_reason: str | None
     usage: Usage
-    logprobs: Optional[List[float]] = None
+    logprobs: list[float] | None = None
 
 
 class CompletionBuilder:
     """Joins the chunks of one request into a `Completion` (deltas when streaming, one chunk otherwise)."""
 
     def __init__(self):
-        self._texts: List[str] = []
-        self._token_ids: List[int] = []
-        self._logprobs: List[float] = []
+        self._texts: list[str] = []
+        self._token_ids: list[int] = []
+        self._logprobs: list[float] = []
         self._has_logprobs = False
-        self._finish_reason: Optional[str] = None
+        self._finish_reason: str | None = None
         self._usage = Usage()
 
     def add(self, chunk: Chunk) -> None:

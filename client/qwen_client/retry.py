@@ -4,12 +4,14 @@ A server that answered (even with a 400) is never asked again: the same request 
 and a generation that already streamed tokens must not be replayed. Only "could not reach the server"
 (`ConnectionFailedError` raised by a transport before any response) is retried, with capped backoff.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from .errors import ConnectionFailedError
 
@@ -33,8 +35,7 @@ class RetryPolicy:
         """Seconds to wait before the next attempt; raises the final error when none is left."""
         if retry_index == self.retries:
             attempts = retry_index + 1
-            raise ConnectionFailedError(
-                f"{error} (gave up after {attempts} attempt{'s' * (attempts > 1)})") from error
+            raise ConnectionFailedError(f"{error} (gave up after {attempts} attempt{'s' * (attempts > 1)})") from error
         return self.pause(retry_index)
 
 

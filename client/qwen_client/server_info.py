@@ -1,8 +1,10 @@
 """What the server says about itself: `Health` and `ModelInfo`."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,8 @@ class ModelInfo:
     state: str  # "READY", "UNAVAILABLE", "LOADING", ... ("" when the server does not say)
 
 
-def models_from_index(entries: Iterable[Dict[str, Any]]) -> List[ModelInfo]:
+def models_from_index(entries: Iterable[dict[str, Any]]) -> list[ModelInfo]:
     """Triton's repository index (HTTP list or gRPC JSON 'models') -> ModelInfo list."""
     return [
-        ModelInfo(name=e.get("name", ""), version=str(e.get("version", "")), state=e.get("state", ""))
-        for e in entries
+        ModelInfo(name=e.get("name", ""), version=str(e.get("version", "")), state=e.get("state", "")) for e in entries
     ]

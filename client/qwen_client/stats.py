@@ -1,9 +1,10 @@
 """Percentiles and summaries of latency samples, for the benchmark."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Dict, Sequence
 
 PERCENTILES = (50, 90, 99)
 
@@ -33,7 +34,7 @@ class Summary:
     p90: float
     p99: float
 
-    def as_dict(self) -> Dict[str, float]:
+    def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 

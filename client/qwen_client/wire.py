@@ -1,8 +1,9 @@
 """Conversions between Python values and what travels: Triton tensors (gRPC) and generate JSON (HTTP)."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ _NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL
 _FIELD_PATTERN = re.compile(r"\b(" + "|".join(sorted(INPUT_SPECS, key=len, reverse=True)) + r")\b")
 
 
-def field_named_in(message: str) -> Optional[str]:
+def field_named_in(message: str) -> str | None:
     """The first model input a server error message names, so callers can point at the bad field."""
     match = _FIELD_PATTERN.search(message or "")
     return match.group(1) if match else None
@@ -31,7 +32,7 @@ def error_in_response(message: str) -> ServerError:
     return BadRequestError(message, None, field) if field else ServerError(message, None, None)
 
 
-def _drop_empty_lists(inputs: Dict[str, Any]) -> Dict[str, Any]:
+def _drop_empty_lists(inputs: dict[str, Any]) -> dict[str, Any]:
     # A [0]-shaped tensor means "none" just like an absent input, and some frontends reject it.
     return {name: value for name, value in inputs.items() if not (isinstance(value, list) and not value)}
 
@@ -46,7 +47,7 @@ def to_numpy(name: str, value: Any, batched: bool) -> np.ndarray:
     return array[np.newaxis, ...] if batched else array
 
 
-def grpc_inputs(inputs: Dict[str, Any], batched: bool, infer_input_cls) -> list:
+def grpc_inputs(inputs: dict[str, Any], batched: bool, infer_input_cls) -> list:
     """tritonclient InferInput objects (grpc or grpc.aio share the class) for every input to send."""
     tensors = []
     for name, value in _drop_empty_lists(inputs).items():
@@ -57,7 +58,7 @@ def grpc_inputs(inputs: Dict[str, Any], batched: bool, infer_input_cls) -> list:
     return tensors
 
 
-def json_body(inputs: Dict[str, Any]) -> Dict[str, Any]:
+def json_body(inputs: dict[str, Any]) -> dict[str, Any]:
     """The generate-endpoint JSON: one key per input, named like the tensor (Triton maps them)."""
     return _drop_empty_lists(inputs)
 
@@ -65,7 +66,7 @@ def json_body(inputs: Dict[str, Any]) -> Dict[str, Any]:
 # --- responses
 
 
-def _flat(array: Optional[np.ndarray]) -> list:
+def _flat(array: np.ndarray | None) -> list:
     return [] if array is None else array.reshape(-1).tolist()
 
 
@@ -112,7 +113,7 @@ def chunk_from_grpc(result) -> Chunk:
     )
 
 
-def _as_list(value: Any) -> List[Any]:
+def _as_list(value: Any) -> list[Any]:
     # The generate endpoint writes a one-element tensor as a scalar and longer ones as (nested) lists.
     if value is None:
         return []
@@ -121,7 +122,7 @@ def _as_list(value: Any) -> List[Any]:
     return [value]
 
 
-def chunk_from_json(payload: Dict[str, Any], is_final: bool = False) -> Chunk:
+def chunk_from_json(payload: dict[str, Any], is_final: bool = False) -> Chunk:
     """One generate / generate_stream JSON response -> Chunk."""
     return _make_chunk(
         text=_first(_as_list(payload.get("text_output")), ""),

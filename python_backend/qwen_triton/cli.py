@@ -1,9 +1,9 @@
 """`qwen-engine`: the engine without a server.
 
-  qwen-engine generate --model DIR "prompt"        stream one completion to the terminal
-  qwen-engine generate --model DIR --chat "q"       the same through the chat template
-  qwen-engine bench --model DIR -n 32 --prompt-tokens 128 --max-tokens 64
-  qwen-engine convert-gguf --demo --out models/smollm2-135m-instruct
+qwen-engine generate --model DIR "prompt"        stream one completion to the terminal
+qwen-engine generate --model DIR --chat "q"       the same through the chat template
+qwen-engine bench --model DIR -n 32 --prompt-tokens 128 --max-tokens 64
+qwen-engine convert-gguf --demo --out models/smollm2-135m-instruct
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import asyncio
 import sys
 from pathlib import Path
 
-from .config import EngineConfig
+from qwen_triton.engine.config import EngineConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qwen-engine", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="qwen-engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate from a prompt")
     _engine_args(gen)
@@ -50,14 +51,21 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-dtype", default="auto")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other EngineConfig field")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="any other EngineConfig field"
+    )
 
 
 def _config(args) -> EngineConfig:
-    params = {"model": args.model, "dtype": args.dtype, "device": args.device, "quantization": args.quantization,
-              "kv_cache_dtype": args.kv_cache_dtype, "max_model_len": args.max_model_len,
-              "max_num_seqs": args.max_num_seqs}
+    params = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+        "quantization": args.quantization,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "max_model_len": args.max_model_len,
+        "max_num_seqs": args.max_num_seqs,
+    }
     for item in args.param:
         key, _, value = item.partition("=")
         params[key] = value
@@ -65,8 +73,8 @@ def _config(args) -> EngineConfig:
 
 
 def _generate(args) -> int:
-    from .async_engine import AsyncLLMEngine
-    from .sampling_params import SamplingParams
+    from qwen_triton.engine.async_engine import AsyncLLMEngine
+    from qwen_triton.engine.sampling_params import SamplingParams
 
     engine = AsyncLLMEngine(_config(args))
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
@@ -76,8 +84,10 @@ def _generate(args) -> int:
         async for out in engine.generate(params=params, **prompt):
             print(out.text, end="", flush=True)
             if out.finished:
-                print(f"\n[{out.finish_reason}: {out.prompt_tokens} prompt + {out.completion_tokens} generated tokens]",
-                      file=sys.stderr)
+                print(
+                    f"\n[{out.finish_reason}: {out.prompt_tokens} prompt + {out.completion_tokens} generated tokens]",
+                    file=sys.stderr,
+                )
 
     try:
         asyncio.run(run())
@@ -87,17 +97,25 @@ def _generate(args) -> int:
 
 
 def _bench(args) -> int:
-    from . import offline_bench
-    from .engine import LLMEngine
+    from qwen_triton import offline_bench
+    from qwen_triton.engine.llm_engine import LLMEngine
 
     engine = LLMEngine(_config(args))
-    print(offline_bench.run(engine, engine.config.model, args.num_requests, args.prompt_tokens, args.max_tokens,
-                            baseline=not args.no_baseline))
+    print(
+        offline_bench.run(
+            engine,
+            engine.config.model,
+            args.num_requests,
+            args.prompt_tokens,
+            args.max_tokens,
+            baseline=not args.no_baseline,
+        )
+    )
     return 0
 
 
 def _convert(args) -> int:
-    from .checkpoint import convert_gguf, ensure_demo_model
+    from qwen_triton.models.checkpoint import convert_gguf, ensure_demo_model
 
     if args.demo:
         print(ensure_demo_model(args.out))

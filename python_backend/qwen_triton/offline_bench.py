@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from .engine import LLMEngine
-from .sampling_params import SamplingParams
+from qwen_triton.engine.llm_engine import LLMEngine
+from qwen_triton.engine.sampling_params import SamplingParams
 
 
 def measured_rates(device: torch.device) -> tuple[float, float]:
@@ -64,7 +64,9 @@ def engine_throughput(engine: LLMEngine, batch: list[list[int]], max_tokens: int
     return {"tok_s": generated / elapsed, "ttft_p50": statistics.median(ttft), "ttft_max": ttft[-1]}
 
 
-def hf_throughput(model_dir, dtype: torch.dtype, device: torch.device, batch: list[list[int]], max_tokens: int) -> float:
+def hf_throughput(
+    model_dir, dtype: torch.dtype, device: torch.device, batch: list[list[int]], max_tokens: int
+) -> float:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
@@ -79,8 +81,9 @@ def hf_throughput(model_dir, dtype: torch.dtype, device: torch.device, batch: li
     return len(batch) * max_tokens / (time.perf_counter() - start)
 
 
-def run(engine: LLMEngine, model_dir, num_requests: int, prompt_tokens: int, max_tokens: int,
-        baseline: bool = True) -> str:
+def run(
+    engine: LLMEngine, model_dir, num_requests: int, prompt_tokens: int, max_tokens: int, baseline: bool = True
+) -> str:
     """Markdown table: engine, HF generate, the bound."""
     batch = prompts(engine.hf_config.vocab_size, num_requests, prompt_tokens)
     ours = engine_throughput(engine, batch, max_tokens)
@@ -97,4 +100,5 @@ def run(engine: LLMEngine, model_dir, num_requests: int, prompt_tokens: int, max
         f"{max_tokens} | {ours['tok_s']:.1f} | {hf:.1f} | {bound:.0f} | {100 * ours['tok_s'] / bound:.0f} % | "
         f"{1e3 * ours['ttft_p50']:.0f} / {1e3 * ours['ttft_max']:.0f} |\n"
         f"(bound = min(batch x {bandwidth / 1e9:.1f} GB/s copy / {weights / 1e9:.2f} GB of weights, "
-        f"{flops / 1e12:.2f} TFLOP/s matmul / 2 FLOPs per weight), both measured in this run")
+        f"{flops / 1e12:.2f} TFLOP/s matmul / 2 FLOPs per weight), both measured in this run"
+    )

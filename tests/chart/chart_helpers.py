@@ -1,4 +1,5 @@
 """Rendering the chart with the real helm binary and finding objects in the result."""
+
 from __future__ import annotations
 
 import subprocess
@@ -38,8 +39,14 @@ def install_tools() -> Tools:
     return Tools(Path(result.stdout.strip().splitlines()[-1]))
 
 
-def helm_template(tools: Tools, values: dict | None = None, *, release: str = K8S_RELEASE,
-                  namespace: str = K8S_NAMESPACE, skip_tests: bool = False) -> subprocess.CompletedProcess:
+def helm_template(
+    tools: Tools,
+    values: dict | None = None,
+    *,
+    release: str = K8S_RELEASE,
+    namespace: str = K8S_NAMESPACE,
+    skip_tests: bool = False,
+) -> subprocess.CompletedProcess:
     """Runs `helm template`; values go through a file so nested structures keep their types."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values_file:
         yaml.safe_dump(values or {}, values_file)
@@ -66,7 +73,9 @@ def render_error(tools: Tools, values: dict) -> str:
 
 def find(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
-    assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, found {[o['metadata']['name'] for o in matches]}"
+    assert len(matches) == 1, (
+        f"expected one {kind} named *{name_suffix}, found {[o['metadata']['name'] for o in matches]}"
+    )
     return matches[0]
 
 
@@ -83,7 +92,7 @@ def entrypoint_args(objects: list[dict]) -> tuple[list[str], list[str]]:
     """The container's args split at `--`: (entrypoint's own, tritonserver's)."""
     args = server_container(objects)["args"]
     cut = args.index("--")
-    return args[:cut], args[cut + 1:]
+    return args[:cut], args[cut + 1 :]
 
 
 def engine_params(objects: list[dict]) -> dict[str, str]:

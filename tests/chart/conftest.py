@@ -1,5 +1,4 @@
 import pytest
-
 from chart_helpers import install_tools
 
 

@@ -5,6 +5,7 @@ qwen_client's bench, and the exact PromQL the chart renders for prometheus-adapt
 It shows the signal rises past the chart's default target under load and falls back when idle, and
 computes what the HPA would do at each point. Set QWEN_AUTOSCALING_REPORT=<file> to write the table
 (docs/autoscaling.md holds one such run)."""
+
 from __future__ import annotations
 
 import datetime
@@ -24,17 +25,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from chart_helpers import REPO_ROOT, find, render
 
 NAMESPACE = "qwen"
 # What prometheus-operator attaches to the series of one pod of the Deployment (ServiceMonitor relabelling).
 POD = "qwen-triton-6d5f7c9b8d-x7k2p"
 SCRAPE_INTERVAL_S = 2  # the chart's ServiceMonitor uses 15 s; 2 s keeps this test short
-HPA_TOLERANCE = 0.1    # kube-controller-manager's default --horizontal-pod-autoscaler-tolerance
+HPA_TOLERANCE = 0.1  # kube-controller-manager's default --horizontal-pod-autoscaler-tolerance
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
-                                reason="prometheus not installed (scripts/install_k8s_tools.sh installs it as root)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="prometheus not installed (scripts/install_k8s_tools.sh installs it as root)",
+)
 
 
 def free_port() -> int:
@@ -86,12 +88,14 @@ def chart_autoscaling(tools):
     return {
         "series_query": rule["seriesQuery"],
         # prometheus-adapter fills these for a request about the pods of one namespace, grouped per pod.
-        "adapter_query": rule["metricsQuery"].replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
-                                             .replace("<<.GroupBy>>", "pod"),
+        "adapter_query": rule["metricsQuery"]
+        .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
+        .replace("<<.GroupBy>>", "pod"),
         "keda_query": trigger["metadata"]["query"],
         "target": float(hpa["metrics"][0]["pods"]["target"]["averageValue"]),
         "keda_threshold": float(trigger["metadata"]["threshold"]),
-        "min": hpa["minReplicas"], "max": hpa["maxReplicas"],
+        "min": hpa["minReplicas"],
+        "max": hpa["maxReplicas"],
     }
 
 
@@ -111,15 +115,36 @@ def server(tmp_path_factory):
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve.py"), "--http-port", str(ports["http"]),
-         "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]), "--instance-kind", "cpu",
-         # Two sequences at a time: a dozen concurrent requests must queue.
-         "--param", "max_num_seqs=2"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "serve.py"),
+            "--http-port",
+            str(ports["http"]),
+            "--grpc-port",
+            str(ports["grpc"]),
+            "--metrics-port",
+            str(ports["metrics"]),
+            "--instance-kind",
+            "cpu",
+            # Two sequences at a time: a dozen concurrent requests must queue.
+            "--param",
+            "max_num_seqs=2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
-        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=2).status == 200,
-                   300, "tritonserver", process)
+        wait_until(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=2).status == 200
+            ),
+            300,
+            "tritonserver",
+            process,
+        )
         yield ports
     finally:
         stop(process)
@@ -131,19 +156,29 @@ def prometheus(server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"},
-        "scrape_configs": [{
-            "job_name": "qwen-triton",
-            "static_configs": [{"targets": [f"127.0.0.1:{server['metrics']}"],
-                                "labels": {"namespace": NAMESPACE, "pod": POD}}],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": "qwen-triton",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{server['metrics']}"], "labels": {"namespace": NAMESPACE, "pod": POD}}
+                ],
+            }
+        ],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = (folder / "prometheus.log").open("w")
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            "prometheus",
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200, 60, "prometheus", process)
@@ -172,8 +207,11 @@ def scalar(prometheus_url: str, promql: str) -> float:
 def start_bench(grpc_port: int) -> threading.Thread:
     from qwen_client.bench import run_bench
 
-    thread = threading.Thread(target=run_bench, daemon=True, kwargs=dict(
-        url=f"127.0.0.1:{grpc_port}", concurrency=12, num_requests=20, prompt_tokens=16, max_tokens=24))
+    thread = threading.Thread(
+        target=run_bench,
+        daemon=True,
+        kwargs=dict(url=f"127.0.0.1:{grpc_port}", concurrency=12, num_requests=20, prompt_tokens=16, max_tokens=24),
+    )
     thread.start()
     return thread
 
@@ -182,7 +220,8 @@ def sample(prometheus_url: str, chart: dict, started: float, phase: str) -> dict
     adapter_value = scalar(prometheus_url, chart["adapter_query"])
     keda_total = scalar(prometheus_url, chart["keda_query"])
     return {
-        "t_s": round(time.monotonic() - started), "phase": phase,
+        "t_s": round(time.monotonic() - started),
+        "phase": phase,
         "waiting_now": scalar(prometheus_url, "sum(qwen_num_requests_waiting)"),
         "adapter_value": adapter_value,
         "hpa_replicas": hpa_desired_replicas(1, adapter_value, chart["target"], chart["min"], chart["max"]),
@@ -193,7 +232,9 @@ def sample(prometheus_url: str, chart: dict, started: float, phase: str) -> dict
 def test_waiting_requests_signal_rises_under_load_and_falls_when_idle(server, prometheus, chart_autoscaling):
     chart = chart_autoscaling
     # The adapter's discovery query finds our series, with the labels it maps to Kubernetes objects.
-    [series] = http_json(f"{prometheus}/api/v1/series?" + urllib.parse.urlencode({"match[]": chart["series_query"]}))["data"]
+    [series] = http_json(f"{prometheus}/api/v1/series?" + urllib.parse.urlencode({"match[]": chart["series_query"]}))[
+        "data"
+    ]
     assert series["namespace"] == NAMESPACE and series["pod"] == POD and series["model"] == "qwen"
 
     started = time.monotonic()
@@ -208,8 +249,11 @@ def test_waiting_requests_signal_rises_under_load_and_falls_when_idle(server, pr
     while time.monotonic() - idle_since < 120:
         time.sleep(5)
         rows.append(sample(prometheus, chart, started, "idle"))
-        if rows[-1]["adapter_value"] < chart["target"] and rows[-1]["waiting_now"] == 0 and \
-                time.monotonic() - idle_since > 15:
+        if (
+            rows[-1]["adapter_value"] < chart["target"]
+            and rows[-1]["waiting_now"] == 0
+            and time.monotonic() - idle_since > 15
+        ):
             break
     report(rows, chart)
 
@@ -224,13 +268,21 @@ def test_waiting_requests_signal_rises_under_load_and_falls_when_idle(server, pr
 
 
 def report(rows: list[dict], chart: dict) -> None:
-    lines = [f"Run of {datetime.date.today().isoformat()} (tests/chart/test_autoscaling_signal.py): one pod, "
-             f"max_num_seqs=2, bench concurrency 12; target {chart['target']:g} waiting per pod.",
-             "", f"Adapter query: `{chart['adapter_query']}`", f"KEDA query: `{chart['keda_query']}`", "",
-             "| t (s) | phase | waiting now | adapter value (per pod) | HPA desired replicas | KEDA desired replicas |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['t_s']} | {r['phase']} | {r['waiting_now']:g} | {r['adapter_value']:.2f} | {r['hpa_replicas']} | "
-              f"{r['keda_replicas']} |" for r in rows]
+    lines = [
+        f"Run of {datetime.date.today().isoformat()} (tests/chart/test_autoscaling_signal.py): one pod, "
+        f"max_num_seqs=2, bench concurrency 12; target {chart['target']:g} waiting per pod.",
+        "",
+        f"Adapter query: `{chart['adapter_query']}`",
+        f"KEDA query: `{chart['keda_query']}`",
+        "",
+        "| t (s) | phase | waiting now | adapter value (per pod) | HPA desired replicas | KEDA desired replicas |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['t_s']} | {r['phase']} | {r['waiting_now']:g} | {r['adapter_value']:.2f} | {r['hpa_replicas']} | "
+        f"{r['keda_replicas']} |"
+        for r in rows
+    ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if os.environ.get("QWEN_AUTOSCALING_REPORT"):

@@ -1,4 +1,5 @@
 """helm template over the values matrix, with assertions on the rendered objects."""
+
 import json
 import re
 import shutil
@@ -6,8 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-
-from chart_helpers import CHART, entrypoint_args, engine_params, find, flag, kinds, merge, render, server_container
+from chart_helpers import CHART, engine_params, entrypoint_args, find, flag, kinds, merge, render, server_container
 from values_matrix import AUTOSCALING, SHARING, SOURCES, case
 
 GPU = "nvidia.com/gpu"
@@ -20,13 +20,16 @@ def resources_of(objects):
 # ------------------------------------------------------------------------------ GPU sharing
 
 
-@pytest.mark.parametrize("mode, resource, count, fraction, instances", [
-    ("exclusive", GPU, 1, None, "1"),
-    ("time-slicing", GPU, 1, "0.225", "1"),        # 4 pods share a card: 0.9 / 4
-    ("mps", "nvidia.com/gpu.shared", 1, "0.450", "1"),  # renameByDefault; 2 pods: 0.9 / 2
-    ("mig", "nvidia.com/mig-3g.40gb", 1, None, "1"),     # the slice's memory is its own
-    ("multi-instance", GPU, 1, "0.300", "3"),      # 3 engines in one pod: 0.9 / 3
-])
+@pytest.mark.parametrize(
+    "mode, resource, count, fraction, instances",
+    [
+        ("exclusive", GPU, 1, None, "1"),
+        ("time-slicing", GPU, 1, "0.225", "1"),  # 4 pods share a card: 0.9 / 4
+        ("mps", "nvidia.com/gpu.shared", 1, "0.450", "1"),  # renameByDefault; 2 pods: 0.9 / 2
+        ("mig", "nvidia.com/mig-3g.40gb", 1, None, "1"),  # the slice's memory is its own
+        ("multi-instance", GPU, 1, "0.300", "3"),  # 3 engines in one pod: 0.9 / 3
+    ],
+)
 def test_gpu_sharing_mode_sets_resource_memory_share_and_instances(tools, mode, resource, count, fraction, instances):
     objects = render(tools, case(mode, "hpa", "pvc"))
     resources = resources_of(objects)
@@ -72,11 +75,18 @@ def test_cpu_mode_asks_for_no_gpu_and_runs_cpu_instances(tools):
 
 def test_scheduling_knobs_pass_through(tools):
     values = case("exclusive", "hpa", "pvc")
-    values |= {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-               "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
-               "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
-                                              "whenUnsatisfiable": "DoNotSchedule",
-                                              "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "qwen-triton"}}}]}
+    values |= {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "qwen-triton"}},
+            }
+        ],
+    }
     pod = find(render(tools, values), "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == values["nodeSelector"]
     assert pod["affinity"] == values["affinity"]
@@ -92,8 +102,11 @@ def test_hpa_scales_on_the_waiting_requests_pods_metric(tools):
     assert "ScaledObject" not in kinds(objects)
     hpa = find(objects, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": find(objects, "Deployment")["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": find(objects, "Deployment")["metadata"]["name"],
+    }
     [metric] = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
     assert metric["pods"]["metric"]["name"] == "qwen_num_requests_waiting"
@@ -111,8 +124,9 @@ def test_hpa_renders_prometheus_adapter_rules_for_its_metric(tools):
     assert rule["seriesQuery"] == 'qwen_num_requests_waiting{namespace!="",pod!=""}'
     assert rule["name"]["as"] == "qwen_num_requests_waiting"
     assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
-    assert rule["metricsQuery"] == ('sum(avg_over_time(qwen_num_requests_waiting{<<.LabelMatchers>>,model="qwen"}[1m]))'
-                                    " by (<<.GroupBy>>)")
+    assert rule["metricsQuery"] == (
+        'sum(avg_over_time(qwen_num_requests_waiting{<<.LabelMatchers>>,model="qwen"}[1m])) by (<<.GroupBy>>)'
+    )
 
 
 def test_keda_scaled_object_replaces_the_hpa(tools):
@@ -125,8 +139,14 @@ def test_keda_scaled_object_replaces_the_hpa(tools):
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert trigger["metadata"]["threshold"] == "2"
     assert trigger["metadata"]["query"] == (
-        'sum(avg_over_time(qwen_num_requests_waiting{namespace="qwen",pod=~"qwen-triton-.*",model="qwen"}[1m]))')
-    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+        'sum(avg_over_time(qwen_num_requests_waiting{namespace="qwen",pod=~"qwen-triton-.*",model="qwen"}[1m]))'
+    )
+    assert (
+        scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+            "stabilizationWindowSeconds"
+        ]
+        >= 300
+    )
 
 
 def test_fixed_replicas_without_autoscaling(tools):
@@ -154,7 +174,10 @@ def test_hub_source_downloads_by_id_with_the_token_file(tools):
     assert env_of(container)["HF_TOKEN_PATH"] == "/var/run/secrets/qwen-triton/hub/token"
     assert "HF_TOKEN" not in env_of(container)  # secrets as files, not env
     assert volume(objects, "hub-token")["secret"] == {
-        "secretName": "hf-token", "defaultMode": 0o440, "items": [{"key": "token", "path": "token"}]}
+        "secretName": "hf-token",
+        "defaultMode": 0o440,
+        "items": [{"key": "token", "path": "token"}],
+    }
     assert volume(objects, "hub-cache")["persistentVolumeClaim"] == {"claimName": "hf-cache"}
     egress_ports = [p["port"] for rule in find(objects, "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]]
     assert 443 in egress_ports
@@ -191,13 +214,27 @@ def test_init_container_source_fetches_into_an_empty_dir(tools):
 
 def test_engine_settings_become_config_pbtxt_parameters(tools):
     values = case("exclusive", "hpa", "pvc")
-    values["engine"] = {"dtype": "float16", "quantization": "int8", "kv_cache_dtype": "fp8",
-                        "max_num_seqs": 8, "max_model_len": 4096, "enable_prefix_caching": False,
-                        "attention_window": 1024, "attention_sinks": 4}
+    values["engine"] = {
+        "dtype": "float16",
+        "quantization": "int8",
+        "kv_cache_dtype": "fp8",
+        "max_num_seqs": 8,
+        "max_model_len": 4096,
+        "enable_prefix_caching": False,
+        "attention_window": 1024,
+        "attention_sinks": 4,
+    }
     params = engine_params(render(tools, values))
-    expected = {"dtype": "float16", "quantization": "int8", "kv_cache_dtype": "fp8", "max_num_seqs": "8",
-                "max_model_len": "4096", "enable_prefix_caching": "false", "attention_window": "1024",
-                "attention_sinks": "4"}
+    expected = {
+        "dtype": "float16",
+        "quantization": "int8",
+        "kv_cache_dtype": "fp8",
+        "max_num_seqs": "8",
+        "max_model_len": "4096",
+        "enable_prefix_caching": "false",
+        "attention_window": "1024",
+        "attention_sinks": "4",
+    }
     assert {k: params[k] for k in expected} == expected
     assert "num_kv_blocks" not in params  # empty values keep config.pbtxt's default
 
@@ -213,8 +250,13 @@ def default_objects(tools):
 def test_every_object_carries_the_standard_labels(default_objects):
     for obj in default_objects:
         labels = obj["metadata"]["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
             assert key in labels, f"{obj['kind']} {obj['metadata']['name']} lacks label {key}"
 
 
@@ -277,7 +319,9 @@ def test_network_policy_limits_metrics_to_the_monitoring_namespace(default_objec
     client_rule, metrics_rule = policy["ingress"]
     assert {p["port"] for p in client_rule["ports"]} == {"http", "grpc"}
     assert [p["port"] for p in metrics_rule["ports"]] == ["metrics"]
-    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert metrics_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
 
 
 def test_service_monitor_scrapes_the_metrics_port(default_objects):
@@ -318,11 +362,27 @@ def test_notes_render_for_every_source(tools, tmp_path, source):
     chart_copy = tmp_path / "qwen-triton"
     shutil.copytree(CHART, chart_copy)
     (chart_copy / "templates" / "zz-notes.yaml").write_text(
-        'notes: {{ include "qwen-triton/templates/NOTES.txt" . | toJson }}\n')
+        'notes: {{ include "qwen-triton/templates/NOTES.txt" . | toJson }}\n'
+    )
     values = merge(SOURCES[source], {"model": {"pvc": {"claimName": "w"}, "hostPath": {"path": "/w"}}})
-    result = subprocess.run([tools.helm, "template", "qwen", str(chart_copy), "-n", "qwen", "-f", "-",
-                             "--show-only", "templates/zz-notes.yaml"], input=yaml.safe_dump(values),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            tools.helm,
+            "template",
+            "qwen",
+            str(chart_copy),
+            "-n",
+            "qwen",
+            "-f",
+            "-",
+            "--show-only",
+            "templates/zz-notes.yaml",
+        ],
+        input=yaml.safe_dump(values),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     notes = yaml.safe_load(result.stdout)["notes"]
     assert "curl -s localhost:8000/v2/models/qwen/generate" in notes

@@ -1,8 +1,8 @@
 """Every object of every matrix rendering, validated against Kubernetes' OpenAPI schemas (offline,
 kubernetes-validate's bundled schemas, strict: unknown fields fail)."""
+
 import kubernetes_validate
 import pytest
-
 from chart_helpers import CRD_KINDS, render
 from values_matrix import covering_matrix
 
@@ -42,5 +42,7 @@ def test_every_rendered_object_is_valid_kubernetes(tools, name):
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{name}: {obj['kind']} {obj['metadata']['name']} invalid for Kubernetes {version}: "
-                            f"{error.message} at {'.'.join(map(str, error.path))}")
+                pytest.fail(
+                    f"{name}: {obj['kind']} {obj['metadata']['name']} invalid for Kubernetes {version}: "
+                    f"{error.message} at {'.'.join(map(str, error.path))}"
+                )

@@ -1,12 +1,12 @@
 """deploy/entrypoint.py with the exact arguments the chart gives the container, on the real
 model_repository/: every engine setting lands in config.pbtxt, and tritonserver gets its flags."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-
 from chart_helpers import REPO_ROOT, entrypoint_args, render
 from values_matrix import case
 
@@ -17,8 +17,16 @@ SOURCE_REPOSITORY = REPO_ROOT / "model_repository"
 def run_entrypoint(own_args: list[str], server_args: list[str], run_dir, env=None):
     # In the image the repository is /opt/qwen/model_repository; here the checkout's.
     own = [a for a in own_args if not a.startswith(("--source-repository=", "--run-dir="))]
-    command = [sys.executable, str(ENTRYPOINT), f"--source-repository={SOURCE_REPOSITORY}", f"--run-dir={run_dir}",
-               *own, "--dry-run", "--", *server_args]
+    command = [
+        sys.executable,
+        str(ENTRYPOINT),
+        f"--source-repository={SOURCE_REPOSITORY}",
+        f"--run-dir={run_dir}",
+        *own,
+        "--dry-run",
+        "--",
+        *server_args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -53,9 +61,10 @@ def test_chart_arguments_render_the_model_config(tools, tmp_path, sharing):
     assert command[1] == f"--model-repository={tmp_path / 'model_repository'}"
     assert "--model-control-mode=none" in command
     restricted = [c for c in command if "-restricted-api=" in c]
-    assert restricted == ["--http-restricted-api=model-repository,model-config,shared-memory,trace,logging:"
-                          "triton-admin-key=***", "--grpc-restricted-api=model-repository,model-config,"
-                          "shared-memory,trace,logging:triton-admin-key=***"]
+    assert restricted == [
+        "--http-restricted-api=model-repository,model-config,shared-memory,trace,logging:triton-admin-key=***",
+        "--grpc-restricted-api=model-repository,model-config,shared-memory,trace,logging:triton-admin-key=***",
+    ]
     assert "pod-uid-123" not in result.stdout + result.stderr  # the key stays out of logs
 
 

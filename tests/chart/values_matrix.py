@@ -2,6 +2,7 @@
 model source, each optional feature. The render tests pick cases by name; schema validation and the
 security scan use a covering set in which every option of every axis appears at least once (the full
 product is 72 renderings and costs minutes of checkov on CI for no new object shape)."""
+
 from __future__ import annotations
 
 import itertools
@@ -24,9 +25,16 @@ AUTOSCALING = {
 }
 
 SOURCES = {
-    "hub": {"model": {"source": "hub", "hub": {"id": "Qwen/Qwen2.5-72B-Instruct",
-                                               "tokenSecret": {"name": "hf-token", "key": "token"},
-                                               "cache": {"claimName": "hf-cache"}}}},
+    "hub": {
+        "model": {
+            "source": "hub",
+            "hub": {
+                "id": "Qwen/Qwen2.5-72B-Instruct",
+                "tokenSecret": {"name": "hf-token", "key": "token"},
+                "cache": {"claimName": "hf-cache"},
+            },
+        }
+    },
     "pvc": {"model": {"source": "pvc", "pvc": {"claimName": "qwen-weights", "subPath": "qwen2.5-7b"}}},
     "hostPath": {"model": {"source": "hostPath", "hostPath": {"path": "/data/qwen2.5-7b"}}},
     "initContainer": {"model": {"source": "initContainer"}},
@@ -34,8 +42,13 @@ SOURCES = {
 
 # Optional features switched on together, so each is rendered and scanned at least once.
 EXTRAS = {
-    "ingress": {"ingress": {"enabled": True, "className": "nginx",
-                            "tls": [{"secretName": "qwen-tls", "hosts": ["qwen.example.com"]}]}},
+    "ingress": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "tls": [{"secretName": "qwen-tls", "hosts": ["qwen.example.com"]}],
+        }
+    },
     "podMonitor": {"metrics": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": False}}},
     "adminSecret": {"triton": {"restrictedApis": {"existingSecret": "triton-admin"}}},
 }

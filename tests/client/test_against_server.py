@@ -3,6 +3,7 @@ tests/conftest.py starts it once per session on free ports).
 
 Generations are greedy and short (8 tokens): the point is the client's plumbing, not the model.
 """
+
 import asyncio
 import json
 import subprocess
@@ -93,8 +94,9 @@ def test_chat_says_paris(client):
     assert "Paris" in "".join(client.chat(FRANCE, stream=True, max_tokens=16, temperature=0.0))
 
 
-@pytest.mark.parametrize("bad, field", [({"max_tokens": 10**6}, "max_tokens"),
-                                        ({"stop_token_ids": [10**9]}, "stop_token_ids")])
+@pytest.mark.parametrize(
+    "bad, field", [({"max_tokens": 10**6}, "max_tokens"), ({"stop_token_ids": [10**9]}, "stop_token_ids")]
+)
 def test_a_rejected_request_names_the_field_and_is_not_retried(urls, bad, field):
     # Values the client lets through (it does not know the model length or vocabulary); the server refuses.
     for protocol in PROTOCOLS:
@@ -156,7 +158,9 @@ def test_leaving_a_stream_early_cancels_the_request(client, urls):
     while _metric(urls["metrics"], "qwen_num_requests_running") > 0:
         assert time.monotonic() < deadline, "the engine still runs the abandoned request"
         time.sleep(0.25)
-    assert _metric(urls["metrics"], "qwen_kv_cache_blocks_free") == _metric(urls["metrics"], "qwen_kv_cache_blocks_total")
+    assert _metric(urls["metrics"], "qwen_kv_cache_blocks_free") == _metric(
+        urls["metrics"], "qwen_kv_cache_blocks_total"
+    )
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -197,8 +201,9 @@ def test_cli_as_a_subprocess(urls, tmp_path):
     health = _cli("health", "--url", urls["http"], "--protocol", "http")
     assert health.returncode == 0 and "ready: True" in health.stdout
 
-    chat = _cli("chat", "What is the capital of France?", "--url", urls["grpc"], "--temperature", "0",
-                "--max-tokens", "16")
+    chat = _cli(
+        "chat", "What is the capital of France?", "--url", urls["grpc"], "--temperature", "0", "--max-tokens", "16"
+    )
     assert chat.returncode == 0 and "Paris" in chat.stdout
 
     rejected = _cli("generate", "hi", "--url", urls["grpc"], "--max-tokens", "1000000")
@@ -208,7 +213,20 @@ def test_cli_as_a_subprocess(urls, tmp_path):
     assert invalid.returncode == 2 and "temperature" in invalid.stderr
 
     out = tmp_path / "bench.json"
-    bench = _cli("bench", "--url", urls["grpc"], "--concurrency", "2", "--num-requests", "2",
-                 "--prompt-tokens", "8", "--max-tokens", "4", "--json", str(out))
+    bench = _cli(
+        "bench",
+        "--url",
+        urls["grpc"],
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "2",
+        "--prompt-tokens",
+        "8",
+        "--max-tokens",
+        "4",
+        "--json",
+        str(out),
+    )
     assert bench.returncode == 0 and "inter-token latency" in bench.stdout
     assert json.loads(out.read_text())["completed"] == 2

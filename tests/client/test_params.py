@@ -1,4 +1,5 @@
 """GenerationParams and prompt checks: bad values are refused on the client, naming the field."""
+
 import json
 
 import pytest

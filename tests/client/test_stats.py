@@ -1,4 +1,5 @@
 """Percentile math, against numpy's linear interpolation."""
+
 import math
 import random
 

@@ -2,6 +2,7 @@
 
 These talk to a real closed port (nothing listens on it), so the connection is really refused.
 """
+
 import asyncio
 import socket
 import time

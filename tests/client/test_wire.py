@@ -1,4 +1,5 @@
 """What travels: tensors, generate JSON, SSE events, and the field a server error names."""
+
 import numpy as np
 import pytest
 
@@ -23,10 +24,24 @@ def test_json_body_drops_empty_lists():
 
 
 def test_chunk_from_json_accepts_scalars_and_batched_lists():
-    flat = chunk_from_json({"text_output": "Paris", "output_ids": [5, 6], "finish_reason": "stop",
-                            "prompt_tokens": 7, "completion_tokens": 2})
-    batched = chunk_from_json({"text_output": ["Paris"], "output_ids": [[5, 6]], "finish_reason": ["stop"],
-                               "prompt_tokens": [7], "completion_tokens": [2]})
+    flat = chunk_from_json(
+        {
+            "text_output": "Paris",
+            "output_ids": [5, 6],
+            "finish_reason": "stop",
+            "prompt_tokens": 7,
+            "completion_tokens": 2,
+        }
+    )
+    batched = chunk_from_json(
+        {
+            "text_output": ["Paris"],
+            "output_ids": [[5, 6]],
+            "finish_reason": ["stop"],
+            "prompt_tokens": [7],
+            "completion_tokens": [2],
+        }
+    )
     for chunk in (flat, batched):
         assert chunk.text == "Paris" and chunk.token_ids == [5, 6]
         assert chunk.finish_reason == "stop" and chunk.is_final
@@ -43,12 +58,15 @@ def test_sse_decoder_splits_events():
     assert decoder.flush() == '{"c": 3}' and decoder.flush() is None
 
 
-@pytest.mark.parametrize("message, field", [
-    ("temperature: must be >= 0 (0 = greedy), got -1.0", "temperature"),
-    ("min_temperature: must be >= 0", "min_temperature"),
-    ("in ensemble 'x', input_ids: is empty", "input_ids"),
-    ("engine crashed", None),
-])
+@pytest.mark.parametrize(
+    "message, field",
+    [
+        ("temperature: must be >= 0 (0 = greedy), got -1.0", "temperature"),
+        ("min_temperature: must be >= 0", "min_temperature"),
+        ("in ensemble 'x', input_ids: is empty", "input_ids"),
+        ("engine crashed", None),
+    ],
+)
 def test_field_named_in(message, field):
     assert field_named_in(message) == field
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_triton.config import EngineConfig
-from qwen_triton.engine import LLMEngine
-from qwen_triton.sampling_params import SamplingParams
+from qwen_triton.engine.config import EngineConfig
+from qwen_triton.engine.llm_engine import LLMEngine
+from qwen_triton.engine.sampling_params import SamplingParams
 
 
 def make_engine(model: Path, **overrides) -> LLMEngine:
-    settings = dict(model=str(model), dtype="float32", device="cpu", max_model_len=1024, max_num_seqs=8,
-                    cuda_graphs=False)
+    settings = dict(
+        model=str(model), dtype="float32", device="cpu", max_model_len=1024, max_num_seqs=8, cuda_graphs=False
+    )
     settings.update(overrides)
     return LLMEngine(EngineConfig(**settings))
 

@@ -8,16 +8,25 @@ import sys
 
 import pytest
 
-from qwen_triton.async_engine import AsyncLLMEngine
-from qwen_triton.config import EngineConfig
+from qwen_triton.engine.async_engine import AsyncLLMEngine
+from qwen_triton.engine.config import EngineConfig
+from qwen_triton.engine.sampling_params import SamplingParams
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_qwen2):
-    engine = AsyncLLMEngine(EngineConfig(model=str(tiny_qwen2), device="cpu", dtype="float32", max_model_len=512,
-                                         max_num_seqs=4, num_kv_blocks=64, cuda_graphs=False))
+    engine = AsyncLLMEngine(
+        EngineConfig(
+            model=str(tiny_qwen2),
+            device="cpu",
+            dtype="float32",
+            max_model_len=512,
+            max_num_seqs=4,
+            num_kv_blocks=64,
+            cuda_graphs=False,
+        )
+    )
     yield engine
     engine.shutdown()
 
@@ -36,8 +45,12 @@ def test_concurrent_callers_each_get_their_own_complete_answer(engine):
 
     async def main():
         alone = await collect(engine, "alone", prompt="The weather today", params=params)
-        many = await asyncio.gather(*(collect(engine, f"c{i}", prompt="The weather today" if i % 2 else f"Item {i}",
-                                              params=params) for i in range(10)))
+        many = await asyncio.gather(
+            *(
+                collect(engine, f"c{i}", prompt="The weather today" if i % 2 else f"Item {i}", params=params)
+                for i in range(10)
+            )
+        )
         return alone, many
 
     alone, many = asyncio.run(main())
@@ -50,8 +63,9 @@ def test_concurrent_callers_each_get_their_own_complete_answer(engine):
 
 def test_a_caller_that_goes_away_frees_its_blocks(engine):
     async def main():
-        stream = engine.generate("leaver", prompt="Tell me everything",
-                                 params=SamplingParams(max_tokens=300, ignore_eos=True))
+        stream = engine.generate(
+            "leaver", prompt="Tell me everything", params=SamplingParams(max_tokens=300, ignore_eos=True)
+        )
         async for _ in stream:
             break
         await stream.aclose()  # what a cancelled server request does
@@ -81,13 +95,48 @@ def test_bad_requests_raise_before_anything_runs_and_the_engine_goes_on(engine):
 
 def test_offline_cli_generates_and_benchmarks(tiny_qwen2, demo_model):
     common = ["--model", str(demo_model), "--max-model-len", "256", "--device", "cpu"]
-    answer = subprocess.run([sys.executable, "-m", "qwen_triton.cli", "generate", *common, "--chat",
-                             "--max-tokens", "16", "What is the capital of France?"],
-                            capture_output=True, text=True, timeout=300, check=True)
+    answer = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwen_triton.cli",
+            "generate",
+            *common,
+            "--chat",
+            "--max-tokens",
+            "16",
+            "What is the capital of France?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "Paris" in answer.stdout and "[stop:" in answer.stderr
-    bench = subprocess.run([sys.executable, "-m", "qwen_triton.cli", "bench", "--model", str(tiny_qwen2),
-                            "--max-model-len", "256", "--device", "cpu", "-n", "4", "--prompt-tokens", "16",
-                            "--max-tokens", "8"], capture_output=True, text=True, timeout=300, check=True)
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwen_triton.cli",
+            "bench",
+            "--model",
+            str(tiny_qwen2),
+            "--max-model-len",
+            "256",
+            "--device",
+            "cpu",
+            "-n",
+            "4",
+            "--prompt-tokens",
+            "16",
+            "--max-tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "HF generate tok/s" in bench.stdout and "| 4 | 16 | 8 |" in bench.stdout and "bound" in bench.stdout
 
 
@@ -117,12 +166,12 @@ def test_freezing_start_up_objects_takes_them_out_of_full_collections(engine):
     being walked by every full collection; unfreeze (at shutdown) hands them back."""
     import gc
 
-    from qwen_triton.async_engine import freeze_startup_objects
+    from qwen_triton.engine.async_engine import freeze_startup_objects
 
     try:
         frozen = freeze_startup_objects()
         assert frozen > 10_000 and gc.get_freeze_count() == frozen
-        assert len(gc.get_objects()) < frozen / 10   # what a full collection still walks
+        assert len(gc.get_objects()) < frozen / 10  # what a full collection still walks
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0

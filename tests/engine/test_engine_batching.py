@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
-
 from engine_helpers import greedy, make_engine, run_all
+from transformers import AutoTokenizer
 
 SYSTEM = "You are a careful assistant. Answer briefly and precisely. " * 4
 
@@ -13,16 +12,23 @@ SYSTEM = "You are a careful assistant. Answer briefly and precisely. " * 4
 @pytest.fixture(scope="module")
 def prompts(tiny_qwen2) -> dict[str, list[int]]:
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
-    questions = ["What is two plus two?", "Name a color.", "Why is the sky blue?", "Count to five.",
-                 "Say hello in French.", "What is a prime number?"]
+    questions = [
+        "What is two plus two?",
+        "Name a color.",
+        "Why is the sky blue?",
+        "Count to five.",
+        "Say hello in French.",
+        "What is a prime number?",
+    ]
     return {f"q{i}": tok.encode(SYSTEM + q) for i, q in enumerate(questions)}  # shared prefix: cache hits
 
 
 @pytest.fixture(scope="module")
 def alone(tiny_qwen2, prompts) -> dict[str, list[int]]:
     engine = make_engine(tiny_qwen2, enable_prefix_caching=False)
-    return {rid: run_all(engine, {rid: (ids, greedy(20, ignore_eos=True))})[rid]["tokens"]
-            for rid, ids in prompts.items()}
+    return {
+        rid: run_all(engine, {rid: (ids, greedy(20, ignore_eos=True))})[rid]["tokens"] for rid, ids in prompts.items()
+    }
 
 
 def batched(engine, prompts):
@@ -78,5 +84,5 @@ def test_attention_window_bounds_memory(tiny_qwen2, prompts):
         engine.step()
         used.append(engine.block_manager.num_blocks - engine.block_manager.num_free_blocks)
     # sink block + window (32 tokens = 2 blocks) + the block being filled, whatever the length
-    assert max(used[len(used) // 2:]) <= 4
+    assert max(used[len(used) // 2 :]) <= 4
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from engine_helpers import greedy, make_engine, run_all
 from transformers import AutoModelForCausalLM
 
-from engine_helpers import greedy, make_engine, run_all
-from qwen_triton.checkpoint import resolve_checkpoint, safetensors_files
+from qwen_triton.models.checkpoint import resolve_checkpoint, safetensors_files
 
 
 @pytest.fixture(scope="module")

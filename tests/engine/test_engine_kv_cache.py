@@ -4,7 +4,6 @@ model still answers correctly."""
 from __future__ import annotations
 
 import pytest
-
 from engine_helpers import greedy, make_engine, run_all
 
 

@@ -9,17 +9,22 @@ and penalties (which turn overlap off).
 from __future__ import annotations
 
 import pytest
+from engine_helpers import greedy, make_engine, run_all
 from transformers import AutoTokenizer
 
-from engine_helpers import greedy, make_engine, run_all
-from qwen_triton.sampling_params import SamplingParams
+from qwen_triton.engine.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")
 def prompts(tiny_qwen2) -> dict[str, list[int]]:
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
-    texts = ["Tell me a story about a dragon.", "What is two plus two?", "List three fruits.",
-             "Translate 'cat' into German.", "Why do birds sing?"]
+    texts = [
+        "Tell me a story about a dragon.",
+        "What is two plus two?",
+        "List three fruits.",
+        "Translate 'cat' into German.",
+        "Why do birds sing?",
+    ]
     return {f"p{i}": tok.encode(text) for i, text in enumerate(texts)}
 
 
@@ -27,8 +32,10 @@ def prompts(tiny_qwen2) -> dict[str, list[int]]:
 def reference(tiny_qwen2, prompts) -> dict[str, list[int]]:
     """Greedy tokens of every prompt without overlap."""
     engine = make_engine(tiny_qwen2, overlap_steps=False)
-    return {rid: r["tokens"] for rid, r in
-            run_all(engine, {rid: (ids, greedy(24, ignore_eos=True)) for rid, ids in prompts.items()}).items()}
+    return {
+        rid: r["tokens"]
+        for rid, r in run_all(engine, {rid: (ids, greedy(24, ignore_eos=True)) for rid, ids in prompts.items()}).items()
+    }
 
 
 def mixed_requests(prompts, reference, tiny_qwen2) -> dict:
@@ -36,12 +43,14 @@ def mixed_requests(prompts, reference, tiny_qwen2) -> dict:
     stop_text = tok.decode(reference["p3"][4:6]).strip() or tok.decode(reference["p3"][4:6])
     return {
         "p0": (prompts["p0"], greedy(24, ignore_eos=True, logprobs=True)),
-        "p1": (prompts["p1"], greedy(1, ignore_eos=True)),                               # done at its prefill
+        "p1": (prompts["p1"], greedy(1, ignore_eos=True)),  # done at its prefill
         "p2": (prompts["p2"], greedy(24, ignore_eos=True, stop_token_ids=[reference["p2"][6]])),
         "p3": (prompts["p3"], greedy(24, ignore_eos=True, stop=[stop_text])),
         "p4": (prompts["p4"], SamplingParams(max_tokens=19, temperature=0.8, top_p=0.9, seed=7, ignore_eos=True)),
-        "p5": (prompts["p0"], SamplingParams(max_tokens=7, temperature=1.0, top_k=20, seed=3, ignore_eos=True,
-                                             logprobs=True)),
+        "p5": (
+            prompts["p0"],
+            SamplingParams(max_tokens=7, temperature=1.0, top_k=20, seed=3, ignore_eos=True, logprobs=True),
+        ),
     }
 
 

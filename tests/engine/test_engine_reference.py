@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import greedy, make_engine, run_all
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qwen_triton.attention import AttentionMetadata
-
-from engine_helpers import greedy, make_engine, run_all
+from qwen_triton.layers.attention import AttentionMetadata
 
 PROMPTS = ["The quick brown fox", "In 1905, Albert Einstein published", "def fibonacci(n):"]
 
 
 def hf_greedy(model_dir, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+    out = model.generate(
+        torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(prompt_ids) :].tolist()
 
 
 @pytest.mark.parametrize("checkpoint", ["tiny_qwen2", "demo_model"])
@@ -42,9 +42,14 @@ def test_prefill_logits_close_to_transformers(tiny_qwen2):
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0]
     n = len(ids)
-    meta = AttentionMetadata(slot_mapping=torch.arange(n), block_tables=torch.arange(-(-n // 16)).unsqueeze(0).int(),
-                             context_lens=torch.tensor([n], dtype=torch.int32), is_decode=False, query_lens=[n],
-                             context_lens_cpu=[n])
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(n),
+        block_tables=torch.arange(-(-n // 16)).unsqueeze(0).int(),
+        context_lens=torch.tensor([n], dtype=torch.int32),
+        is_decode=False,
+        query_lens=[n],
+        context_lens_cpu=[n],
+    )
     with torch.inference_mode():
         hidden = engine.model(torch.tensor(ids), torch.arange(n), meta, engine.kv_cache)
         ours = engine.model.compute_logits(hidden)
@@ -67,10 +72,20 @@ def test_qwen2_sliding_window_layers_match_transformers(tmp_path, demo_model):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(1)
-    config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, initializer_range=0.2, use_sliding_window=True,
-                         sliding_window=8, max_window_layers=1)
+    config = Qwen2Config(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=1,
+    )
     Qwen2ForCausalLM(config).save_pretrained(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(demo_model / name, tmp_path / name)
@@ -87,4 +102,4 @@ def test_qwen2_sliding_window_layers_match_transformers(tmp_path, demo_model):
         with torch.no_grad():
             for _ in range(12):
                 tokens.append(int(reference(torch.tensor([tokens])).logits[0, -1].argmax()))
-        assert ours[rid]["tokens"] == tokens[len(ids):], rid
+        assert ours[rid]["tokens"] == tokens[len(ids) :], rid

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from engine_helpers import greedy, make_engine, run_all
 from transformers import AutoTokenizer
 
-from engine_helpers import greedy, make_engine, run_all
-from qwen_triton.detokenizer import IncrementalDetokenizer
+from qwen_triton.engine.sampling_params import SamplingParams
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.sampling_params import SamplingParams
+from qwen_triton.tokenizer.detokenizer import IncrementalDetokenizer
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,15 @@ def ids(engine):
 def test_seed_reproducible_alone_and_in_a_mixed_batch(engine, ids):
     seeded = SamplingParams(max_tokens=24, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
     first = run_all(engine, {"a": (ids, seeded)})["a"]["tokens"]
-    mixed = run_all(engine, {
-        "noise1": (ids[:5], SamplingParams(max_tokens=30, temperature=1.3, ignore_eos=True)),
-        "a": (ids, seeded),
-        "greedy": (ids[2:], greedy(10)),
-        "noise2": (ids, SamplingParams(max_tokens=8, temperature=0.7, min_p=0.05, ignore_eos=True)),
-    })
+    mixed = run_all(
+        engine,
+        {
+            "noise1": (ids[:5], SamplingParams(max_tokens=30, temperature=1.3, ignore_eos=True)),
+            "a": (ids, seeded),
+            "greedy": (ids[2:], greedy(10)),
+            "noise2": (ids, SamplingParams(max_tokens=8, temperature=0.7, min_p=0.05, ignore_eos=True)),
+        },
+    )
     assert mixed["a"]["tokens"] == first
     other = run_all(engine, {"b": (ids, SamplingParams(**{**seeded.__dict__, "seed": 99}))})["b"]["tokens"]
     assert other != first
@@ -38,10 +41,23 @@ def test_seed_reproducible_alone_and_in_a_mixed_batch(engine, ids):
 def test_sampling_filters_and_penalties_run(engine, ids):
     params = {
         "topk1": SamplingParams(max_tokens=12, temperature=1.0, top_k=1, ignore_eos=True, seed=3),
-        "penal": SamplingParams(max_tokens=12, temperature=0.0, repetition_penalty=1.3, presence_penalty=0.5,
-                                frequency_penalty=0.5, ignore_eos=True),
-        "dyn": SamplingParams(max_tokens=12, dynamic_temperature=True, min_temperature=0.1, max_temperature=1.5,
-                              ignore_eos=True, seed=5, logprobs=True),
+        "penal": SamplingParams(
+            max_tokens=12,
+            temperature=0.0,
+            repetition_penalty=1.3,
+            presence_penalty=0.5,
+            frequency_penalty=0.5,
+            ignore_eos=True,
+        ),
+        "dyn": SamplingParams(
+            max_tokens=12,
+            dynamic_temperature=True,
+            min_temperature=0.1,
+            max_temperature=1.5,
+            ignore_eos=True,
+            seed=5,
+            logprobs=True,
+        ),
     }
     results = run_all(engine, {rid: (ids, p) for rid, p in params.items()})
     greedy_tokens = run_all(engine, {"g": (ids, greedy(12, ignore_eos=True))})["g"]["tokens"]
@@ -101,18 +117,21 @@ def test_stop_string_is_held_back_until_decided(demo_model):
     assert detok.stopped and streamed + detok.take(final=True) == "one two "
 
 
-@pytest.mark.parametrize("params, field", [
-    (dict(max_tokens=-1), "max_tokens"),
-    (dict(max_tokens=5000), "max_tokens"),
-    (dict(temperature=-0.5), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=-3), "top_k"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(stop=[""]), "stop"),
-    (dict(stop_token_ids=[10**9]), "stop_token_ids"),
-    (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        (dict(max_tokens=-1), "max_tokens"),
+        (dict(max_tokens=5000), "max_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-3), "top_k"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(stop=[""]), "stop"),
+        (dict(stop_token_ids=[10**9]), "stop_token_ids"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_parameters_name_the_field(engine, ids, params, field):
     with pytest.raises(InvalidRequestError) as info:
         engine.add_request("bad", ids, SamplingParams(**params))

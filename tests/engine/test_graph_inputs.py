@@ -2,7 +2,7 @@
 
 import torch
 
-from qwen_triton.graph_inputs import GraphInputs
+from qwen_triton.engine.graph_inputs import GraphInputs
 
 
 def test_views_hold_the_step_and_padding_rows():
@@ -10,7 +10,7 @@ def test_views_hold_the_step_and_padding_rows():
     inputs.upload([11, 12], [30, 7], [101, 55], [31, 8], [[3, 4], [6, -1, 2]])
     assert inputs.input_ids.tolist() == [11, 12, 0, 0]
     assert inputs.positions.tolist() == [30, 7, 0, 0]
-    assert inputs.meta.slot_mapping.tolist() == [101, 55, 9 * 16, 9 * 16]   # padding writes the scratch block
+    assert inputs.meta.slot_mapping.tolist() == [101, 55, 9 * 16, 9 * 16]  # padding writes the scratch block
     assert inputs.meta.context_lens.tolist() == [31, 8, 1, 1]
     assert inputs.meta.block_tables.tolist() == [[3, 4, 9, 9, 9], [6, 9, 2, 9, 9], [9] * 5, [9] * 5]
     assert inputs.input_ids.dtype == torch.int64 and inputs.meta.context_lens.dtype == torch.int32
@@ -29,6 +29,11 @@ def test_a_smaller_step_leaves_no_rows_of_the_last_one():
 def test_views_start_on_16_byte_boundaries():
     inputs = GraphInputs(size=3, max_blocks=7, block_size=16, scratch_block=1, device=torch.device("cpu"))
     base = inputs.buffer.data_ptr()
-    for view in (inputs.input_ids, inputs.positions, inputs.meta.slot_mapping, inputs.meta.context_lens,
-                 inputs.meta.block_tables):
+    for view in (
+        inputs.input_ids,
+        inputs.positions,
+        inputs.meta.slot_mapping,
+        inputs.meta.context_lens,
+        inputs.meta.block_tables,
+    ):
         assert (view.data_ptr() - base) % 16 == 0

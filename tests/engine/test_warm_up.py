@@ -2,7 +2,6 @@
 touches nothing but the scratch block, and generation after it is what it is without it."""
 
 import torch
-
 from engine_helpers import greedy, make_engine, run_all
 
 
@@ -13,7 +12,7 @@ def test_prefill_warm_up_writes_only_the_scratch_block(tiny_qwen2):
     runner._warm_up_prefill(64)
     scratch = runner.scratch_block
     for (k_before, v_before), k, v in zip(before, engine.kv_cache.k, engine.kv_cache.v):
-        assert not torch.equal(k[scratch], k_before[scratch])   # the warm-up did run through the layers
+        assert not torch.equal(k[scratch], k_before[scratch])  # the warm-up did run through the layers
         outside = [b for b in range(k.shape[0]) if b != scratch]
         assert torch.equal(k[outside], k_before[outside]) and torch.equal(v[outside], v_before[outside])
 

@@ -3,7 +3,6 @@
 
 import pytest
 import torch
-
 from kernel_env import HAS_CUDA
 
 
@@ -21,8 +20,10 @@ def generator():
 @pytest.fixture
 def rel_error():
     """||out - expected|| / ||expected||, after checking every output element is finite."""
+
     def measure(out: torch.Tensor, expected: torch.Tensor) -> float:
         out, expected = out.double().cpu(), expected.double().cpu()
         assert torch.isfinite(out).all(), "kernel output has NaN/inf (unwritten or broken)"
         return ((out - expected).norm() / expected.norm()).item()
+
     return measure

@@ -21,7 +21,8 @@ if HAS_TRITON and not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 needs_kernels = pytest.mark.skipif(
-    not HAS_TRITON, reason="needs CUDA or the Triton interpreter (pip install -r requirements/kernels.txt)")
+    not HAS_TRITON, reason="needs CUDA or the Triton interpreter (pip install -r requirements/kernels.txt)"
+)
 
 
 class PoisonedTorch:

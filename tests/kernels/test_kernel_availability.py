@@ -7,9 +7,11 @@ import torch
 
 
 def test_package_import_does_not_import_triton():
-    code = ("import sys, qwen_triton.kernels as k; "
-            "assert 'triton' not in sys.modules, 'triton imported eagerly'; "
-            "print(k.triton_available())")
+    code = (
+        "import sys, qwen_triton.kernels as k; "
+        "assert 'triton' not in sys.modules, 'triton imported eagerly'; "
+        "print(k.triton_available())"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("True", "False")
@@ -29,7 +31,7 @@ def test_unknown_attribute_is_an_attribute_error():
     from qwen_triton import kernels
 
     try:
-        kernels.no_such_kernel
+        _ = kernels.no_such_kernel
     except AttributeError as exc:
         assert "no_such_kernel" in str(exc)
     else:

@@ -4,7 +4,6 @@ and the variant that forms SiLU(gate) * up from the MLP's gate_up output on the 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from kernel_env import PoisonedTorch, needs_kernels
 
 pytestmark = needs_kernels
@@ -25,7 +24,7 @@ def poisoned_outputs(monkeypatch):
 
 def case(generator, rows, dtype, out_f=OUT, in_f=IN, width=None):
     x = torch.randn(rows, width or in_f, generator=generator).to(dtype)
-    weight = (torch.randn(out_f, in_f, generator=generator) * in_f ** -0.5).to(dtype)
+    weight = (torch.randn(out_f, in_f, generator=generator) * in_f**-0.5).to(dtype)
     bias = torch.randn(out_f, generator=generator).to(dtype)
     return x, weight, bias
 
@@ -39,7 +38,7 @@ def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("in_f", [IN, 1024])   # a ragged last K tile, and whole tiles only
+@pytest.mark.parametrize("in_f", [IN, 1024])  # a ragged last K tile, and whole tiles only
 def test_dense_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, with_bias, in_f):
     from qwen_triton.kernels import dense_linear
 
@@ -60,8 +59,13 @@ def test_dense_linear_split_k(generator, device, rel_error, poisoned_outputs, ro
 
     x, weight, bias = case(generator, rows, torch.float16)
     bias = bias if with_bias else None
-    out = dense_linear(x.to(device), weight.to(device), None if bias is None else bias.to(device),
-                       split_k=split_k, config=dict(BLOCK_N=16, BLOCK_K=128, num_warps=4))
+    out = dense_linear(
+        x.to(device),
+        weight.to(device),
+        None if bias is None else bias.to(device),
+        split_k=split_k,
+        config=dict(BLOCK_N=16, BLOCK_K=128, num_warps=4),
+    )
     expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     assert rel_error(out, expected) < TOLERANCE[torch.float16]
 
@@ -94,18 +98,20 @@ def test_leading_shape_and_strided_rows(generator, device, rel_error):
 def test_zero_rows(device):
     from qwen_triton.kernels import dense_linear
 
-    out = dense_linear(torch.empty(0, 64, dtype=torch.float16, device=device),
-                       torch.randn(8, 64).half().to(device))
+    out = dense_linear(torch.empty(0, 64, dtype=torch.float16, device=device), torch.randn(8, 64).half().to(device))
     assert out.shape == (0, 8)
 
 
-@pytest.mark.parametrize("bad, name", [
-    (dict(x_width=999), "x"),
-    (dict(x_dtype=torch.int32), "x"),
-    (dict(w_dtype=torch.float32), "weight"),
-    (dict(w_transposed=True), "weight"),
-    (dict(bias_len=OUT + 1), "bias"),
-])
+@pytest.mark.parametrize(
+    "bad, name",
+    [
+        (dict(x_width=999), "x"),
+        (dict(x_dtype=torch.int32), "x"),
+        (dict(w_dtype=torch.float32), "weight"),
+        (dict(w_transposed=True), "weight"),
+        (dict(bias_len=OUT + 1), "bias"),
+    ],
+)
 def test_bad_input_names_the_argument(device, bad, name):
     from qwen_triton.kernels import dense_linear
 
@@ -125,15 +131,16 @@ def test_silu_bad_width_names_gate_up(device):
         dense_silu_linear(torch.randn(1, IN).half().to(device), torch.randn(OUT, IN).half().to(device))
 
 
-@pytest.mark.parametrize("rows, in_f, dtype", [(1, IN, torch.bfloat16), (1, 300, torch.float16),
-                                               (3, IN, torch.float32)])
+@pytest.mark.parametrize(
+    "rows, in_f, dtype", [(1, IN, torch.bfloat16), (1, 300, torch.float16), (3, IN, torch.float32)]
+)
 def test_gate_up_silu(generator, device, rel_error, poisoned_outputs, rows, in_f, dtype):
     """silu(gate) * up from the gated GEMV against eager linear + silu_and_mul, ragged K included."""
-    from qwen_triton.fused_ops import silu_and_mul
     from qwen_triton.kernels.dense_gemv import dense_gate_up_silu
+    from qwen_triton.layers.ops import silu_and_mul
 
     x = torch.randn(rows, in_f, generator=generator).to(dtype)
-    weight = (torch.randn(2 * 150, in_f, generator=generator) / in_f ** 0.5).to(dtype)
+    weight = (torch.randn(2 * 150, in_f, generator=generator) / in_f**0.5).to(dtype)
     out = dense_gate_up_silu(x.to(device), weight.to(device))
     expected = silu_and_mul(F.linear(x.double(), weight.double()))
     assert out.shape == (rows, 150) and out.dtype == dtype
@@ -151,8 +158,8 @@ class Routing:
     """fused_ops' kernel set on this device, with the dense kernels counted."""
 
     def __init__(self, monkeypatch):
-        from qwen_triton import fused_ops
         from qwen_triton.kernels import dense_gemv
+        from qwen_triton.layers import ops as fused_ops
 
         self.calls = []
         for name in ("dense_linear", "dense_gate_up_silu"):
@@ -164,13 +171,14 @@ class Routing:
         def call(*args, **kwargs):
             self.calls.append(name)
             return fn(*args, **kwargs)
+
         return call
 
 
 def mlp(dtype, device, hidden=64, inter=96):
     from types import SimpleNamespace
 
-    from qwen_triton.model import MLP
+    from qwen_triton.models.qwen2 import MLP
 
     torch.manual_seed(3)
     return MLP(SimpleNamespace(hidden_size=hidden, intermediate_size=inter)).to(dtype).to(device)
@@ -180,8 +188,8 @@ def mlp(dtype, device, hidden=64, inter=96):
 def test_mlp_routes_plain_bf16_linears_at_few_rows(device, rel_error, monkeypatch, rows, routed):
     """fused_ops.kernel_ops: gate_up (SiLU*up in its epilogue) and down take the GEMV up to
     ROUTE_MAX_ROWS rows, cuBLAS (module(x)) above; either way the MLP computes what the eager ops compute."""
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import dense_gemv
+    from qwen_triton.layers import ops as fused_ops
 
     monkeypatch.setattr(dense_gemv, "ROUTE_MAX_ROWS", 4)
     routing = Routing(monkeypatch)
@@ -197,8 +205,8 @@ def test_mlp_routes_plain_bf16_linears_at_few_rows(device, rel_error, monkeypatc
 def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error, monkeypatch):
     """A quantized down_proj reads the GEMV's SiLU*up and runs its own forward; a quantized gate_up runs
     its own forward, then the SiLU*up kernel; a float32 model never routes."""
-    from qwen_triton import fused_ops
-    from qwen_triton.quantization import Int8Linear
+    from qwen_triton.layers import ops as fused_ops
+    from qwen_triton.quantization.formats import Int8Linear
 
     routing = Routing(monkeypatch)
     module = mlp(torch.bfloat16, device)
@@ -215,9 +223,9 @@ def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error,
 
     dense = module.down_proj
     module.down_proj = Int8Linear.from_float(dense.weight).to(device)
-    assert routed_calls() == ["dense_gate_up_silu"]   # gate_up only
+    assert routed_calls() == ["dense_gate_up_silu"]  # gate_up only
     module.down_proj, module.gate_up_proj = dense, Int8Linear.from_float(module.gate_up_proj.weight).to(device)
-    assert routed_calls() == ["dense_linear"]   # down only
+    assert routed_calls() == ["dense_linear"]  # down only
     routing.calls.clear()
     with torch.inference_mode():
         mlp(torch.float32, device)(x.float(), routing.ops)
@@ -235,8 +243,8 @@ def lm_head_model(head: torch.nn.Module):
 def test_lm_head_routes_through_the_gemv_at_one_row(device, rel_error, monkeypatch, rows, routed):
     """compute_logits takes fused_ops' linear: a plain bf16 head at ROUTE_MAX_ROWS rows runs the dense
     GEMV, more rows nn.Linear; float32 logits either way, equal to lm_head(hidden).float()."""
-    from qwen_triton import model as model_module
-    from qwen_triton.model import DecoderModel
+    from qwen_triton.models import qwen2 as model_module
+    from qwen_triton.models.qwen2 import DecoderModel
 
     routing = Routing(monkeypatch)
     monkeypatch.setattr(model_module, "fused_ops", lambda _device: routing.ops)
@@ -252,9 +260,9 @@ def test_lm_head_routes_through_the_gemv_at_one_row(device, rel_error, monkeypat
 
 
 def test_quantized_lm_head_keeps_its_own_forward(device, rel_error, monkeypatch):
-    from qwen_triton import model as model_module
-    from qwen_triton.model import DecoderModel
-    from qwen_triton.quantization import Int8Linear
+    from qwen_triton.models import qwen2 as model_module
+    from qwen_triton.models.qwen2 import DecoderModel
+    from qwen_triton.quantization.formats import Int8Linear
 
     routing = Routing(monkeypatch)
     monkeypatch.setattr(model_module, "fused_ops", lambda _device: routing.ops)
@@ -277,7 +285,7 @@ def test_split_rule_at_7b_shapes(monkeypatch):
     monkeypatch.setattr(dense_gemv, "multiprocessor_count", lambda index: 132)
     gpu = torch.device("cuda", 0)
     assert dense_gemv.choose_split(896, 18944, 512, gpu) == 4
-    for tiles in (896, 1152, 9472, 38016):   # o, qkv, gate_up, lm_head at 4 rows a tile
+    for tiles in (896, 1152, 9472, 38016):  # o, qkv, gate_up, lm_head at 4 rows a tile
         assert dense_gemv.choose_split(tiles, 3584, 512, gpu) == 1
     assert dense_gemv.choose_split(224, 18944, 512, gpu, silu=True) == 3
     assert dense_gemv.choose_split(896, 18944, 512, torch.device("cpu")) == 1

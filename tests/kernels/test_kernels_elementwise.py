@@ -24,7 +24,6 @@ Within a stated tolerance, and why:
 
 import pytest
 import torch
-
 from kernel_env import PoisonedTorch, needs_kernels
 
 pytestmark = needs_kernels
@@ -66,8 +65,10 @@ def assert_equal(out: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     assert out.dtype == expected.dtype and out.shape == expected.shape, what
     if not torch.equal(out, expected):
         mismatched = (out != expected).sum().item()
-        raise AssertionError(f"{what}: {mismatched} of {out.numel()} elements differ, up to "
-                             f"{ulps_apart(out, expected).max().item():g} ulps")
+        raise AssertionError(
+            f"{what}: {mismatched} of {out.numel()} elements differ, up to "
+            f"{ulps_apart(out, expected).max().item():g} ulps"
+        )
 
 
 def assert_reduction_order_close(out: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -97,8 +98,8 @@ def norm_case(generator, rows, hidden, dtype, exact_sums: bool):
 @pytest.mark.parametrize("rows,hidden", NORM_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_add_rms_norm(generator, device, poisoned_outputs, dtype, rows, hidden, exact_sums):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
+    from qwen_triton.layers import ops as fused_ops
 
     x, residual, weight = (t.to(device) for t in norm_case(generator, rows, hidden, dtype, exact_sums))
     expected_normed, expected_sum = fused_ops.add_rms_norm(x, residual, weight, EPS)
@@ -118,8 +119,8 @@ def test_add_rms_norm(generator, device, poisoned_outputs, dtype, rows, hidden, 
 @pytest.mark.parametrize("rows,hidden", NORM_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_rms_norm(generator, device, poisoned_outputs, dtype, rows, hidden, exact_sums):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
+    from qwen_triton.layers import ops as fused_ops
 
     x, _, weight = (t.to(device) for t in norm_case(generator, rows, hidden, dtype, exact_sums))
     normed = elementwise.rms_norm(x, weight, EPS)
@@ -134,12 +135,12 @@ def test_norms_with_a_float32_weight_and_strided_rows(generator, device, poisone
     """Not the model's layout, but the functions' contract: a float32 weight makes a float32 output (as
     ``weight * h`` promotes in torch); rows with a stride, a residual that cannot take the sum in place
     (it gets a new tensor and stays as it was), and leading dimensions are all served."""
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
+    from qwen_triton.layers import ops as fused_ops
 
     wide = (torch.randint(-32, 33, (6, 2 * 200), generator=generator) / 8).bfloat16().to(device)
-    x = wide[:, :200]                                  # row stride 400
-    residual = wide[:, 200:].t().contiguous().t()     # column-major: no unit-stride rows
+    x = wide[:, :200]  # row stride 400
+    residual = wide[:, 200:].t().contiguous().t()  # column-major: no unit-stride rows
     weight = (1 + 0.2 * torch.randn(200, generator=generator)).to(device)
     residual_before = residual.clone()
     normed, new_residual = elementwise.add_rms_norm(x, residual, weight, EPS)
@@ -147,8 +148,11 @@ def test_norms_with_a_float32_weight_and_strided_rows(generator, device, poisone
     assert new_residual is not residual and torch.equal(residual, residual_before)
     assert_equal(new_residual, expected_sum, "x + residual")
     assert_equal(normed, expected_normed, "normed (float32 weight)")
-    assert_equal(elementwise.rms_norm(x.reshape(2, 3, 200), weight, EPS),
-                 fused_ops.rms_norm(x.reshape(2, 3, 200), weight, EPS), "rms_norm [2, 3, hidden]")
+    assert_equal(
+        elementwise.rms_norm(x.reshape(2, 3, 200), weight, EPS),
+        fused_ops.rms_norm(x.reshape(2, 3, 200), weight, EPS),
+        "rms_norm [2, 3, hidden]",
+    )
 
 
 def qkv_case(generator, rows, heads, kv_heads, head_dim, dtype):
@@ -169,9 +173,9 @@ def split_qkv(qkv, heads, kv_heads, head_dim):
 @pytest.mark.parametrize("rows,shape", ROTARY_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_rotary(generator, device, dtype, rows, shape):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
-    from qwen_triton.model import RotaryEmbedding
+    from qwen_triton.layers import ops as fused_ops
+    from qwen_triton.models.qwen2 import RotaryEmbedding
 
     heads, kv_heads, head_dim = shape
     tables = RotaryEmbedding(head_dim, MAX_POSITIONS, 1e6).to(device)
@@ -189,14 +193,14 @@ def test_rotary(generator, device, dtype, rows, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_rotary_copies_views_without_unit_stride(generator, device, dtype):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
-    from qwen_triton.model import RotaryEmbedding
+    from qwen_triton.layers import ops as fused_ops
+    from qwen_triton.models.qwen2 import RotaryEmbedding
 
     tables = RotaryEmbedding(64, MAX_POSITIONS, 1e4).to(device)
-    q = torch.randn(64, 4, 5, generator=generator).to(dtype).to(device).transpose(0, 2)   # [5, 4, 64], dim strided
+    q = torch.randn(64, 4, 5, generator=generator).to(dtype).to(device).transpose(0, 2)  # [5, 4, 64], dim strided
     k = torch.randn(5, 2, 64, generator=generator).to(dtype).to(device)
-    positions = torch.tensor([9, 3, 4000, 0, 3], device=device)                          # a repeat too
+    positions = torch.tensor([9, 3, 4000, 0, 3], device=device)  # a repeat too
     expected_q, expected_k = fused_ops.rotary(q, k, tables.cos, tables.sin, positions)
     out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
     assert_equal(out_q, expected_q, "q (copied)")
@@ -212,16 +216,21 @@ def _short(dtype: torch.dtype) -> str:
 # chunks (seconds each in the interpreter) on fewer pairs: each dtype with a cache of its own dtype, and
 # caches of another.
 _DTYPE_PAIRS = [(dtype, cache) for dtype in DTYPES for cache in DTYPES]
-ROTARY_KV_CASES = [(rows, heads, *pair) for rows in (1, 3, 8) for heads in ((14, 2, 64), (28, 4, 128))
-                   for pair in _DTYPE_PAIRS]
+ROTARY_KV_CASES = [
+    (rows, heads, *pair) for rows in (1, 3, 8) for heads in ((14, 2, 64), (28, 4, 128)) for pair in _DTYPE_PAIRS
+]
 ROTARY_KV_CASES += [(5, (5, 1, 80), *pair) for pair in _DTYPE_PAIRS]
 ROTARY_KV_CASES += [(256, (14, 2, 64), dtype, dtype) for dtype in DTYPES]
-ROTARY_KV_CASES += [(256, (14, 2, 64), torch.float32, torch.bfloat16),
-                    (256, (14, 2, 64), torch.bfloat16, torch.float16),
-                    (256, (28, 4, 128), torch.bfloat16, torch.bfloat16),
-                    (256, (28, 4, 128), torch.float32, torch.float16)]
-ROTARY_KV_IDS = [f"{rows}-{'x'.join(map(str, heads))}-{_short(dtype)}-cache_{_short(cache)}"
-                 for rows, heads, dtype, cache in ROTARY_KV_CASES]
+ROTARY_KV_CASES += [
+    (256, (14, 2, 64), torch.float32, torch.bfloat16),
+    (256, (14, 2, 64), torch.bfloat16, torch.float16),
+    (256, (28, 4, 128), torch.bfloat16, torch.bfloat16),
+    (256, (28, 4, 128), torch.float32, torch.float16),
+]
+ROTARY_KV_IDS = [
+    f"{rows}-{'x'.join(map(str, heads))}-{_short(dtype)}-cache_{_short(cache)}"
+    for rows, heads, dtype, cache in ROTARY_KV_CASES
+]
 BLOCK_SIZE = 16
 
 
@@ -229,8 +238,9 @@ def kv_cache_case(generator, rows, kv_heads, head_dim, dtype):
     """k_cache and v_cache of ``dtype`` with room for ``rows`` tokens and spare blocks, filled with random
     values (a slot written by mistake shows), and one distinct slot per row, in no order."""
     num_blocks = rows // BLOCK_SIZE + 3
-    k_cache, v_cache = (torch.randn(num_blocks, BLOCK_SIZE, kv_heads, head_dim, generator=generator).to(dtype)
-                        for _ in range(2))
+    k_cache, v_cache = (
+        torch.randn(num_blocks, BLOCK_SIZE, kv_heads, head_dim, generator=generator).to(dtype) for _ in range(2)
+    )
     slots = torch.randperm(num_blocks * BLOCK_SIZE, generator=generator)[:rows]
     return k_cache, v_cache, slots
 
@@ -238,7 +248,7 @@ def kv_cache_case(generator, rows, kv_heads, head_dim, dtype):
 def unfused_rotary_write_kv(q, k, v, tables, positions, k_cache, v_cache, slots):
     """The two steps the fused op replaces: the eager rotary (the rotary kernel's reference, bit for bit),
     then one index_copy_ into each cache."""
-    from qwen_triton import fused_ops
+    from qwen_triton.layers import ops as fused_ops
 
     q, k = fused_ops.rotary(q, k, tables.cos, tables.sin, positions)
     k_cache.view(-1, *k.shape[1:]).index_copy_(0, slots, k.to(k_cache.dtype))
@@ -250,9 +260,9 @@ def unfused_rotary_write_kv(q, k, v, tables, positions, k_cache, v_cache, slots)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.parametrize("rows,shape,dtype,cache_dtype", ROTARY_KV_CASES, ids=ROTARY_KV_IDS)
 def test_rotary_and_write_kv(generator, device, rows, shape, dtype, cache_dtype):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
-    from qwen_triton.model import RotaryEmbedding
+    from qwen_triton.layers import ops as fused_ops
+    from qwen_triton.models.qwen2 import RotaryEmbedding
 
     heads, kv_heads, head_dim = shape
     tables = RotaryEmbedding(head_dim, MAX_POSITIONS, 1e6).to(device)
@@ -263,13 +273,13 @@ def test_rotary_and_write_kv(generator, device, rows, shape, dtype, cache_dtype)
     qkv, positions, k_cache, v_cache, slots = (t.to(device) for t in (qkv, positions, k_cache, v_cache, slots))
     initial_caches = k_cache.clone(), v_cache.clone()
     expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
-    expected_q, expected_k = unfused_rotary_write_kv(*split_qkv(qkv, heads, kv_heads, head_dim), tables,
-                                                     positions, expected_k_cache, expected_v_cache, slots)
+    expected_q, expected_k = unfused_rotary_write_kv(
+        *split_qkv(qkv, heads, kv_heads, head_dim), tables, positions, expected_k_cache, expected_v_cache, slots
+    )
 
     qkv_before = qkv.clone()
     q, k, v = split_qkv(qkv, heads, kv_heads, head_dim)
-    out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions,
-                                                   k_cache, v_cache, slots)
+    out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache, v_cache, slots)
     assert out_q is q and out_k is k, "rotated in place, in the qkv buffer"
     assert_equal(out_q, expected_q, "q")
     assert_equal(out_k, expected_k, "k")
@@ -279,9 +289,15 @@ def test_rotary_and_write_kv(generator, device, rows, shape, dtype, cache_dtype)
 
     # The eager function, which CPU engines run, is the same two steps.
     eager_k_cache, eager_v_cache = initial_caches
-    eager_q, eager_k = fused_ops.rotary_and_write_kv(*split_qkv(qkv_before, heads, kv_heads, head_dim),
-                                                     tables.cos, tables.sin, positions, eager_k_cache,
-                                                     eager_v_cache, slots)
+    eager_q, eager_k = fused_ops.rotary_and_write_kv(
+        *split_qkv(qkv_before, heads, kv_heads, head_dim),
+        tables.cos,
+        tables.sin,
+        positions,
+        eager_k_cache,
+        eager_v_cache,
+        slots,
+    )
     assert_equal(eager_q, expected_q, "eager q")
     assert_equal(eager_k, expected_k, "eager k")
     assert_equal(eager_k_cache, expected_k_cache, "eager k_cache")
@@ -294,26 +310,30 @@ def test_rotary_and_write_kv_padding_rows_stay_in_the_scratch_block(generator, d
     other slot changes, and every element of the scratch slot comes from one of the padding rows (which one
     is unspecified: on a GPU the racing programs' stores interleave, so the slot may mix rows)."""
     from qwen_triton.kernels import elementwise
-    from qwen_triton.model import RotaryEmbedding
+    from qwen_triton.models.qwen2 import RotaryEmbedding
 
     real, padded, heads, kv_heads, head_dim = 3, 5, 14, 2, 64
     tables = RotaryEmbedding(head_dim, MAX_POSITIONS, 1e6).to(device)
     qkv, positions = qkv_case(generator, real + padded, heads, kv_heads, head_dim, torch.bfloat16)
     k_cache, v_cache, _ = kv_cache_case(generator, real, kv_heads, head_dim, torch.bfloat16)
-    scratch_block = k_cache.shape[0] - 1                  # the engine's extra block at the end
-    slots = torch.cat([torch.randperm(scratch_block * BLOCK_SIZE, generator=generator)[:real],
-                       torch.full((padded,), scratch_block * BLOCK_SIZE, dtype=torch.long)])
+    scratch_block = k_cache.shape[0] - 1  # the engine's extra block at the end
+    slots = torch.cat(
+        [
+            torch.randperm(scratch_block * BLOCK_SIZE, generator=generator)[:real],
+            torch.full((padded,), scratch_block * BLOCK_SIZE, dtype=torch.long),
+        ]
+    )
     positions[real:] = 0
     qkv, positions, k_cache, v_cache, slots = (t.to(device) for t in (qkv, positions, k_cache, v_cache, slots))
     expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
     q, k, v = split_qkv(qkv.clone(), heads, kv_heads, head_dim)
-    _, expected_k = unfused_rotary_write_kv(q[:real], k[:real], v[:real], tables, positions[:real],
-                                            expected_k_cache, expected_v_cache, slots[:real])
+    _, expected_k = unfused_rotary_write_kv(
+        q[:real], k[:real], v[:real], tables, positions[:real], expected_k_cache, expected_v_cache, slots[:real]
+    )
     scratch_before = k_cache[scratch_block].clone(), v_cache[scratch_block].clone()
 
     q, k, v = split_qkv(qkv, heads, kv_heads, head_dim)
-    _, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache, v_cache,
-                                               slots)
+    _, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache, v_cache, slots)
     assert_equal(out_k[:real], expected_k, "k of the real rows")
     assert_equal(k_cache[:scratch_block], expected_k_cache[:scratch_block], "k_cache outside the scratch block")
     assert_equal(v_cache[:scratch_block], expected_v_cache[:scratch_block], "v_cache outside the scratch block")
@@ -328,19 +348,19 @@ def test_rotary_and_write_kv_copies_views_without_unit_stride(generator, device,
     """q and v whose head dim is strided are copied first (as ``rotary`` does): the returned q is the
     rotated copy, and the cache still gets the rotated k and the values of v."""
     from qwen_triton.kernels import elementwise
-    from qwen_triton.model import RotaryEmbedding
+    from qwen_triton.models.qwen2 import RotaryEmbedding
 
     tables = RotaryEmbedding(64, MAX_POSITIONS, 1e4).to(device)
-    q = torch.randn(64, 4, 5, generator=generator).to(dtype).to(device).transpose(0, 2)   # [5, 4, 64], dim strided
+    q = torch.randn(64, 4, 5, generator=generator).to(dtype).to(device).transpose(0, 2)  # [5, 4, 64], dim strided
     k = torch.randn(5, 2, 64, generator=generator).to(dtype).to(device)
     v = torch.randn(64, 2, 5, generator=generator).to(dtype).to(device).transpose(0, 2)
-    positions = torch.tensor([9, 3, 4000, 0, 3], device=device)                          # a repeat too
+    positions = torch.tensor([9, 3, 4000, 0, 3], device=device)  # a repeat too
     k_cache, v_cache, slots = (t.to(device) for t in kv_cache_case(generator, 5, 2, 64, torch.float32))
     expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
-    expected_q, expected_k = unfused_rotary_write_kv(q, k, v, tables, positions,
-                                                     expected_k_cache, expected_v_cache, slots)
-    out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions,
-                                                   k_cache, v_cache, slots)
+    expected_q, expected_k = unfused_rotary_write_kv(
+        q, k, v, tables, positions, expected_k_cache, expected_v_cache, slots
+    )
+    out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache, v_cache, slots)
     assert out_q is not q, "a copy of q is rotated and returned"
     assert_equal(out_q, expected_q, "q (copied)")
     assert_equal(out_k, expected_k, "k")
@@ -353,8 +373,8 @@ def test_rotary_and_write_kv_copies_views_without_unit_stride(generator, device,
 @pytest.mark.parametrize("rows,inter", SILU_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_silu_and_mul(generator, device, poisoned_outputs, dtype, rows, inter):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
+    from qwen_triton.layers import ops as fused_ops
 
     gate_up = torch.randn(rows, 2 * inter, generator=generator) * 4
     gate_up[:, :8] = torch.tensor([0.0, -0.0, 90.0, -90.0, 1e-30, -1e-30, 20.0, -20.0])  # exp's edges
@@ -372,9 +392,9 @@ def test_repeat_launches(generator, device):
     """The second and later launches of one specialization skip Triton's JIT path on a GPU
     (elementwise._Launcher calls the compiled kernel directly): fresh inputs of the same shapes must
     still give the eager results, and new buffers (other addresses) must be the ones written."""
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
-    from qwen_triton.model import RotaryEmbedding
+    from qwen_triton.layers import ops as fused_ops
+    from qwen_triton.models.qwen2 import RotaryEmbedding
 
     tables = RotaryEmbedding(64, MAX_POSITIONS, 1e6).to(device)
     weight = (1 + 0.2 * torch.randn(896, generator=generator)).bfloat16().to(device)
@@ -391,13 +411,15 @@ def test_repeat_launches(generator, device):
         out_q, out_k = elementwise.rotary(q, k, tables.cos, tables.sin, positions)
         assert_equal(out_q, expected_q, "q")
         assert_equal(out_k, expected_k, "k")
-        q, k, v = split_qkv(qkv, 14, 2, 64)      # rotated above: rotated again, into a fresh cache
+        q, k, v = split_qkv(qkv, 14, 2, 64)  # rotated above: rotated again, into a fresh cache
         k_cache, v_cache, slots = (t.to(device) for t in kv_cache_case(generator, 5, 2, 64, torch.bfloat16))
         expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
-        expected_q, expected_k = unfused_rotary_write_kv(q, k, v, tables, positions, expected_k_cache,
-                                                         expected_v_cache, slots)
-        out_q, out_k = elementwise.rotary_and_write_kv(q, k, v, tables.cos, tables.sin, positions, k_cache,
-                                                       v_cache, slots)
+        expected_q, expected_k = unfused_rotary_write_kv(
+            q, k, v, tables, positions, expected_k_cache, expected_v_cache, slots
+        )
+        out_q, out_k = elementwise.rotary_and_write_kv(
+            q, k, v, tables.cos, tables.sin, positions, k_cache, v_cache, slots
+        )
         assert_equal(out_q, expected_q, "q (rotary_and_write_kv)")
         assert_equal(out_k, expected_k, "k (rotary_and_write_kv)")
         assert_equal(k_cache, expected_k_cache, "k_cache")
@@ -420,8 +442,9 @@ def test_zero_rows(device):
     assert out_q.shape == q.shape and out_k.shape == k.shape
     cache = torch.zeros(2, 16, 2, 64, device=device)
     no_slots = torch.empty(0, dtype=torch.long, device=device)
-    out_q, out_k = elementwise.rotary_and_write_kv(q, k, k.clone(), table, table, no_slots, cache, cache.clone(),
-                                                   no_slots)
+    out_q, out_k = elementwise.rotary_and_write_kv(
+        q, k, k.clone(), table, table, no_slots, cache, cache.clone(), no_slots
+    )
     assert out_q.shape == q.shape and out_k.shape == k.shape and not cache.any()
 
 
@@ -437,16 +460,26 @@ def test_bad_arguments_are_named(device):
         elementwise.silu_and_mul(torch.zeros(2, 64, dtype=torch.float64, device=device))
     table = torch.zeros(16, 64, device=device)
     with pytest.raises(ValueError, match="positions"):
-        elementwise.rotary(torch.zeros(2, 4, 64, device=device), torch.zeros(2, 2, 64, device=device),
-                           table, table, torch.zeros(3, dtype=torch.long, device=device))
+        elementwise.rotary(
+            torch.zeros(2, 4, 64, device=device),
+            torch.zeros(2, 2, 64, device=device),
+            table,
+            table,
+            torch.zeros(3, dtype=torch.long, device=device),
+        )
     with pytest.raises(ValueError, match="cos_table"):
-        elementwise.rotary(torch.zeros(2, 4, 64, device=device), torch.zeros(2, 2, 64, device=device),
-                           table[:, :32], table, torch.zeros(2, dtype=torch.long, device=device))
+        elementwise.rotary(
+            torch.zeros(2, 4, 64, device=device),
+            torch.zeros(2, 2, 64, device=device),
+            table[:, :32],
+            table,
+            torch.zeros(2, dtype=torch.long, device=device),
+        )
 
 
 def test_rotary_and_write_kv_bad_arguments_are_named(device):
-    from qwen_triton import fused_ops
     from qwen_triton.kernels import elementwise
+    from qwen_triton.layers import ops as fused_ops
 
     q, k = torch.zeros(2, 4, 64, device=device), torch.zeros(2, 2, 64, device=device)
     table, positions = torch.zeros(16, 64, device=device), torch.zeros(2, dtype=torch.long, device=device)
@@ -460,13 +493,13 @@ def test_rotary_and_write_kv_bad_arguments_are_named(device):
     with pytest.raises(ValueError, match="^v:"):
         call(v=k.half())
     with pytest.raises(ValueError, match="^k_cache:"):
-        call(k_cache=torch.zeros(3, 16, 4, 64, device=device))        # other kv heads
+        call(k_cache=torch.zeros(3, 16, 4, 64, device=device))  # other kv heads
     with pytest.raises(ValueError, match="^k_cache:.*quantized"):
         call(k_cache=cache.to(torch.int8))
     with pytest.raises(ValueError, match="^v_cache:"):
-        call(v_cache=torch.zeros(16, 3, 2, 64, device=device).transpose(0, 1))   # no [slots, ...] view
+        call(v_cache=torch.zeros(16, 3, 2, 64, device=device).transpose(0, 1))  # no [slots, ...] view
     with pytest.raises(ValueError, match="^v_cache:"):
-        call(v_cache=torch.zeros(3, 16, 2, 128, device=device)[..., ::2])       # head dim strided
+        call(v_cache=torch.zeros(3, 16, 2, 128, device=device)[..., ::2])  # head dim strided
     with pytest.raises(ValueError, match="^slot_mapping:"):
         call(slot_mapping=slots.int())
     with pytest.raises(ValueError, match="^slot_mapping:"):
@@ -479,7 +512,8 @@ def test_rotary_and_write_kv_bad_arguments_are_named(device):
 
 
 def test_fused_ops_picks_the_kernels_on_cuda_only():
-    from qwen_triton import fused_ops, kernels
+    from qwen_triton import kernels
+    from qwen_triton.layers import ops as fused_ops
 
     assert fused_ops.fused_ops(torch.device("cpu")) is fused_ops.EAGER
     assert fused_ops.EAGER.rms_norm is fused_ops.rms_norm
@@ -488,5 +522,9 @@ def test_fused_ops_picks_the_kernels_on_cuda_only():
 
         ops = fused_ops.fused_ops(torch.device("cuda", 0))
         assert (ops.rms_norm, ops.add_rms_norm, ops.rotary, ops.rotary_and_write_kv, ops.silu_and_mul) == (
-            elementwise.rms_norm, elementwise.add_rms_norm, elementwise.rotary, elementwise.rotary_and_write_kv,
-            elementwise.silu_and_mul)
+            elementwise.rms_norm,
+            elementwise.add_rms_norm,
+            elementwise.rotary,
+            elementwise.rotary_and_write_kv,
+            elementwise.silu_and_mul,
+        )

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from kernel_env import HAS_CUDA, needs_kernels
 
 pytestmark = needs_kernels
@@ -10,8 +9,19 @@ pytestmark = needs_kernels
 SCALE_LAYOUTS = ("per_block", "per_slot")
 
 
-def make_case(generator, device, *, batch=3, heads=8, kv_heads=2, head_dim=64, page=16, max_blocks=13,
-              dtype=torch.float16, lens=(5, 100, 200)):
+def make_case(
+    generator,
+    device,
+    *,
+    batch=3,
+    heads=8,
+    kv_heads=2,
+    head_dim=64,
+    page=16,
+    max_blocks=13,
+    dtype=torch.float16,
+    lens=(5, 100, 200),
+):
     """Random queries and caches; block tables draw distinct blocks in random order (not 0, 1, 2...)."""
     num_blocks = batch * max_blocks + 5
     shape = (num_blocks, page, kv_heads, head_dim)
@@ -66,7 +76,7 @@ def test_window_changes_the_result(generator, device):
     q, k, v, tables, lens = make_case(generator, device)
     full = paged_decode_attention(q, k, v, tables, lens, 0.125)
     windowed = paged_decode_attention(q, k, v, tables, lens, 0.125, window=50, sinks=4)
-    assert torch.allclose(full[0], windowed[0])          # 5 tokens: all inside the window
+    assert torch.allclose(full[0], windowed[0])  # 5 tokens: all inside the window
     assert not torch.allclose(full[2], windowed[2], atol=1e-2)
 
 
@@ -89,10 +99,11 @@ def test_group_of_one_and_odd_head_dim(generator, device, rel_error):
     from qwen_triton.kernels import paged_decode_attention
     from qwen_triton.kernels.reference import paged_decode_attention_reference
 
-    q, k, v, tables, lens = make_case(generator, device, heads=3, kv_heads=3, head_dim=40, page=8,
-                                      max_blocks=30, lens=(1, 33, 240))
-    out = paged_decode_attention(q, k, v, tables, lens, 40 ** -0.5, num_splits=2)
-    expected = paged_decode_attention_reference(q, k, v, tables, lens, 40 ** -0.5)
+    q, k, v, tables, lens = make_case(
+        generator, device, heads=3, kv_heads=3, head_dim=40, page=8, max_blocks=30, lens=(1, 33, 240)
+    )
+    out = paged_decode_attention(q, k, v, tables, lens, 40**-0.5, num_splits=2)
+    expected = paged_decode_attention_reference(q, k, v, tables, lens, 40**-0.5)
     assert rel_error(out, expected) < 2e-3
 
 
@@ -143,9 +154,12 @@ def test_split_counts_are_powers_of_two(monkeypatch):
 
     monkeypatch.setattr(paged_attention, "multiprocessor_count", lambda index: 132)
     cuda = torch.device("cuda", 0)  # only its type is read
-    counts = {paged_attention.choose_num_splits(batch, 4, width * 16, cuda)
-              for batch in range(1, 300) for width in (1, 8, 33, 128, 2048)}
-    assert counts <= {2 ** i for i in range(7)} and len(counts) > 3
+    counts = {
+        paged_attention.choose_num_splits(batch, 4, width * 16, cuda)
+        for batch in range(1, 300)
+        for width in (1, 8, 33, 128, 2048)
+    }
+    assert counts <= {2**i for i in range(7)} and len(counts) > 3
 
 
 @needs_kernels

@@ -4,7 +4,6 @@ without it (a kernel reading its input before the previous kernel finished would
 
 import pytest
 import torch
-
 from kernel_env import HAS_CUDA, HAS_TRITON, needs_kernels
 
 pytestmark = needs_kernels
@@ -14,7 +13,7 @@ def test_off_on_cpu_and_under_the_switch(monkeypatch):
     from qwen_triton.kernels.pdl import ENV_SWITCH, launch_options, pdl_enabled
 
     assert not pdl_enabled(torch.device("cpu"))
-    assert launch_options(False) == {}   # the interpreter never sees a launch_pdl option
+    assert launch_options(False) == {}  # the interpreter never sees a launch_pdl option
     assert launch_options(True) == {"launch_pdl": True}
     if HAS_CUDA:
         monkeypatch.setenv(ENV_SWITCH, "0")
@@ -27,18 +26,24 @@ def _hopper() -> bool:
 
 def _layers(generator, hidden=1024, inter=2816, layers=4):
     """Weights of a few decoder-like steps: norm, dense linear, SiLU*up + dense down, int8 and int4."""
+
     def randn(*shape):
         return (torch.randn(*shape, generator=generator) * 0.05).to(torch.bfloat16).cuda()
+
     out = []
     for _ in range(layers):
-        out.append(dict(
-            norm=randn(hidden) + 1,
-            up=randn(2 * inter, hidden), down=randn(hidden, inter),
-            q8=torch.randint(-127, 128, (hidden, hidden), generator=generator, dtype=torch.int8).cuda(),
-            s8=(torch.rand(hidden, generator=generator) * 1e-3).cuda(),
-            q4=torch.randint(0, 256, (hidden, hidden // 2), generator=generator, dtype=torch.uint8).cuda(),
-            s4=(torch.rand(hidden, hidden // 128, generator=generator) * 1e-2).half().cuda(),
-            z4=torch.randint(0, 16, (hidden, hidden // 128), generator=generator, dtype=torch.uint8).cuda()))
+        out.append(
+            dict(
+                norm=randn(hidden) + 1,
+                up=randn(2 * inter, hidden),
+                down=randn(hidden, inter),
+                q8=torch.randint(-127, 128, (hidden, hidden), generator=generator, dtype=torch.int8).cuda(),
+                s8=(torch.rand(hidden, generator=generator) * 1e-3).cuda(),
+                q4=torch.randint(0, 256, (hidden, hidden // 2), generator=generator, dtype=torch.uint8).cuda(),
+                s4=(torch.rand(hidden, hidden // 128, generator=generator) * 1e-2).half().cuda(),
+                z4=torch.randint(0, 16, (hidden, hidden // 128), generator=generator, dtype=torch.uint8).cuda(),
+            )
+        )
     return out
 
 
@@ -58,14 +63,19 @@ def test_graph_with_pdl_equals_serial_launches(monkeypatch, generator):
     from qwen_triton.kernels.pdl import ENV_SWITCH
 
     layers = _layers(generator)
-    inputs = [(torch.randn(1, 1024, generator=generator).to(torch.bfloat16).cuda(),
-               torch.randn(1, 1024, generator=generator).to(torch.bfloat16).cuda()) for _ in range(8)]
+    inputs = [
+        (
+            torch.randn(1, 1024, generator=generator).to(torch.bfloat16).cuda(),
+            torch.randn(1, 1024, generator=generator).to(torch.bfloat16).cuda(),
+        )
+        for _ in range(8)
+    ]
     monkeypatch.setenv(ENV_SWITCH, "0")
     expected = [_chain(x, r, layers) for x, r in inputs]
 
     monkeypatch.setenv(ENV_SWITCH, "1")
     static_x, static_r = (t.clone() for t in inputs[0])
-    _chain(static_x, static_r, layers)   # compile outside the capture
+    _chain(static_x, static_r, layers)  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -3,7 +3,6 @@
 
 import pytest
 import torch
-
 from kernel_env import PoisonedTorch, needs_kernels
 
 pytestmark = needs_kernels
@@ -40,8 +39,10 @@ def fp8_case(generator, out_f, in_f, rows, dtype):
 
 def skip_interpreted_bf16_dot(device, dtype, path):
     if device.type == "cpu" and dtype == torch.bfloat16 and path == "gemm":
-        pytest.skip("bf16 GEMM needs a CUDA GPU: Triton's CPU interpreter keeps bf16 as uint16 and its tl.dot "
-                    "multiplies those raw bits (seen with triton 3.9; int8's bf16 GEMM is off the same way)")
+        pytest.skip(
+            "bf16 GEMM needs a CUDA GPU: Triton's CPU interpreter keeps bf16 as uint16 and its tl.dot "
+            "multiplies those raw bits (seen with triton 3.9; int8's bf16 GEMM is off the same way)"
+        )
 
 
 @pytest.fixture
@@ -58,9 +59,8 @@ def test_int8_linear(generator, device, rel_error, path, rows, split_k):
     from qwen_triton.kernels import int8_linear
     from qwen_triton.kernels.reference import int8_linear_reference
 
-    x, qweight, scale, bias = int8_case(generator, 48, 1000, rows, torch.float16)   # 1000: ragged K tile
-    out = int8_linear(x.to(device), qweight.to(device), scale.to(device), bias.to(device), path=path,
-                      split_k=split_k)
+    x, qweight, scale, bias = int8_case(generator, 48, 1000, rows, torch.float16)  # 1000: ragged K tile
+    out = int8_linear(x.to(device), qweight.to(device), scale.to(device), bias.to(device), path=path, split_k=split_k)
     assert out.shape == (rows, 48) and out.dtype == torch.float16
     assert rel_error(out, int8_linear_reference(x, qweight, scale, bias, torch.float64)) < 2e-3
 
@@ -75,8 +75,15 @@ def test_int4_linear(generator, device, rel_error, path, symmetric, split_k, gro
 
     x, packed, scales, zeros = int4_case(generator, 40, 320, 5, group, torch.float16)
     zeros = None if symmetric else zeros
-    out = int4_linear(x.to(device), packed.to(device), scales.to(device),
-                      None if zeros is None else zeros.to(device), group, path=path, split_k=split_k)
+    out = int4_linear(
+        x.to(device),
+        packed.to(device),
+        scales.to(device),
+        None if zeros is None else zeros.to(device),
+        group,
+        path=path,
+        split_k=split_k,
+    )
     expected = int4_linear_reference(x, packed, scales, zeros, group, dtype=torch.float64)
     assert rel_error(out, expected) < 2e-3
 
@@ -84,8 +91,7 @@ def test_int4_linear(generator, device, rel_error, path, symmetric, split_k, gro
 @pytest.mark.parametrize("rows", [1, 17])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 6e-3), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("split_k", [None, 3])
-def test_int4_linear_rows_and_dtypes(generator, device, rel_error, poisoned_outputs, rows, dtype, tolerance,
-                                     split_k):
+def test_int4_linear_rows_and_dtypes(generator, device, rel_error, poisoned_outputs, rows, dtype, tolerance, split_k):
     """The default path (the GEMM at every row count) in both 16-bit activation dtypes, which the
     CUDA kernel converts nibbles to with different inline PTX; 17 rows need a second row tile; 37
     outputs leave a ragged column tile; bias added once after the split-K sum."""
@@ -95,8 +101,15 @@ def test_int4_linear_rows_and_dtypes(generator, device, rel_error, poisoned_outp
     skip_interpreted_bf16_dot(device, dtype, "gemm")
     x, packed, scales, zeros = int4_case(generator, 37, 384, rows, 64, dtype)
     bias = torch.randn(37, generator=generator)
-    out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), 64,
-                      bias.to(dtype).to(device), split_k=split_k)
+    out = int4_linear(
+        x.to(device),
+        packed.to(device),
+        scales.to(device),
+        zeros.to(device),
+        64,
+        bias.to(dtype).to(device),
+        split_k=split_k,
+    )
     assert out.shape == (rows, 37) and out.dtype == dtype
     expected = int4_linear_reference(x, packed, scales, zeros, 64, bias.to(dtype), dtype=torch.float64)
     assert rel_error(out, expected) < tolerance
@@ -125,16 +138,21 @@ def test_fp8_linear(generator, device, rel_error, poisoned_outputs, path, rows, 
 
     x, qweight, scale, bias = fp8_case(generator, 37, 999, rows, torch.float16)
     bias = bias if with_bias else None
-    out = fp8_linear(x.to(device), qweight.to(device), scale.to(device), None if bias is None else bias.to(device),
-                     path=path, split_k=split_k)
+    out = fp8_linear(
+        x.to(device),
+        qweight.to(device),
+        scale.to(device),
+        None if bias is None else bias.to(device),
+        path=path,
+        split_k=split_k,
+    )
     assert out.shape == (rows, 37) and out.dtype == torch.float16
     assert rel_error(out, fp8_linear_reference(x, qweight, scale, bias, torch.float64)) < 2e-3
 
 
 @pytest.mark.parametrize("path", ["gemv", "gemm"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 6e-3), (torch.float32, None)])
-def test_fp8_linear_other_activation_dtypes(generator, device, rel_error, poisoned_outputs, path, dtype,
-                                            tolerance):
+def test_fp8_linear_other_activation_dtypes(generator, device, rel_error, poisoned_outputs, path, dtype, tolerance):
     """bf16 (what serving uses; its 8-bit mantissa bounds the error) and float32 (tf32 dots on GPU),
     [batch, seq, in] input."""
     from qwen_triton.kernels import fp8_linear
@@ -142,8 +160,7 @@ def test_fp8_linear_other_activation_dtypes(generator, device, rel_error, poison
 
     skip_interpreted_bf16_dot(device, dtype, path)
     x, qweight, scale, bias = fp8_case(generator, 50, 640, 6, dtype)
-    out = fp8_linear(x.view(2, 3, 640).to(device), qweight.to(device), scale.to(device), bias.to(device),
-                     path=path)
+    out = fp8_linear(x.view(2, 3, 640).to(device), qweight.to(device), scale.to(device), bias.to(device), path=path)
     assert out.shape == (2, 3, 50) and out.dtype == dtype
     if tolerance is None:
         tolerance = 5e-3 if device.type == "cuda" else 1e-5
@@ -165,8 +182,8 @@ def test_float32_activations_and_3d_input(generator, device, rel_error):
 
 def test_reads_the_quantization_modules_format(generator, device, rel_error):
     """The kernels consume Int8Linear / GroupwiseLinear buffers as they are stored (no repacking)."""
-    from qwen_triton import quantization as quant
     from qwen_triton.kernels import int4_linear, int8_linear
+    from qwen_triton.quantization import formats as quant
 
     weight = torch.randn(64, 256, generator=generator) * 0.05
     bias = torch.randn(64, generator=generator)
@@ -174,8 +191,14 @@ def test_reads_the_quantization_modules_format(generator, device, rel_error):
     int8 = quant.Int8Linear.from_float(weight, bias)
     int4 = quant.GroupwiseLinear.from_float(weight, bias, bits=4, group_size=64)
     out8 = int8_linear(x.to(device), int8.qweight.to(device), int8.scale.to(device), int8.bias.to(device))
-    out4 = int4_linear(x.to(device), int4.qweight.to(device), int4.scales.to(device), int4.zeros.to(device),
-                       int4.group_size, int4.bias.to(device))
+    out4 = int4_linear(
+        x.to(device),
+        int4.qweight.to(device),
+        int4.scales.to(device),
+        int4.zeros.to(device),
+        int4.group_size,
+        int4.bias.to(device),
+    )
     assert rel_error(out8, int8.reference_forward(x.double())) < 2e-3
     assert rel_error(out4, int4.reference_forward(x.double())) < 2e-3
 
@@ -184,15 +207,16 @@ def test_reads_the_quantization_modules_format(generator, device, rel_error):
 def test_fp8_kernel_is_weight_only_like_the_cpu_path(generator, device, rel_error, rows):
     """On Fp8Linear's buffers the kernel agrees with dequantize-then-matmul to bf16 rounding: x is
     never quantized (torch._scaled_mm's W8A8 path is ~3 % off; see tests/quant/test_gpu.py)."""
-    from qwen_triton import quantization as quant
     from qwen_triton.kernels import fp8_linear
+    from qwen_triton.quantization import formats as quant
 
     skip_interpreted_bf16_dot(device, torch.bfloat16, "gemv" if rows == 1 else "gemm")
     weight = torch.randn(96, 320, generator=generator) * 0.05
     module = quant.Fp8Linear.from_float(weight, torch.randn(96, generator=generator))
     x = torch.randn(rows, 320, generator=generator).bfloat16()
-    out = fp8_linear(x.to(device), module.qweight.to(device), module.scale.to(device),
-                     module.bias.bfloat16().to(device))
+    out = fp8_linear(
+        x.to(device), module.qweight.to(device), module.scale.to(device), module.bias.bfloat16().to(device)
+    )
     assert rel_error(out, module.reference_forward(x.double())) < 6e-3
 
 
@@ -228,8 +252,13 @@ def test_bad_inputs_name_the_field(generator, device):
         int4_linear(x4, packed, scales, zeros[:8], 32)
 
 
-@pytest.mark.parametrize("config", [dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),    # one group a step
-                                    dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3)])   # capped to two
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),  # one group a step
+        dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3),
+    ],
+)  # capped to two
 def test_int4_gemm_group_steps(generator, device, rel_error, config):
     """The GEMM's K step spans one or two groups (scales and zero points loaded a step ahead, picked by
     column); 40 outputs leave a ragged column tile, 640 inputs an odd number of groups of 128."""
@@ -238,8 +267,16 @@ def test_int4_gemm_group_steps(generator, device, rel_error, config):
 
     x, packed, scales, zeros = int4_case(generator, 40, 640, 3, 128, torch.float16)
     for split_k in (None, 2):
-        out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), 128,
-                          config=config, path="gemm", split_k=split_k)
+        out = int4_linear(
+            x.to(device),
+            packed.to(device),
+            scales.to(device),
+            zeros.to(device),
+            128,
+            config=config,
+            path="gemm",
+            split_k=split_k,
+        )
         assert rel_error(out, int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)) < 2e-3
 
 
@@ -274,18 +311,19 @@ def test_int4_split_k_choice(monkeypatch):
         return qm.choose_split_k(tiles, rows, out_f, in_f, 256, out_f * in_f // 2, cuda, "int4")
 
     assert split(64, 4608, 3584, 64, block_m=64) == 3
-    assert split(64, 3584, 18944, 64, block_m=64) == 4    # 5 (past one wave) measured 80 us against 58
+    assert split(64, 3584, 18944, 64, block_m=64) == 4  # 5 (past one wave) measured 80 us against 58
     assert split(1, 3584, 18944, 64) == 8
     assert split(1, 37888, 3584, 64) == 1
-    assert split(1, 1152, 896, 32) == 4          # K 896: four steps of 256, one a split
+    assert split(1, 1152, 896, 32) == 4  # K 896: four steps of 256, one a split
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 6e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("rows", [1, 2])
 @pytest.mark.parametrize("split_k", [None, 3])
 @pytest.mark.parametrize("in_f, group", [(1024, 128), (1088, 32), (896, 128)])
-def test_int4_gemv_activation_dtypes(generator, device, rel_error, poisoned_outputs, dtype, tolerance, rows,
-                                     split_k, in_f, group):
+def test_int4_gemv_activation_dtypes(
+    generator, device, rel_error, poisoned_outputs, dtype, tolerance, rows, split_k, in_f, group
+):
     """The int4 GEMV reads 16-bit x two values to an int32 (bf16 and fp16 unpack differently) and
     float32 x value by value; 1088 inputs leave a ragged last step of its 512 (masked loads), 896 take
     steps of 128; 37 outputs a ragged tile of rows; bias added once after the split-K sum."""
@@ -294,8 +332,16 @@ def test_int4_gemv_activation_dtypes(generator, device, rel_error, poisoned_outp
 
     x, packed, scales, zeros = int4_case(generator, 37, in_f, rows, group, dtype)
     bias = torch.randn(37, generator=generator).to(dtype)
-    out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), group,
-                      bias.to(device), path="gemv", split_k=split_k)
+    out = int4_linear(
+        x.to(device),
+        packed.to(device),
+        scales.to(device),
+        zeros.to(device),
+        group,
+        bias.to(device),
+        path="gemv",
+        split_k=split_k,
+    )
     assert out.shape == (rows, 37) and out.dtype == dtype
     expected = int4_linear_reference(x, packed, scales, zeros, group, bias, dtype=torch.float64)
     assert rel_error(out, expected) < tolerance

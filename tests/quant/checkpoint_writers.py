@@ -32,7 +32,7 @@ def pack_columns(values: torch.Tensor, bits: int, order: list[int] | None = None
     v = values.to(torch.int64) & (2**bits - 1)
     words = torch.zeros(v.shape[0], v.shape[1] // p, dtype=torch.int64)
     for k in range(p):
-        words |= v[:, order[k]::p] << (k * bits)
+        words |= v[:, order[k] :: p] << (k * bits)
     return _to_int32(words)
 
 

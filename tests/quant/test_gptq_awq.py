@@ -3,17 +3,13 @@ into exactly the weights they encode, and a tiny Qwen2 loaded from such a checkp
 
 import pytest
 import torch
+from checkpoint_writers import awq_tensors, gptq_tensors
 from torch import nn
 
-from checkpoint_writers import awq_tensors, gptq_tensors
-from qwen_triton.quantization import (
-    GroupwiseLinear,
-    concat_out_features,
-    load_quantized_linear,
-    parse_format,
-    quantize_linear,
-    quantize_model,
-)
+from qwen_triton.quantization.formats import GroupwiseLinear, concat_out_features
+from qwen_triton.quantization.prequantized import load_quantized_linear
+from qwen_triton.quantization.quantize import quantize_linear, quantize_model
+from qwen_triton.quantization.spec import parse_format
 
 IN, OUT, GROUP = 256, 48, 64
 
@@ -39,8 +35,13 @@ def test_gptq_readback_is_exact(bits, v1):
     g_idx = torch.arange(IN) // GROUP
     bias = torch.randn(OUT, dtype=torch.float16)
     tensors = gptq_tensors("layer.q_proj", q, zeros, scales, g_idx, bits, bias, v1=v1)
-    config = {"quant_method": "gptq", "bits": bits, "group_size": GROUP, "sym": False,
-              "checkpoint_format": "gptq" if v1 else "gptq_v2"}
+    config = {
+        "quant_method": "gptq",
+        "bits": bits,
+        "group_size": GROUP,
+        "sym": False,
+        "checkpoint_format": "gptq" if v1 else "gptq_v2",
+    }
     module = load_quantized_linear(tensors, "layer.q_proj", config)
     assert isinstance(module, GroupwiseLinear) and module.in_perm is None
     assert torch.equal(module.dequantize_weight(), expected_weight(q, zeros, scales, g_idx))
@@ -51,9 +52,11 @@ def test_gptq_readback_is_exact(bits, v1):
 
 def test_gptq_act_order_readback_is_exact_and_the_forward_agrees():
     q, zeros, scales = random_grid(4, IN // GROUP, seed=1)
-    g_idx = (torch.randperm(IN, generator=torch.Generator().manual_seed(2)) // GROUP)  # desc_act: shuffled groups
+    g_idx = torch.randperm(IN, generator=torch.Generator().manual_seed(2)) // GROUP  # desc_act: shuffled groups
     tensors = gptq_tensors("m", q, zeros, scales, g_idx, 4)
-    module = load_quantized_linear(tensors, "m", {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": True})
+    module = load_quantized_linear(
+        tensors, "m", {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": True}
+    )
     weight = expected_weight(q, zeros, scales, g_idx)
     assert module.in_perm is not None
     assert torch.equal(module.dequantize_weight(), weight)
@@ -103,8 +106,15 @@ def tiny_qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=256, tie_word_embeddings=True)
+    config = Qwen2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=256,
+        tie_word_embeddings=True,
+    )
     return Qwen2ForCausalLM(config).eval()
 
 

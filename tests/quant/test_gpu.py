@@ -1,31 +1,25 @@
 """CUDA paths (run on a GPU machine; CI has none, so they skip there): int8 / int4 through the Triton
-kernels once enable_gpu_kernels() registered them, fp8 through its weight-only Triton kernel at small
+kernels, fp8 through its weight-only Triton kernel at small
 batches and torch._scaled_mm above, KV writes on CUDA."""
 
 import pytest
 import torch
 from torch import nn
 
-from qwen_triton.kv_quant import allocate_quantized_kv, gather_dequantized, write_quantized_kv
-from qwen_triton.quantization import (
-    FP8_WEIGHT_ONLY_MAX_ROWS,
-    GroupwiseLinear,
-    enable_gpu_kernels,
-    parse_format,
-    quantize_linear,
-    register_kernel,
-)
+from qwen_triton.layers.kv_cache import allocate_quantized_kv, gather_dequantized, write_quantized_kv
+from qwen_triton.quantization.formats import FP8_WEIGHT_ONLY_MAX_ROWS, GroupwiseLinear
+from qwen_triton.quantization.quantize import quantize_linear
+from qwen_triton.quantization.spec import parse_format
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture
 def kernels_on():
-    assert enable_gpu_kernels()
-    yield
-    register_kernel("int8", None)
-    register_kernel("int4_groupwise", None)
-    register_kernel("fp8", None)
+    """The quantized linears take their Triton kernels on CUDA by themselves: this asks that triton is there."""
+    from qwen_triton import kernels
+
+    assert kernels.kernels_usable("cuda")
 
 
 def relative(a, b):

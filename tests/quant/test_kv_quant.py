@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qwen_triton.kv_quant import (
+from qwen_triton.layers.kv_cache import (
     allocate_quantized_kv,
     gather_dequantized,
     kv_bytes_per_token,
@@ -60,8 +60,10 @@ def test_decoding_token_by_token_stores_exactly_what_a_prefill_would(kind):
     one_by_one = write_token_by_token(kind, values)
     at_once = write_at_once(kind, values)
     for a, b in zip(one_by_one, at_once):
-        assert torch.equal(a.view(torch.uint8) if a.dtype != torch.float32 else a,
-                           b.view(torch.uint8) if b.dtype != torch.float32 else b)
+        assert torch.equal(
+            a.view(torch.uint8) if a.dtype != torch.float32 else a,
+            b.view(torch.uint8) if b.dtype != torch.float32 else b,
+        )
     read = gather_dequantized(*one_by_one, torch.arange(3), 48)
     # the outlier is not clipped, and its neighbours keep their own fine steps
     assert torch.allclose(read[20], values[20], rtol=0, atol=float(values[20].abs().max()) * 0.07)
@@ -80,10 +82,17 @@ def test_rewriting_a_slot_replaces_value_and_scale():
 def test_a_batch_of_sequences_writes_each_into_its_own_blocks():
     cache, scale = allocate_quantized_kv(6, BLOCK, HEADS, DIM, "int8")
     a, b = keys(20, seed=4), keys(5, seed=5) * 10
-    write_quantized_kv(cache, scale, torch.cat([a, b]), torch.cat([
-        torch.tensor([0, 1])[torch.arange(20) // BLOCK] * BLOCK + torch.arange(20) % BLOCK,
-        4 * BLOCK + torch.arange(5),
-    ]))
+    write_quantized_kv(
+        cache,
+        scale,
+        torch.cat([a, b]),
+        torch.cat(
+            [
+                torch.tensor([0, 1])[torch.arange(20) // BLOCK] * BLOCK + torch.arange(20) % BLOCK,
+                4 * BLOCK + torch.arange(5),
+            ]
+        ),
+    )
     # decode step: one new token for each sequence
     na, nb = keys(1, seed=6), keys(1, seed=7) * 10
     write_quantized_kv(cache, scale, torch.cat([na, nb]), torch.tensor([1 * BLOCK + 4, 4 * BLOCK + 5]))

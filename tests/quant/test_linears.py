@@ -5,21 +5,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qwen_triton.quantization import (
+from qwen_triton.quantization import formats
+from qwen_triton.quantization.formats import (
     FP8_WEIGHT_ONLY_MAX_ROWS,
     Fp8Linear,
     GroupwiseLinear,
     Int8Linear,
     QuantizedLinear,
     concat_out_features,
-    linear_weight_bytes,
     pack_nibbles,
-    parse_format,
-    quantize_linear,
-    register_kernel,
     unpack_int32_words,
     unpack_nibbles,
 )
+from qwen_triton.quantization.quantize import quantize_linear
+from qwen_triton.quantization.spec import linear_weight_bytes, parse_format
 
 
 def gaussian_linear(out_features=96, in_features=576, bias=True, seed=0):
@@ -141,23 +140,22 @@ def test_fusing_different_formats_is_refused():
         concat_out_features([a, b])
 
 
-def test_a_registered_kernel_is_used_on_cuda_only():
+def test_the_gpu_kernel_serves_cuda_inputs_only(monkeypatch):
     calls = []
-    register_kernel("int8", lambda module, x: calls.append(x) or torch.zeros(1))
-    try:
-        module = Int8Linear.from_float(torch.randn(8, 16))
-        module(torch.randn(2, 16))  # CPU input: reference path
-        assert calls == []
-        assert isinstance(module, QuantizedLinear) and module.format_name == "int8"
-    finally:
-        register_kernel("int8", None)
+    monkeypatch.setattr(Int8Linear, "kernel_forward", lambda module, x: calls.append(x) or torch.zeros(1))
+    module = Int8Linear.from_float(torch.randn(8, 16))
+    module(torch.randn(2, 16))  # CPU input: reference path
+    assert calls == []
+    assert isinstance(module, QuantizedLinear) and module.format_name == "int8"
+
+
+def _kernels_usable(monkeypatch, usable: bool):
+    monkeypatch.setattr(formats, "_gpu_kernels_usable", lambda x: usable)
 
 
 @pytest.fixture
-def fp8_kernel_registered():
-    register_kernel("fp8", lambda module, x: torch.zeros(1))
-    yield
-    register_kernel("fp8", None)
+def fp8_kernel_usable(monkeypatch):
+    _kernels_usable(monkeypatch, True)
 
 
 # (input shape, _scaled_mm fits, path): the weight-only kernel takes up to 16 rows (counted over every
@@ -175,7 +173,7 @@ def fp8_kernel_registered():
         ((512, 64), False, "kernel"),
     ],
 )
-def test_fp8_cuda_dispatch_by_rows(monkeypatch, fp8_kernel_registered, shape, scaled_mm_fits, path):
+def test_fp8_cuda_dispatch_by_rows(monkeypatch, fp8_kernel_usable, shape, scaled_mm_fits, path):
     assert FP8_WEIGHT_ONLY_MAX_ROWS == 16
     monkeypatch.setattr(Fp8Linear, "_scaled_mm_fits", lambda self, x: scaled_mm_fits)
     module = Fp8Linear.from_float(torch.randn(32, 64))
@@ -183,14 +181,15 @@ def test_fp8_cuda_dispatch_by_rows(monkeypatch, fp8_kernel_registered, shape, sc
 
 
 @pytest.mark.parametrize("scaled_mm_fits, path", [(True, "scaled_mm"), (False, "reference")])
-def test_fp8_without_a_registered_kernel_keeps_scaled_mm_at_every_batch(monkeypatch, scaled_mm_fits, path):
+def test_fp8_without_triton_keeps_scaled_mm_at_every_batch(monkeypatch, scaled_mm_fits, path):
+    _kernels_usable(monkeypatch, False)
     monkeypatch.setattr(Fp8Linear, "_scaled_mm_fits", lambda self, x: scaled_mm_fits)
     module = Fp8Linear.from_float(torch.randn(32, 64))
     assert module.cuda_path(torch.zeros(1, 64)) == path
     assert module.cuda_path(torch.zeros(64, 64)) == path
 
 
-def test_fp8_on_cpu_is_the_reference_even_with_a_kernel_registered(fp8_kernel_registered):
+def test_fp8_on_cpu_is_the_reference():
     module = Fp8Linear.from_float(torch.randn(32, 64), torch.randn(32))
     x = torch.randn(3, 64)
     torch.testing.assert_close(module(x), module.reference_forward(x), rtol=0, atol=0)

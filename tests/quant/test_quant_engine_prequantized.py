@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_writers import awq_tensors, gptq_tensors
 from safetensors.torch import save_file
 from torch import nn
 
-from checkpoint_writers import awq_tensors, gptq_tensors
-from qwen_triton.config import EngineConfig
-from qwen_triton.engine import LLMEngine
-from qwen_triton.quantization import parse_format, quantize_linear
-from qwen_triton.sampling_params import SamplingParams
+from qwen_triton.engine.config import EngineConfig
+from qwen_triton.engine.llm_engine import LLMEngine
+from qwen_triton.engine.sampling_params import SamplingParams
+from qwen_triton.quantization.quantize import quantize_linear
+from qwen_triton.quantization.spec import parse_format
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "models" / "smollm2-135m-instruct"
@@ -28,9 +29,17 @@ def float_checkpoint(tmp_path_factory) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, initializer_range=0.2)
+    config = Qwen2Config(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
     out = tmp_path_factory.mktemp("float")
     Qwen2ForCausalLM(config).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -60,8 +69,15 @@ def write_packed(float_dir: Path, out: Path, method: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: t.contiguous() for k, t in tensors.items()}, str(out / "model.safetensors"))
     config = json.loads((float_dir / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": method, "bits": 4, "group_size": GROUP, "sym": method == "gptq",
-                                     "desc_act": False, "version": "gemm", "zero_point": method == "awq"}
+    config["quantization_config"] = {
+        "quant_method": method,
+        "bits": 4,
+        "group_size": GROUP,
+        "sym": method == "gptq",
+        "desc_act": False,
+        "version": "gemm",
+        "zero_point": method == "awq",
+    }
     (out / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(float_dir / name, out / name)
@@ -69,8 +85,7 @@ def write_packed(float_dir: Path, out: Path, method: str) -> Path:
 
 
 def greedy_tokens(model_dir: Path, **settings) -> list[list[int]]:
-    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", device="cpu", max_model_len=256,
-                                    **settings))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", device="cpu", max_model_len=256, **settings))
     prompts = [[(31 * i + 7 * j) % 49152 for j in range(20)] for i in range(3)]
     for i, ids in enumerate(prompts):
         engine.add_request(f"p{i}", ids, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
@@ -81,10 +96,12 @@ def greedy_tokens(model_dir: Path, **settings) -> list[list[int]]:
     return [tokens[f"p{i}"] for i in range(len(prompts))]
 
 
-@pytest.mark.parametrize("method, in_memory_spec", [("gptq", f"int4:g{GROUP}:sym,lm_head=none"),
-                                                    ("awq", f"int4:g{GROUP},lm_head=none")])
-def test_engine_serves_packed_checkpoint_like_in_memory_quantization(float_checkpoint, tmp_path, method,
-                                                                      in_memory_spec):
+@pytest.mark.parametrize(
+    "method, in_memory_spec", [("gptq", f"int4:g{GROUP}:sym,lm_head=none"), ("awq", f"int4:g{GROUP},lm_head=none")]
+)
+def test_engine_serves_packed_checkpoint_like_in_memory_quantization(
+    float_checkpoint, tmp_path, method, in_memory_spec
+):
     packed = write_packed(float_checkpoint, tmp_path / method, method)
     assert greedy_tokens(packed) == greedy_tokens(float_checkpoint, quantization=in_memory_spec)
 

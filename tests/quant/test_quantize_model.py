@@ -6,23 +6,24 @@ import torch
 from torch import nn
 
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.quantization import (
-    Fp8Linear,
-    GroupwiseLinear,
-    Int8Linear,
-    QuantizedLinear,
-    linear_weight_bytes,
-    parse_spec,
-    quantize_model,
-)
+from qwen_triton.quantization.formats import Fp8Linear, GroupwiseLinear, Int8Linear, QuantizedLinear
+from qwen_triton.quantization.quantize import quantize_model
+from qwen_triton.quantization.spec import linear_weight_bytes, parse_spec
 
 
 def tiny_qwen2(tied=True):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=256, tie_word_embeddings=tied)
+    config = Qwen2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=256,
+        tie_word_embeddings=tied,
+    )
     return Qwen2ForCausalLM(config).eval()
 
 

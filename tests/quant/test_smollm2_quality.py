@@ -4,10 +4,10 @@ int8 weights keep perplexity within 1 %, int8 / fp8 KV keep the logits within th
 import copy
 
 import pytest
+import quant_quality as qq
 import torch
 
-import quant_quality as qq
-from qwen_triton.quantization import quantize_model
+from qwen_triton.quantization.quantize import quantize_model
 
 TEXT_TOKENS = 256
 

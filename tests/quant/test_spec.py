@@ -3,7 +3,7 @@
 import pytest
 
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.quantization import QuantFormat, parse_spec
+from qwen_triton.quantization.spec import QuantFormat, parse_spec
 
 
 def kinds(spec):
@@ -12,12 +12,17 @@ def kinds(spec):
 
 def test_per_role_rules():
     assert kinds("mlp=int4, attention=int8, lm_head=none") == {
-        "attention": "int8", "mlp": "int4:g128", "lm_head": "none", "embed": "none",
+        "attention": "int8",
+        "mlp": "int4:g128",
+        "lm_head": "none",
+        "embed": "none",
     }
 
 
 def test_a_bare_format_and_all_cover_every_linear_but_not_embeddings():
-    assert kinds("int8") == kinds("all=int8") == {"attention": "int8", "mlp": "int8", "lm_head": "int8", "embed": "none"}
+    assert (
+        kinds("int8") == kinds("all=int8") == {"attention": "int8", "mlp": "int8", "lm_head": "int8", "embed": "none"}
+    )
 
 
 def test_later_rules_win():

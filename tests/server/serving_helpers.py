@@ -1,4 +1,5 @@
 """Small clients the server tests share: plain HTTP (generate, SSE) and tritonclient gRPC streaming."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ import tritonclient.grpc as grpcclient
 CAPITAL_QUESTION = json.dumps([{"role": "user", "content": "What is the capital of France?"}])
 TIMEOUT_S = 120
 # numpy dtype for each `qwen` input a test may send over gRPC
-INPUT_DTYPES = {"max_tokens": np.int32, "top_k": np.int32, "seed": np.int64, "stream": np.bool_,
-                "ignore_eos": np.bool_, "temperature": np.float32, "input_ids": np.int64}
+INPUT_DTYPES = {
+    "max_tokens": np.int32,
+    "top_k": np.int32,
+    "seed": np.int64,
+    "stream": np.bool_,
+    "ignore_eos": np.bool_,
+    "temperature": np.float32,
+    "input_ids": np.int64,
+}
 
 
 def generate(server, body: dict, model: str = "qwen") -> requests.Response:
@@ -21,10 +29,11 @@ def generate(server, body: dict, model: str = "qwen") -> requests.Response:
 
 def generate_stream(server, body: dict, model: str = "qwen") -> list[dict]:
     """The JSON events of one generate_stream call (server-sent events)."""
-    reply = requests.post(f"{server.http_url}/v2/models/{model}/generate_stream", json=body, stream=True,
-                          timeout=TIMEOUT_S)
+    reply = requests.post(
+        f"{server.http_url}/v2/models/{model}/generate_stream", json=body, stream=True, timeout=TIMEOUT_S
+    )
     reply.raise_for_status()
-    return [json.loads(line[len(b"data: "):]) for line in reply.iter_lines() if line.startswith(b"data: ")]
+    return [json.loads(line[len(b"data: ") :]) for line in reply.iter_lines() if line.startswith(b"data: ")]
 
 
 def grpc_inputs(**values) -> list:
@@ -35,8 +44,11 @@ def grpc_inputs(**values) -> list:
             array = np.array([[value.encode() if isinstance(value, str) else value]], dtype=np.object_)
         else:
             array = np.array([np.atleast_1d(value)], dtype=INPUT_DTYPES.get(name))
-        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == np.object_
-                                       else grpcclient.np_to_triton_dtype(array.dtype))
+        tensor = grpcclient.InferInput(
+            name,
+            list(array.shape),
+            "BYTES" if array.dtype == np.object_ else grpcclient.np_to_triton_dtype(array.dtype),
+        )
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     return inputs
@@ -52,8 +64,9 @@ class GrpcStream:
 
     def send(self, request_id: str = "", model: str = "qwen", **values) -> None:
         # The empty final response marks the end of each request, whatever its number of deltas.
-        self.client.async_stream_infer(model, grpc_inputs(**values), request_id=request_id,
-                                       enable_empty_final_response=True)
+        self.client.async_stream_infer(
+            model, grpc_inputs(**values), request_id=request_id, enable_empty_final_response=True
+        )
 
     def next(self, timeout: float = TIMEOUT_S):
         return self.responses.get(timeout=timeout)

@@ -1,28 +1,41 @@
 """Bad input gets a clear error naming the field, and the server keeps serving others afterwards."""
+
 import json
 
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-
 from serving_helpers import GrpcStream, generate
 
 TEN_MB = 10 * 2**20
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"max_tokens": 4}, "text_input"),                                   # missing prompt
-    ({"text_input": "hi", "temperature": -1.0}, "temperature"),
-    ({"text_input": "hi", "max_tokens": 100000}, "max_tokens"),          # beyond the model length (2048)
-    ({"text_input": "hi", "top_p": 0.0}, "top_p"),
-    ({"text_input": "a" * TEN_MB}, "text_input"),                        # a 10 MB prompt
-    ({"messages": "not json"}, "messages"),
-    ({"messages": json.dumps([{"role": "wizard", "content": "x"}])}, "messages"),
-    ({"input_ids": [1, 10**9]}, "input_ids"),                           # not a token id
-    ({"text_input": "hi", "input_ids": [1, 2]}, "input_ids"),            # two prompts
-], ids=["missing-prompt", "negative-temperature", "max-tokens-too-long", "top-p-zero", "10MB-prompt",
-        "messages-not-json", "messages-bad-role", "token-id-out-of-vocab", "two-prompts"])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"max_tokens": 4}, "text_input"),  # missing prompt
+        ({"text_input": "hi", "temperature": -1.0}, "temperature"),
+        ({"text_input": "hi", "max_tokens": 100000}, "max_tokens"),  # beyond the model length (2048)
+        ({"text_input": "hi", "top_p": 0.0}, "top_p"),
+        ({"text_input": "a" * TEN_MB}, "text_input"),  # a 10 MB prompt
+        ({"messages": "not json"}, "messages"),
+        ({"messages": json.dumps([{"role": "wizard", "content": "x"}])}, "messages"),
+        ({"input_ids": [1, 10**9]}, "input_ids"),  # not a token id
+        ({"text_input": "hi", "input_ids": [1, 2]}, "input_ids"),  # two prompts
+    ],
+    ids=[
+        "missing-prompt",
+        "negative-temperature",
+        "max-tokens-too-long",
+        "top-p-zero",
+        "10MB-prompt",
+        "messages-not-json",
+        "messages-bad-role",
+        "token-id-out-of-vocab",
+        "two-prompts",
+    ],
+)
 def test_http_bad_input_names_the_field(triton_server, body, field):
     reply = generate(triton_server, body)
     assert reply.status_code == 400, reply.text

@@ -1,4 +1,5 @@
 """The `qwen` model over gRPC streaming (tritonclient start_stream / async_stream_infer)."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 from serving_helpers import GrpcStream, finish_reason_of, generate, text_of
@@ -23,8 +24,9 @@ def stream_text(server, prompt: str) -> str:
 
 
 def test_grpc_stream_yields_the_tokens_as_they_come(triton_server):
-    expected = generate(triton_server, {"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0.0,
-                                        "ignore_eos": True}).json()["text_output"]
+    expected = generate(
+        triton_server, {"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0.0, "ignore_eos": True}
+    ).json()["text_output"]
     assert stream_text(triton_server, PROMPTS[0]) == expected
 
 
@@ -41,8 +43,12 @@ def test_stream_false_gives_one_final_response(triton_server):
 
 
 def test_sixteen_concurrent_streams_complete_with_the_right_text(triton_server):
-    expected = {prompt: generate(triton_server, {"text_input": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0,
-                                                 "ignore_eos": True}).json()["text_output"] for prompt in PROMPTS}
+    expected = {
+        prompt: generate(
+            triton_server, {"text_input": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "ignore_eos": True}
+        ).json()["text_output"]
+        for prompt in PROMPTS
+    }
     prompts = PROMPTS * 4
     with ThreadPoolExecutor(max_workers=16) as pool:
         texts = list(pool.map(lambda prompt: stream_text(triton_server, prompt), prompts))

@@ -1,6 +1,6 @@
 """The `qwen` model over HTTP: readiness, generate, generate_stream (SSE), the demo model's answer."""
-import requests
 
+import requests
 from serving_helpers import CAPITAL_QUESTION, generate, generate_stream
 
 GREEDY = {"temperature": 0.0}
@@ -43,9 +43,13 @@ def test_generate_stream_deltas_add_up_to_the_whole_text(triton_server):
 
 def test_input_ids_prompt_and_output_ids(triton_server):
     by_text = generate(triton_server, {"text_input": "Hello", "max_tokens": 4, "ignore_eos": True, **GREEDY}).json()
-    prompt_ids = requests.post(f"{triton_server.http_url}/v2/models/tokenizer/infer", timeout=30, json={
-        "inputs": [{"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": ["Hello"]}],
-    }).json()["outputs"][0]["data"]
+    prompt_ids = requests.post(
+        f"{triton_server.http_url}/v2/models/tokenizer/infer",
+        timeout=30,
+        json={
+            "inputs": [{"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": ["Hello"]}],
+        },
+    ).json()["outputs"][0]["data"]
     by_ids = generate(triton_server, {"input_ids": prompt_ids, "max_tokens": 4, "ignore_eos": True, **GREEDY}).json()
     assert by_ids["output_ids"] == by_text["output_ids"]
     assert by_ids["text_output"] == by_text["text_output"]
@@ -55,6 +59,7 @@ def test_stop_string_and_seeded_sampling(triton_server):
     seeded = {"text_input": "Write a list of fruits:", "max_tokens": 8, "temperature": 0.9, "seed": 7}
     first, second = generate(triton_server, seeded).json(), generate(triton_server, seeded).json()
     assert first["output_ids"] == second["output_ids"]  # same seed, same tokens
-    stopped = generate(triton_server, {"text_input": "Count: 1, 2, 3,", "max_tokens": 20, "stop": [","],
-                                       **GREEDY}).json()
+    stopped = generate(
+        triton_server, {"text_input": "Count: 1, 2, 3,", "max_tokens": 20, "stop": [","], **GREEDY}
+    ).json()
     assert stopped["finish_reason"] == "stop" and "," not in stopped["text_output"]

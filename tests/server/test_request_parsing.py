@@ -1,11 +1,12 @@
 """Unit tests of request_parsing: Triton input arrays -> engine arguments, bad input rejected by field."""
+
 import json
 
 import numpy as np
 import pytest
 
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.request_parsing import client_error_message, parse_request
+from qwen_triton.serving.request_parsing import client_error_message, parse_request
 
 MAX_MODEL_LEN = 2048
 
@@ -25,17 +26,20 @@ def error_field(inputs: dict) -> tuple[str, str]:
 
 
 def test_text_prompt_with_sampling_inputs():
-    parsed = parse_request({
-        "text_input": text(b"Hello"),
-        "max_tokens": scalar(7, np.int32),
-        "temperature": scalar(0.5, np.float32),
-        "top_k": scalar(40, np.int32),
-        "seed": scalar(3, np.int64),
-        "stream": scalar(True, np.bool_),
-        "return_logprobs": scalar(True, np.bool_),
-        "stop": np.array([[b"\n\n", b"END"]], dtype=object),
-        "stop_token_ids": np.array([[2, 5]], dtype=np.int64),
-    }, MAX_MODEL_LEN)
+    parsed = parse_request(
+        {
+            "text_input": text(b"Hello"),
+            "max_tokens": scalar(7, np.int32),
+            "temperature": scalar(0.5, np.float32),
+            "top_k": scalar(40, np.int32),
+            "seed": scalar(3, np.int64),
+            "stream": scalar(True, np.bool_),
+            "return_logprobs": scalar(True, np.bool_),
+            "stop": np.array([[b"\n\n", b"END"]], dtype=object),
+            "stop_token_ids": np.array([[2, 5]], dtype=np.int64),
+        },
+        MAX_MODEL_LEN,
+    )
     assert parsed.prompt == {"prompt": "Hello"}
     assert parsed.stream is True
     params = parsed.params
@@ -101,7 +105,9 @@ def test_negative_token_id_is_refused():
 
 
 def test_engine_field_names_become_triton_input_names():
-    assert client_error_message(InvalidRequestError("prompt_token_ids", "7 is not a token id")) == \
-        "input_ids: 7 is not a token id"
+    assert (
+        client_error_message(InvalidRequestError("prompt_token_ids", "7 is not a token id"))
+        == "input_ids: 7 is not a token id"
+    )
     assert client_error_message(InvalidRequestError("logprobs", "x")) == "return_logprobs: x"
     assert client_error_message(InvalidRequestError("temperature", "must be >= 0")) == "temperature: must be >= 0"

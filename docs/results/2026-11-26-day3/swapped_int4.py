@@ -6,7 +6,7 @@ sys.path.insert(0, "python_backend"); sys.path.insert(0, "benchmarks")
 from qwen_triton.kernels import quant_matmul as qm
 from qwen_triton.kernels.quant_matmul import _int4_values, _store_output, _split_counters, k_slices
 from qwen_triton.kernels.pdl import wait_for_previous_kernel, launch_options, pdl_enabled
-from qwen_triton import quantization as quant
+from qwen_triton.quantization import formats as quant
 from kernel_bench import time_calls, copies_needed, warm_up_clocks, memory_bandwidths
 
 @triton.jit

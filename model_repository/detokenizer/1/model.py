@@ -1,4 +1,5 @@
-"""Triton model `detokenizer`: output_ids -> text_output (stage 3 of qwen_pipeline); the logic lives in qwen_triton.pipeline_models."""
+"""Triton model `detokenizer`: output_ids -> text_output (stage 3 of qwen_pipeline); the logic lives in qwen_triton.serving.pipeline_models."""
+
 import os
 import site
 import sys
@@ -10,4 +11,4 @@ for _site_dir in filter(None, os.environ.get("QWEN_TRITON_SITE_DIRS", "").split(
     site.addsitedir(_site_dir)
 sys.path[:] = [p for p in sys.path if p not in _system_path] + _system_path
 
-from qwen_triton.pipeline_models import DetokenizerModel as TritonPythonModel  # noqa: E402,F401
+from qwen_triton.serving.pipeline_models import DetokenizerModel as TritonPythonModel  # noqa: E402,F401

@@ -62,7 +62,7 @@ def kernels_usable(device: torch.device | str) -> bool:
     return device.type == "cpu" and interpreter_enabled()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def multiprocessor_count(device_index: int) -> int:
     """Streaming multiprocessors of a CUDA device (cached: launch heuristics ask on every call)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -37,9 +37,9 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
+from .elementwise import round_to_dtype
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
-from .elementwise import _round
-from .quant_matmul import _check_bias, _split_counters, k_slices, sum_splits
+from .quant_matmul import check_bias, k_slices, split_counters, sum_splits
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
 MAX_ROWS = 4
@@ -56,15 +56,19 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # x 512 inputs at 4 warps (one row a warp, four 16-byte loads a thread and step) read Qwen2.5-7B's
 # gate_up (37888 x 3584) in 89.2 us (3.05 TB/s) against cuBLAS's 96.7; 8 or 16 rows a program ran
 # 3-6 % slower. More rows of x hold more accumulators, so the tile shrinks.
-CONFIG = {1: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
-          2: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
-          4: dict(BLOCK_N=8, BLOCK_K=256, num_warps=4)}
+CONFIG = {
+    1: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+    2: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+    4: dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
+}
 # With SiLU*up formed in the kernel every thread computes it for its own inputs: with one weight row
 # a thread that is an exp and a division per weight, and the loop runs out of issue slots (7B
 # down_proj at one row: 67.3 us with 4 rows a program, 53.7 with 16 rows over 8 warps and K split 3).
-SILU_CONFIG = {1: dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
-               2: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-               4: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4)}
+SILU_CONFIG = {
+    1: dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
+    2: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+    4: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
+}
 # Split K until the grid has about this many programs per multiprocessor, each split at least this
 # many K tiles long (so the partials stay small next to the weight bytes).
 PROGRAMS_PER_SM = 4
@@ -84,7 +88,7 @@ def _to_dtype(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
     """float32 -> dtype, rounded to nearest even. The GPU's conversion does that; Triton's CPU
     interpreter truncates bf16 (see elementwise.py), so there elementwise's integer rounding stands in."""
     if INTERPRETED:
-        return _round(x, dtype)
+        return round_to_dtype(x, dtype)
     else:
         return x.to(dtype)
 
@@ -121,8 +125,23 @@ def _x_values(x_row, k, k_ok, K, SILU: tl.constexpr, MASKED: tl.constexpr, INTER
 
 
 @triton.jit
-def _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS: tl.constexpr, SILU: tl.constexpr,
-          MASKED: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _step(
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    w_rows,
+    x_ptr,
+    stride_xm,
+    k0,
+    K,
+    ROWS: tl.constexpr,
+    SILU: tl.constexpr,
+    MASKED: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Inputs k0..k0+BLOCK_K: one weight tile, multiply-added into each row's accumulator. Only the
     last, ragged tile is MASKED: full tiles load without predicates."""
     k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
@@ -143,48 +162,90 @@ def _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS: tl.cons
 
 
 @triton.jit
-def _row_result(acc, row, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, INTERPRETED: tl.constexpr):
+def _row_result(
+    acc,
+    row,
+    cols,
+    col_ok,
+    N,
+    bias_ptr,
+    y_ptr,
+    part_ptr,
+    stride_ym,
+    ROWS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):
     """One row's [BLOCK_N] sums: to y (+ bias), or to this split's float32 partial [splits, ROWS, N]."""
     y = tl.sum(acc, axis=1)
     if SPLIT:
-        offset = (tl.program_id(1) * ROWS + row) * N   # splits x rows x N: far below 2**31
+        offset = (tl.program_id(1) * ROWS + row) * N  # splits x rows x N: far below 2**31
         tl.store(part_ptr + offset + cols, y, mask=col_ok)
     else:
         _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS, INTERPRETED)
 
 
 @triton.jit
-def _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS: tl.constexpr,
-               INTERPRETED: tl.constexpr):
+def _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr):
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + cols, _to_dtype(y, y_ptr.dtype.element_ty, INTERPRETED), mask=col_ok)
 
 
 @triton.jit
-def _finish_splits(count_ptr, part_ptr, bias_ptr, y_ptr, cols, col_ok, N, stride_ym, ROWS: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr):
+def _finish_splits(
+    count_ptr,
+    part_ptr,
+    bias_ptr,
+    y_ptr,
+    cols,
+    col_ok,
+    N,
+    stride_ym,
+    ROWS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):
     """The last split program of this output tile to arrive adds every split's partial up."""
-    tl.debug_barrier()   # all of this program's partials are stored before it counts itself done
+    tl.debug_barrier()  # all of this program's partials are stored before it counts itself done
     counter = count_ptr + tl.program_id(0)
     if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(1) - 1:
         for row in tl.static_range(ROWS):
             total = tl.zeros(cols.shape, tl.float32)
             for split in range(0, tl.num_programs(1)):
                 # .cg: read from L2, where the other programs' stores are, not a stale L1 line.
-                total += tl.load(part_ptr + (split * ROWS + row) * N + cols, mask=col_ok,
-                                 other=0.0, cache_modifier=".cg")
+                total += tl.load(
+                    part_ptr + (split * ROWS + row) * N + cols, mask=col_ok, other=0.0, cache_modifier=".cg"
+                )
             _write_row(total, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS, INTERPRETED)
-        tl.store(counter, 0)   # zero again for the next launch (or graph replay)
+        tl.store(counter, 0)  # zero again for the next launch (or graph replay)
 
 
 @triton.jit
 def _dense_gemv_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K, k_per_split, stride_xm, stride_wn, stride_ym,
-    ROWS: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    SPLIT: tl.constexpr, SERIAL: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    part_ptr,
+    count_ptr,
+    N,
+    K,
+    k_per_split,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    ROWS: tl.constexpr,
+    SILU: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (i, s): outputs i*BLOCK_N.. for ROWS rows of x, over the s-th slice of K."""
     wait_for_previous_kernel(PDL)
@@ -198,35 +259,57 @@ def _dense_gemv_kernel(
     acc1 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     acc3 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    k_start = tl.program_id(1) * k_per_split   # a multiple of BLOCK_K: aligned vector loads
+    k_start = tl.program_id(1) * k_per_split  # a multiple of BLOCK_K: aligned vector loads
     k_full = tl.minimum(k_start + k_per_split, K // BLOCK_K * BLOCK_K)
     for k0 in range(k_start, k_full, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        acc0, acc1, acc2, acc3 = _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, SILU,
-                                       False, INTERPRETED, BLOCK_N, BLOCK_K)
+        acc0, acc1, acc2, acc3 = _step(
+            acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, SILU, False, INTERPRETED, BLOCK_N, BLOCK_K
+        )
     if not EVEN_K:
-        if k_full < tl.minimum(k_start + k_per_split, K):   # the ragged tile, in the last split
-            acc0, acc1, acc2, acc3 = _step(acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k_full, K, ROWS,
-                                           SILU, True, INTERPRETED, BLOCK_N, BLOCK_K)
-    _row_result(acc0, 0, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
-                    INTERPRETED)
+        if k_full < tl.minimum(k_start + k_per_split, K):  # the ragged tile, in the last split
+            acc0, acc1, acc2, acc3 = _step(
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                w_rows,
+                x_ptr,
+                stride_xm,
+                k_full,
+                K,
+                ROWS,
+                SILU,
+                True,
+                INTERPRETED,
+                BLOCK_N,
+                BLOCK_K,
+            )
+    _row_result(acc0, 0, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
     if ROWS > 1:
-        _row_result(acc1, 1, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
-                    INTERPRETED)
+        _row_result(acc1, 1, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
     if ROWS > 2:
-        _row_result(acc2, 2, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
-                    INTERPRETED)
+        _row_result(acc2, 2, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
     if ROWS > 3:
-        _row_result(acc3, 3, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT,
-                    INTERPRETED)
+        _row_result(acc3, 3, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
     if SERIAL:
-        _finish_splits(count_ptr, part_ptr, bias_ptr, y_ptr, cols, col_ok, N, stride_ym, ROWS, HAS_BIAS,
-                       INTERPRETED)
+        _finish_splits(count_ptr, part_ptr, bias_ptr, y_ptr, cols, col_ok, N, stride_ym, ROWS, HAS_BIAS, INTERPRETED)
 
 
 @triton.jit
-def _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, MASKED: tl.constexpr,
-                INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gated_step(
+    acc_gate,
+    acc_up,
+    gate_rows,
+    up_rows,
+    x_row,
+    k0,
+    K,
+    MASKED: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Inputs k0..k0+BLOCK_K of one row of x against a tile of gate rows and the matching up rows."""
     k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
     k_ok = k < K
@@ -241,16 +324,28 @@ def _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, MASKED: tl.c
 
 
 @triton.jit
-def _gate_up_silu_kernel(x_ptr, w_ptr, y_ptr, I, K, stride_xm, stride_wn, stride_ym, EVEN_K: tl.constexpr,
-                         INTERPRETED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         PDL: tl.constexpr):
+def _gate_up_silu_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    I,  # noqa: E741 - the intermediate size, as in the kernel docstring
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    EVEN_K: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+):
     """Program (i, r): silu(gate) * up for outputs i*BLOCK_N.. of row r of x, from gate_up's weight rows
     j (gate) and I + j (up). gate and up are rounded to x's dtype, then the SiLU and the product, as
     the eager linear and silu_and_mul round them. No K split: the epilogue needs whole sums."""
     wait_for_previous_kernel(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
-    gate_rows = w_ptr + tl.minimum(cols, I - 1)[:, None].to(tl.int64) * stride_wn   # as _dense_gemv_kernel
+    gate_rows = w_ptr + tl.minimum(cols, I - 1)[:, None].to(tl.int64) * stride_wn  # as _dense_gemv_kernel
     up_rows = gate_rows + I.to(tl.int64) * stride_wn
     x_row = x_ptr + tl.program_id(1) * stride_xm
     acc_gate = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
@@ -258,11 +353,13 @@ def _gate_up_silu_kernel(x_ptr, w_ptr, y_ptr, I, K, stride_xm, stride_wn, stride
     k_full = K // BLOCK_K * BLOCK_K
     for k0 in range(0, k_full, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, INTERPRETED,
-                                       BLOCK_N, BLOCK_K)
+        acc_gate, acc_up = _gated_step(
+            acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, INTERPRETED, BLOCK_N, BLOCK_K
+        )
     if not EVEN_K:
-        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, INTERPRETED,
-                                       BLOCK_N, BLOCK_K)
+        acc_gate, acc_up = _gated_step(
+            acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, INTERPRETED, BLOCK_N, BLOCK_K
+        )
     dtype = y_ptr.dtype.element_ty
     gate = _to_dtype(tl.sum(acc_gate, axis=1), dtype, INTERPRETED).to(tl.float32)
     up = _to_dtype(tl.sum(acc_up, axis=1), dtype, INTERPRETED).to(tl.float32)
@@ -293,8 +390,10 @@ def choose_split(tiles: int, in_features: int, block_k: int, device: torch.devic
 
 def _check_weight(weight: torch.Tensor, dtype: torch.dtype) -> tuple[int, int]:
     if weight.dim() != 2 or weight.stride(1) != 1:
-        raise ValueError(f"weight: expected a row-contiguous [out, in] matrix, got shape {tuple(weight.shape)} "
-                         f"strides {tuple(weight.stride())}")
+        raise ValueError(
+            f"weight: expected a row-contiguous [out, in] matrix, got shape {tuple(weight.shape)} "
+            f"strides {tuple(weight.stride())}"
+        )
     if weight.dtype != dtype:
         raise ValueError(f"weight: dtype {weight.dtype} differs from the input's {dtype}")
     return weight.shape
@@ -305,8 +404,10 @@ def _check_input(name: str, x: torch.Tensor, width: int) -> torch.Tensor:
     if x.dtype not in _DTYPES:
         raise ValueError(f"{name}: dtype {x.dtype} not supported; use float16, bfloat16 or float32")
     if x.dim() == 0 or x.shape[-1] != width:
-        raise ValueError(f"{name}: last dimension {tuple(x.shape)[-1:]} must be {width} (the weight's in_features"
-                         f"{' x 2, gate then up' if name == 'gate_up' else ''})")
+        raise ValueError(
+            f"{name}: last dimension {tuple(x.shape)[-1:]} must be {width} (the weight's in_features"
+            f"{' x 2, gate then up' if name == 'gate_up' else ''})"
+        )
     rows = x.reshape(-1, width)
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
@@ -324,23 +425,40 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
     part = counters = None
     if split_k > 1:
         part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=rows.device)
-        counters = _split_counters(rows.device, tiles)
+        counters = split_counters(rows.device, tiles)
     bias_arg = bias if bias is not None else weight
     pdl = pdl_enabled(rows.device)
     _dense_gemv_kernel[(tiles, split_k)](
-        rows, weight, bias_arg, y, part if part is not None else y,
-        counters if counters is not None else y, out_features, in_features, k_per_split,
-        rows.stride(0), weight.stride(0), y.stride(0),
-        ROWS=m, SILU=silu, HAS_BIAS=bias is not None, EVEN_K=in_features % block_k == 0,
-        SPLIT=split_k > 1, SERIAL=counters is not None, INTERPRETED=not rows.is_cuda, PDL=pdl, **cfg,
-        **launch_options(pdl))
-    if split_k > 1 and counters is None:   # captured before the counters existed: a second launch
+        rows,
+        weight,
+        bias_arg,
+        y,
+        part if part is not None else y,
+        counters if counters is not None else y,
+        out_features,
+        in_features,
+        k_per_split,
+        rows.stride(0),
+        weight.stride(0),
+        y.stride(0),
+        ROWS=m,
+        SILU=silu,
+        HAS_BIAS=bias is not None,
+        EVEN_K=in_features % block_k == 0,
+        SPLIT=split_k > 1,
+        SERIAL=counters is not None,
+        INTERPRETED=not rows.is_cuda,
+        PDL=pdl,
+        **cfg,
+        **launch_options(pdl),
+    )
+    if split_k > 1 and counters is None:  # captured before the counters existed: a second launch
         sum_splits(part, bias, y)
 
 
 def _run(rows, weight, bias, leading_shape, *, silu, config, split_k):
     out_features = weight.shape[0]
-    _check_bias(bias, out_features)
+    check_bias(bias, out_features)
     y = torch.empty(rows.shape[0], out_features, dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], MAX_ROWS):
         stop = start + MAX_ROWS
@@ -348,8 +466,14 @@ def _run(rows, weight, bias, leading_shape, *, silu, config, split_k):
     return y.view(*leading_shape, out_features)
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 config: dict | None = None, split_k: int | None = None) -> torch.Tensor:
+def dense_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    config: dict | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:
     """F.linear(x, weight, bias) for a few rows: x [..., in] -> [..., out] in x's dtype.
 
     Keyword-only overrides, for benchmarks: ``config`` (BLOCK_N, BLOCK_K, num_warps), ``split_k``.
@@ -359,8 +483,14 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return _run(rows, weight, bias, x.shape[:-1], silu=False, config=config, split_k=split_k)
 
 
-def dense_silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                      config: dict | None = None, split_k: int | None = None) -> torch.Tensor:
+def dense_silu_linear(
+    gate_up: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    config: dict | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:
     """F.linear(silu(gate) * up, weight, bias) with gate_up [..., 2 * in] (gate first), without
     materialising silu(gate) * up. Overrides as for `dense_linear`."""
     rows = _check_input("gate_up", gate_up, 2 * weight.shape[-1])
@@ -383,7 +513,18 @@ def dense_gate_up_silu(x: torch.Tensor, weight: torch.Tensor, *, config: dict | 
     if rows.shape[0]:
         pdl = pdl_enabled(rows.device)
         _gate_up_silu_kernel[(triton.cdiv(inter, cfg["BLOCK_N"]), rows.shape[0])](
-            rows, weight, y, inter, in_features, rows.stride(0), weight.stride(0), y.stride(0),
-            EVEN_K=in_features % cfg["BLOCK_K"] == 0, INTERPRETED=not rows.is_cuda, PDL=pdl, **cfg,
-            **launch_options(pdl))
+            rows,
+            weight,
+            y,
+            inter,
+            in_features,
+            rows.stride(0),
+            weight.stride(0),
+            y.stride(0),
+            EVEN_K=in_features % cfg["BLOCK_K"] == 0,
+            INTERPRETED=not rows.is_cuda,
+            PDL=pdl,
+            **cfg,
+            **launch_options(pdl),
+        )
     return y.view(*x.shape[:-1], inter)

@@ -10,7 +10,7 @@ cost start-up time. The token count reaches these kernels through the grid only 
 that are fixed per model are constexprs), so one compiled kernel per model serves every batch size
 and prompt length, and every CUDA graph size.
 
-Numerics: each kernel repeats the eager functions in ``qwen_triton.fused_ops`` step by step, in
+Numerics: each kernel repeats the eager functions in ``qwen_triton.layers.ops`` step by step, in
 float32, rounding to the model dtype exactly where the eager code produces a tensor of that dtype
 (the ``x + residual`` sum, the normalised rows, cos/sin, each product of the rotation, the SiLU).
 What keeps the GPU's code to that rounding order:
@@ -57,7 +57,7 @@ SILU_BLOCK = 1024
 
 
 @triton.jit
-def _round(x, dtype: tl.constexpr):
+def round_to_dtype(x, dtype: tl.constexpr):
     """float32 -> ``dtype``, rounded to nearest even (what torch does on every dtype conversion)."""
     if dtype == tl.bfloat16:
         # torch's c10::BFloat16 formula: add 0x7FFF plus the lowest kept bit, keep the upper half.
@@ -72,11 +72,23 @@ def _round(x, dtype: tl.constexpr):
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr,
-    eps, n_float, inv_n,
-    STRIDE_X: tl.constexpr, STRIDE_R: tl.constexpr, STRIDE_O: tl.constexpr, STRIDE_S: tl.constexpr,
-    N_COLS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, MEAN_BY_RECIPROCAL: tl.constexpr,
-    BLOCK: tl.constexpr, PDL: tl.constexpr,
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    sum_ptr,
+    eps,
+    n_float,
+    inv_n,
+    STRIDE_X: tl.constexpr,
+    STRIDE_R: tl.constexpr,
+    STRIDE_O: tl.constexpr,
+    STRIDE_S: tl.constexpr,
+    N_COLS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    MEAN_BY_RECIPROCAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
@@ -88,22 +100,22 @@ def _rms_norm_kernel(
         r = tl.load(res_ptr + row * STRIDE_R + cols, mask=mask, other=0.0).to(tl.float32)
         # The sum in the model dtype, as `x + residual` is in eager torch. Every input of this row
         # is loaded before this store, so `sum_ptr` may be `res_ptr` (the residual updated in place).
-        h = _round(x + r, dtype)
+        h = round_to_dtype(x + r, dtype)
         tl.store(sum_ptr + row * STRIDE_S + cols, h, mask=mask)
         x = h.to(tl.float32)
     else:
         dtype = x_ptr.dtype.element_ty
-    total = tl.sum(x * x, axis=0)        # masked columns are 0 and add nothing
+    total = tl.sum(x * x, axis=0)  # masked columns are 0 and add nothing
     if MEAN_BY_RECIPROCAL:
-        variance = total * inv_n         # torch's CUDA mean: sum * float32(1 / n) (MeanOps)
+        variance = total * inv_n  # torch's CUDA mean: sum * float32(1 / n) (MeanOps)
     else:
-        variance = tl.math.div_rn(total, n_float)     # torch's CPU mean: sum / n
+        variance = tl.math.div_rn(total, n_float)  # torch's CPU mean: sum / n
     # rsqrt: the GPU's rsqrt.approx, as torch's CUDA rsqrtf; 1 / sqrt in the interpreter, as torch on CPU.
-    normed = _round(x * tl.math.rsqrt(variance + eps), dtype).to(tl.float32)
+    normed = round_to_dtype(x * tl.math.rsqrt(variance + eps), dtype).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     # weight * normed in the output dtype: one rounding of a product that is exact in float32
     # when both are 16-bit floats.
-    tl.store(out_ptr + row * STRIDE_O + cols, _round(w * normed, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * STRIDE_O + cols, round_to_dtype(w * normed, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -113,22 +125,32 @@ def _convert(x, dtype: tl.constexpr, target: tl.constexpr):
     if dtype == target:
         return x
     else:
-        return _round(x.to(tl.float32), target)
+        return round_to_dtype(x.to(tl.float32), target)
 
 
 @triton.jit
-def _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS: tl.constexpr,
-             STRIDE_SIN: tl.constexpr, HALF: tl.constexpr, dtype: tl.constexpr):
+def _cos_sin(
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    token,
+    dims,
+    dim_ok,
+    STRIDE_COS: tl.constexpr,
+    STRIDE_SIN: tl.constexpr,
+    HALF: tl.constexpr,
+    dtype: tl.constexpr,
+):
     """(cos1, sin1, cos2, sin2): the first and second halves of the token's cos/sin rows. The tables
     are float32; eager torch rounds them to the model dtype before multiplying, so these are rounded
     to ``dtype`` (and kept in float32 for the arithmetic)."""
     position = tl.load(pos_ptr + token).to(tl.int64)
     cos_row = cos_ptr + position * STRIDE_COS + dims
     sin_row = sin_ptr + position * STRIDE_SIN + dims
-    cos1 = _round(tl.load(cos_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
-    cos2 = _round(tl.load(cos_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
-    sin1 = _round(tl.load(sin_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
-    sin2 = _round(tl.load(sin_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    cos1 = round_to_dtype(tl.load(cos_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    cos2 = round_to_dtype(tl.load(cos_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    sin1 = round_to_dtype(tl.load(sin_row, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
+    sin2 = round_to_dtype(tl.load(sin_row + HALF, mask=dim_ok, other=0.0).to(tl.float32), dtype).to(tl.float32)
     return cos1, sin1, cos2, sin2
 
 
@@ -151,16 +173,27 @@ def _rotated(ptr1, mask, cos1, sin1, cos2, sin2, HALF: tl.constexpr):
     x1 = x1.to(tl.float32)
     x2 = x2.to(tl.float32)
     # round(-a) == -round(a), so round(x1*c) + round(-x2*s) is round(x1*c) - round(x2*s).
-    a = _round(x1 * cos1[None, :], dtype).to(tl.float32)
-    b = _round(x2 * sin1[None, :], dtype).to(tl.float32)
-    c = _round(x2 * cos2[None, :], dtype).to(tl.float32)
-    d = _round(x1 * sin2[None, :], dtype).to(tl.float32)
-    return _round(a - b, dtype), _round(c + d, dtype)
+    a = round_to_dtype(x1 * cos1[None, :], dtype).to(tl.float32)
+    b = round_to_dtype(x2 * sin1[None, :], dtype).to(tl.float32)
+    c = round_to_dtype(x2 * cos2[None, :], dtype).to(tl.float32)
+    d = round_to_dtype(x1 * sin2[None, :], dtype).to(tl.float32)
+    return round_to_dtype(a - b, dtype), round_to_dtype(c + d, dtype)
 
 
 @triton.jit
-def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.constexpr,
-                  NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HALF: tl.constexpr):
+def _rotate_heads(
+    base,
+    cos1,
+    sin1,
+    cos2,
+    sin2,
+    dims,
+    dim_ok,
+    STRIDE_H: tl.constexpr,
+    NUM_HEADS: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr,
+):
     """Rotate the NUM_HEADS heads of one token in place."""
     heads, mask = _heads(dims, dim_ok, NUM_HEADS, HEADS_PAD)
     ptr1 = base + heads * STRIDE_H + dims[None, :]
@@ -171,14 +204,35 @@ def _rotate_heads(base, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_H: tl.const
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
-    STRIDE_QT: tl.constexpr, STRIDE_QH: tl.constexpr, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
-    STRIDE_VT: tl.constexpr, STRIDE_VH: tl.constexpr, STRIDE_COS: tl.constexpr, STRIDE_SIN: tl.constexpr,
-    STRIDE_KC_SLOT: tl.constexpr, STRIDE_KC_HEAD: tl.constexpr,
-    STRIDE_VC_SLOT: tl.constexpr, STRIDE_VC_HEAD: tl.constexpr,
-    NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
-    NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, WRITE_KV: tl.constexpr, PDL: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    slot_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    STRIDE_QT: tl.constexpr,
+    STRIDE_QH: tl.constexpr,
+    STRIDE_KT: tl.constexpr,
+    STRIDE_KH: tl.constexpr,
+    STRIDE_VT: tl.constexpr,
+    STRIDE_VH: tl.constexpr,
+    STRIDE_COS: tl.constexpr,
+    STRIDE_SIN: tl.constexpr,
+    STRIDE_KC_SLOT: tl.constexpr,
+    STRIDE_KC_HEAD: tl.constexpr,
+    STRIDE_VC_SLOT: tl.constexpr,
+    STRIDE_VC_HEAD: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
+    Q_HEADS_PAD: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    KV_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr,
+    HALF_PAD: tl.constexpr,
+    WRITE_KV: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(PDL)
     # One program per token: the token's cos/sin row is read once for all its q and k heads. With
@@ -187,26 +241,70 @@ def _rotary_kernel(
     token = tl.program_id(0).to(tl.int64)
     dims = tl.arange(0, HALF_PAD)
     dim_ok = dims < HALF
-    cos1, sin1, cos2, sin2 = _cos_sin(cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS, STRIDE_SIN,
-                                      HALF, q_ptr.dtype.element_ty)
-    _rotate_heads(q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH,
-                  NUM_Q_HEADS, Q_HEADS_PAD, HALF)
+    cos1, sin1, cos2, sin2 = _cos_sin(
+        cos_ptr, sin_ptr, pos_ptr, token, dims, dim_ok, STRIDE_COS, STRIDE_SIN, HALF, q_ptr.dtype.element_ty
+    )
+    _rotate_heads(
+        q_ptr + token * STRIDE_QT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_QH, NUM_Q_HEADS, Q_HEADS_PAD, HALF
+    )
     if WRITE_KV:
-        _rotate_k_and_write_kv(k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, token, cos1, sin1, cos2, sin2,
-                               dims, dim_ok, STRIDE_KT, STRIDE_KH, STRIDE_VT, STRIDE_VH, STRIDE_KC_SLOT,
-                               STRIDE_KC_HEAD, STRIDE_VC_SLOT, STRIDE_VC_HEAD, NUM_KV_HEADS, KV_HEADS_PAD, HALF)
+        _rotate_k_and_write_kv(
+            k_ptr,
+            v_ptr,
+            slot_ptr,
+            k_cache_ptr,
+            v_cache_ptr,
+            token,
+            cos1,
+            sin1,
+            cos2,
+            sin2,
+            dims,
+            dim_ok,
+            STRIDE_KT,
+            STRIDE_KH,
+            STRIDE_VT,
+            STRIDE_VH,
+            STRIDE_KC_SLOT,
+            STRIDE_KC_HEAD,
+            STRIDE_VC_SLOT,
+            STRIDE_VC_HEAD,
+            NUM_KV_HEADS,
+            KV_HEADS_PAD,
+            HALF,
+        )
     else:
-        _rotate_heads(k_ptr + token * STRIDE_KT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_KH,
-                      NUM_KV_HEADS, KV_HEADS_PAD, HALF)
+        _rotate_heads(
+            k_ptr + token * STRIDE_KT, cos1, sin1, cos2, sin2, dims, dim_ok, STRIDE_KH, NUM_KV_HEADS, KV_HEADS_PAD, HALF
+        )
 
 
 @triton.jit
-def _rotate_k_and_write_kv(k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, token, cos1, sin1, cos2, sin2,
-                           dims, dim_ok, STRIDE_KT: tl.constexpr, STRIDE_KH: tl.constexpr,
-                           STRIDE_VT: tl.constexpr, STRIDE_VH: tl.constexpr,
-                           STRIDE_KC_SLOT: tl.constexpr, STRIDE_KC_HEAD: tl.constexpr,
-                           STRIDE_VC_SLOT: tl.constexpr, STRIDE_VC_HEAD: tl.constexpr,
-                           NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr, HALF: tl.constexpr):
+def _rotate_k_and_write_kv(
+    k_ptr,
+    v_ptr,
+    slot_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    token,
+    cos1,
+    sin1,
+    cos2,
+    sin2,
+    dims,
+    dim_ok,
+    STRIDE_KT: tl.constexpr,
+    STRIDE_KH: tl.constexpr,
+    STRIDE_VT: tl.constexpr,
+    STRIDE_VH: tl.constexpr,
+    STRIDE_KC_SLOT: tl.constexpr,
+    STRIDE_KC_HEAD: tl.constexpr,
+    STRIDE_VC_SLOT: tl.constexpr,
+    STRIDE_VC_HEAD: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    KV_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr,
+):
     """Rotate the token's k heads in place and store them, and its v, at the token's cache slot,
     converted to each cache's dtype."""
     dtype = k_ptr.dtype.element_ty
@@ -232,9 +330,14 @@ def _rotate_k_and_write_kv(k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, tok
 
 @triton.jit
 def _silu_and_mul_kernel(
-    gate_up_ptr, out_ptr,
-    STRIDE_IN: tl.constexpr, STRIDE_OUT: tl.constexpr, N_COLS: tl.constexpr,
-    BLOCK: tl.constexpr, LIBDEVICE_EXP: tl.constexpr, PDL: tl.constexpr,
+    gate_up_ptr,
+    out_ptr,
+    STRIDE_IN: tl.constexpr,
+    STRIDE_OUT: tl.constexpr,
+    N_COLS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LIBDEVICE_EXP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
@@ -252,8 +355,8 @@ def _silu_and_mul_kernel(
         # last place where torch's CPU exp is nearly always correctly rounded: float64, then round.
         e = tl.exp(-gate.to(tl.float64)).to(tl.float32)
     # F.silu: x / (1 + exp(-x)) in float32, rounded to the dtype; then times up, rounded again.
-    silu = _round(tl.math.div_rn(gate, 1.0 + e), dtype).to(tl.float32)
-    tl.store(out_ptr + row * STRIDE_OUT + cols, _round(silu * up, dtype), mask=mask)
+    silu = round_to_dtype(tl.math.div_rn(gate, 1.0 + e), dtype).to(tl.float32)
+    tl.store(out_ptr + row * STRIDE_OUT + cols, round_to_dtype(silu * up, dtype), mask=mask)
 
 
 # -- launchers -------------------------------------------------------------------------------------
@@ -288,8 +391,13 @@ class _Launcher:
         args = (*args, pdl)
         key = None
         if self.direct:
-            key = (num_warps, *[(a.dtype, a.data_ptr() % 16 == 0, a.get_device())
-                                if isinstance(a, torch.Tensor) else a for a in args])
+            key = (
+                num_warps,
+                *[
+                    (a.dtype, a.data_ptr() % 16 == 0, a.get_device()) if isinstance(a, torch.Tensor) else a
+                    for a in args
+                ],
+            )
             compiled = self.compiled.get(key)
             if compiled is not None:
                 try:
@@ -330,7 +438,7 @@ def _rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1, tensor.shape[-1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _norm_constants(hidden: int):
     """(block, warps, float32(1 / hidden)) of a hidden size."""
     if hidden > MAX_HIDDEN:
@@ -353,13 +461,29 @@ def _norm(x2, res2, weight, eps, out_dtype, sum2):
     block, warps, inv_n = _norm_constants(hidden)
     has_residual = res2 is not None
     if not has_residual:
-        res2 = sum2 = x2            # placeholders: HAS_RESIDUAL=False never touches them
+        res2 = sum2 = x2  # placeholders: HAS_RESIDUAL=False never touches them
     _launch_rms_norm(
         (rows, 1, 1),
-        (x2, res2, weight, out, sum2, float(eps), float(hidden), inv_n,
-         x2.stride(0), res2.stride(0), out.stride(0), sum2.stride(0), hidden,
-         has_residual, x2.is_cuda, block),
-        warps)
+        (
+            x2,
+            res2,
+            weight,
+            out,
+            sum2,
+            float(eps),
+            float(hidden),
+            inv_n,
+            x2.stride(0),
+            res2.stride(0),
+            out.stride(0),
+            sum2.stride(0),
+            hidden,
+            has_residual,
+            x2.is_cuda,
+            block,
+        ),
+        warps,
+    )
     return out
 
 
@@ -399,8 +523,9 @@ def _check_rotary(q, k, cos_table, sin_table, positions) -> None:
     """ValueError naming the argument unless q [tokens, heads, dim], k [tokens, kv_heads, dim] of one
     supported dtype, float [max_positions, dim] tables and positions [tokens]."""
     if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
-        raise ValueError(f"q/k: expected [tokens, heads, dim] and [tokens, kv_heads, dim], got "
-                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+        raise ValueError(
+            f"q/k: expected [tokens, heads, dim] and [tokens, kv_heads, dim], got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
     tokens, _, dim = q.shape
     if dim % 2:
         raise ValueError(f"q/k: head dim {dim} must be even for the rotate-half form")
@@ -409,8 +534,9 @@ def _check_rotary(q, k, cos_table, sin_table, positions) -> None:
     _check_dtype("q", q)
     for name, table in (("cos_table", cos_table), ("sin_table", sin_table)):
         if table.dim() != 2 or table.shape[1] != dim or not table.is_floating_point():
-            raise ValueError(f"{name}: expected a float [max_positions, {dim}] table, got "
-                             f"{table.dtype} {tuple(table.shape)}")
+            raise ValueError(
+                f"{name}: expected a float [max_positions, {dim}] table, got {table.dtype} {tuple(table.shape)}"
+            )
     if positions.shape != (tokens,):
         raise ValueError(f"positions: expected shape ({tokens},), got {tuple(positions.shape)}")
 
@@ -419,12 +545,17 @@ def _rotary_sizes(q, k):
     """The rotary kernel's size constexprs: the head counts and half the head dim, each followed by the
     power of 2 the kernel's blocks are padded to."""
     num_heads, num_kv_heads, half = q.shape[1], k.shape[1], q.shape[2] // 2
-    return (num_heads, triton.next_power_of_2(num_heads), num_kv_heads, triton.next_power_of_2(num_kv_heads),
-            half, triton.next_power_of_2(half))
+    return (
+        num_heads,
+        triton.next_power_of_2(num_heads),
+        num_kv_heads,
+        triton.next_power_of_2(num_kv_heads),
+        half,
+        triton.next_power_of_2(half),
+    )
 
 
-def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
-           positions: torch.Tensor):
+def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, positions: torch.Tensor):
     """``fused_ops.rotary`` in one launch, in place: rotates q [tokens, heads, dim] and
     k [tokens, kv_heads, dim] by the cos/sin rows [max_positions, dim] at each token's position and
     returns (q, k), the same tensors. q and k may be strided views (the column slices of the fused
@@ -440,10 +571,33 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table:
     # No cache write: q stands in for the v and cache pointers and positions for the slots, never read.
     _launch_rotary(
         (tokens, 1, 1),
-        (q, k, q, cos_table, sin_table, positions, positions, q, q,
-         q.stride(0), q.stride(1), k.stride(0), k.stride(1), 0, 0, cos_table.stride(0), sin_table.stride(0),
-         0, 0, 0, 0, *_rotary_sizes(q, k), False),
-        4)
+        (
+            q,
+            k,
+            q,
+            cos_table,
+            sin_table,
+            positions,
+            positions,
+            q,
+            q,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            0,
+            0,
+            cos_table.stride(0),
+            sin_table.stride(0),
+            0,
+            0,
+            0,
+            0,
+            *_rotary_sizes(q, k),
+            False,
+        ),
+        4,
+    )
     return q, k
 
 
@@ -452,24 +606,36 @@ def _cache_slots(name: str, cache: torch.Tensor, k: torch.Tensor) -> torch.Tenso
     view the slot numbers index (block * block_size + offset). Never a copy: the writes must land in
     the cache itself, so a cache whose blocks cannot be viewed that way is refused."""
     if cache.dim() != 4 or cache.shape[2:] != k.shape[1:]:
-        raise ValueError(f"{name}: expected [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}], got "
-                         f"{tuple(cache.shape)}")
+        raise ValueError(
+            f"{name}: expected [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}], got {tuple(cache.shape)}"
+        )
     if cache.dtype not in _DTYPES:
-        raise ValueError(f"{name}: dtype {cache.dtype} is not a float cache (float16, bfloat16, float32); "
-                         f"quantized caches are written by kv_quant.write_quantized_kv")
+        raise ValueError(
+            f"{name}: dtype {cache.dtype} is not a float cache (float16, bfloat16, float32); "
+            f"quantized caches are written by kv_quant.write_quantized_kv"
+        )
     try:
         slots = cache.view(-1, *k.shape[1:])
     except RuntimeError:
         slots = None
     if slots is None or slots.stride(-1) != 1:
-        raise ValueError(f"{name}: strides {cache.stride()} do not make one [slots, heads, dim] view with "
-                         f"unit-stride rows")
+        raise ValueError(
+            f"{name}: strides {cache.stride()} do not make one [slots, heads, dim] view with unit-stride rows"
+        )
     return slots
 
 
-def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_table: torch.Tensor,
-                        sin_table: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor,
-                        v_cache: torch.Tensor, slot_mapping: torch.Tensor):
+def rotary_and_write_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_table: torch.Tensor,
+    sin_table: torch.Tensor,
+    positions: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+):
     """``fused_ops.rotary_and_write_kv`` in one launch: ``rotary`` (q and k rotated in place, the same
     contract) and the rotated k and the unchanged v [tokens, kv_heads, dim] stored at each token's slot
     of the float caches [num_blocks, block_size, kv_heads, dim], converted to each cache's dtype as
@@ -481,13 +647,15 @@ def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_t
     which one unspecified, as ``index_copy_`` does."""
     _check_rotary(q, k, cos_table, sin_table, positions)
     if v.shape != k.shape or v.dtype != k.dtype:
-        raise ValueError(f"v: expected k's shape {tuple(k.shape)} and dtype {k.dtype}, got "
-                         f"{tuple(v.shape)} and {v.dtype}")
+        raise ValueError(
+            f"v: expected k's shape {tuple(k.shape)} and dtype {k.dtype}, got {tuple(v.shape)} and {v.dtype}"
+        )
     k_slots, v_slots = _cache_slots("k_cache", k_cache, k), _cache_slots("v_cache", v_cache, k)
     tokens = q.shape[0]
     if slot_mapping.shape != (tokens,) or slot_mapping.dtype != torch.int64:
-        raise ValueError(f"slot_mapping: expected int64 of shape ({tokens},), got {slot_mapping.dtype} "
-                         f"{tuple(slot_mapping.shape)}")
+        raise ValueError(
+            f"slot_mapping: expected int64 of shape ({tokens},), got {slot_mapping.dtype} {tuple(slot_mapping.shape)}"
+        )
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     if tokens == 0:
         return q, k
@@ -495,12 +663,33 @@ def rotary_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_t
     slot_mapping = _unit_stride(slot_mapping)
     _launch_rotary(
         (tokens, 1, 1),
-        (q, k, v, cos_table, sin_table, positions, slot_mapping, k_slots, v_slots,
-         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-         cos_table.stride(0), sin_table.stride(0),
-         k_slots.stride(0), k_slots.stride(1), v_slots.stride(0), v_slots.stride(1),
-         *_rotary_sizes(q, k), True),
-        4)
+        (
+            q,
+            k,
+            v,
+            cos_table,
+            sin_table,
+            positions,
+            slot_mapping,
+            k_slots,
+            v_slots,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            cos_table.stride(0),
+            sin_table.stride(0),
+            k_slots.stride(0),
+            k_slots.stride(1),
+            v_slots.stride(0),
+            v_slots.stride(1),
+            *_rotary_sizes(q, k),
+            True,
+        ),
+        4,
+    )
     return q, k
 
 
@@ -516,7 +705,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if rows and inter:
         block = min(SILU_BLOCK, triton.next_power_of_2(inter))
         _launch_silu_and_mul(
-            (rows, triton.cdiv(inter, block), 1),
-            (x2, out, x2.stride(0), out.stride(0), inter, block, x2.is_cuda),
-            4)
+            (rows, triton.cdiv(inter, block), 1), (x2, out, x2.stride(0), out.stride(0), inter, block, x2.is_cuda), 4
+        )
     return out if x2 is gate_up else out.view(*gate_up.shape[:-1], inter)

@@ -26,15 +26,15 @@ import torch
 import triton
 import triton.language as tl
 
-try:   # Triton >= 3.4
+try:  # Triton >= 3.4
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:   # pragma: no cover - older Triton: PDL stays off
+except ImportError:  # pragma: no cover - older Triton: PDL stays off
     gdc_launch_dependents = gdc_wait = None
 
 ENV_SWITCH = "QWEN_TRITON_PDL"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_supports_pdl(device_index: int) -> bool:
     return gdc_wait is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 

@@ -65,7 +65,7 @@ INT4_GEMV_MAX_IN_FEATURES = 1024
 INT4_GEMV_NARROW = dict(max_out_features=2047, BLOCK_N=8, BLOCK_K=1024)
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)   # see _packed_cvt_applies
+_PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)  # see _packed_cvt_applies
 
 
 @triton.jit
@@ -80,8 +80,18 @@ def _int8_to_float(w_u8, FAST_CVT: tl.constexpr):
 
 
 @triton.jit
-def _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT: tl.constexpr, EVEN_K: tl.constexpr,
-               FAST_CVT: tl.constexpr, BLOCK_K: tl.constexpr):
+def _byte_tile(
+    w_ptr,
+    cols,
+    col_ok,
+    k0,
+    K,
+    stride_wn,
+    FMT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    FAST_CVT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """One-byte weights [BLOCK_N, BLOCK_K] of rows ``cols``, inputs k0..: int8 as float32 integers,
     fp8 as tl.float8e4nv values, which the caller converts once, straight to the type it computes in
     (float32 FMAs or x's dtype for dots; e4m3 is exact in both). The per-channel scale is applied to
@@ -90,7 +100,7 @@ def _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT: tl.constexpr, EVEN_K:
     mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (k < K)[None, :]
     w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + k[None, :], mask=mask, other=0)
     if FMT == "fp8":
-        return w.to(tl.float8e4nv, bitcast=True)   # masked-off bytes are 0x00, which is +0.0
+        return w.to(tl.float8e4nv, bitcast=True)  # masked-off bytes are 0x00, which is +0.0
     else:
         return _int8_to_float(w, FAST_CVT)
 
@@ -116,10 +126,12 @@ fma.rn.TYPE $1, $1, one, $6;
 fma.rn.TYPE $2, $2, one, $5;
 fma.rn.TYPE $3, $3, one, $6;
 }"""
-_NIBBLES_BF16 = tl.constexpr(_NIBBLES_PTX.replace("MAGIC", "0x43434343").replace("ONE", "0x3F803F80")
-                              .replace("TYPE", "bf16x2"))
-_NIBBLES_F16 = tl.constexpr(_NIBBLES_PTX.replace("MAGIC", "0x64646464").replace("ONE", "0x3C003C00")
-                             .replace("TYPE", "f16x2"))
+_NIBBLES_BF16 = tl.constexpr(
+    _NIBBLES_PTX.replace("MAGIC", "0x43434343").replace("ONE", "0x3F803F80").replace("TYPE", "bf16x2")
+)
+_NIBBLES_F16 = tl.constexpr(
+    _NIBBLES_PTX.replace("MAGIC", "0x64646464").replace("ONE", "0x3C003C00").replace("TYPE", "f16x2")
+)
 
 # The int4 GEMV's conversion, to float32: PRMT puts each nibble in byte 2 under 0x43 in byte 3 (and zero
 # bytes below), the bits of the float32 128 + n (one unit of 128.0's mantissa sits at bit 16). 11
@@ -146,17 +158,24 @@ prmt.b32 $7, hi, magic, 0x4355;
 def _int4_values(packed, zero, DTYPE: tl.constexpr, PACKED_CVT: tl.constexpr):
     """uint8 [R, C] and zero points [R] (float32) -> (low nibble - zero, high nibble - zero) [R, C]
     as DTYPE: small integers, exact in bf16 / fp16 / float32."""
-    if PACKED_CVT:   # CUDA, bf16 / fp16 only: inline PTX, which the CPU interpreter cannot run
+    if PACKED_CVT:  # CUDA, bf16 / fp16 only: inline PTX, which the CPU interpreter cannot run
         # Each packed pair of outputs gets the pair of its own elements' zero points (broadcast
         # along the row: in any register layout, element i of a pack meets its own row's value).
         if DTYPE == tl.bfloat16:
             bias = tl.broadcast_to((-128.0 - zero).to(tl.bfloat16)[:, None], packed.shape)
-            return tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r,r,r", [packed, bias],
-                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+            return tl.inline_asm_elementwise(
+                _NIBBLES_BF16,
+                "=r,=r,=r,=r,r,r,r",
+                [packed, bias],
+                dtype=(tl.bfloat16, tl.bfloat16),
+                is_pure=True,
+                pack=4,
+            )
         else:
             bias = tl.broadcast_to((-1024.0 - zero).to(tl.float16)[:, None], packed.shape)
-            return tl.inline_asm_elementwise(_NIBBLES_F16, "=r,=r,=r,=r,r,r,r", [packed, bias],
-                                             dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+            return tl.inline_asm_elementwise(
+                _NIBBLES_F16, "=r,=r,=r,=r,r,r,r", [packed, bias], dtype=(tl.float16, tl.float16), is_pure=True, pack=4
+            )
     else:
         packed = packed.to(tl.int32)
         low = (packed & 0x0F).to(tl.float32) - zero[:, None]
@@ -165,19 +184,33 @@ def _int4_values(packed, zero, DTYPE: tl.constexpr, PACKED_CVT: tl.constexpr):
 
 
 @triton.jit
-def _int4_groups(scales_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP: tl.constexpr,
-                 HAS_ZEROS: tl.constexpr, SUB_K: tl.constexpr, NG: tl.constexpr):
+def _int4_groups(
+    scales_ptr,
+    zeros_ptr,
+    cols,
+    col_ok,
+    k0,
+    K,
+    stride_sn,
+    stride_zn,
+    GROUP: tl.constexpr,
+    HAS_ZEROS: tl.constexpr,
+    SUB_K: tl.constexpr,
+    NG: tl.constexpr,
+):
     """Scales and zero points [BLOCK_N, NG] (float32) of the NG pieces of SUB_K inputs from k0 on (the
     same group twice where SUB_K < GROUP); past K, the last group's (valid memory, unused). Loaded as
     one 2-D tile, a loop-carried value whose layout Triton can fix; per-group 1-D loads carried
     across the loop took a blocked layout that sent every converted weight tile through shared memory
     again (seen in the TTGIR)."""
     group = tl.minimum(k0 + tl.arange(0, NG) * SUB_K, K - 1) // GROUP
-    scale = tl.load(scales_ptr + cols[:, None] * stride_sn + group[None, :], mask=col_ok[:, None],
-                    other=0.0).to(tl.float32)
+    scale = tl.load(scales_ptr + cols[:, None] * stride_sn + group[None, :], mask=col_ok[:, None], other=0.0).to(
+        tl.float32
+    )
     if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + cols[:, None] * stride_zn + group[None, :], mask=col_ok[:, None],
-                       other=0).to(tl.float32)
+        zero = tl.load(zeros_ptr + cols[:, None] * stride_zn + group[None, :], mask=col_ok[:, None], other=0).to(
+            tl.float32
+        )
     else:
         zero = tl.full(scale.shape, 8.0, tl.float32)
     return scale, zero
@@ -192,9 +225,23 @@ def _column(t, j: tl.constexpr, NG: tl.constexpr):
         even, odd = tl.split(t)
         return even if j == 0 else odd
 
+
 @triton.jit
-def _int4_dot(x, w_ptr, cols, col_ok, k0, K, stride_wn, scale, zero, EVEN_K: tl.constexpr,
-              PACKED_CVT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _int4_dot(
+    x,
+    w_ptr,
+    cols,
+    col_ok,
+    k0,
+    K,
+    stride_wn,
+    scale,
+    zero,
+    EVEN_K: tl.constexpr,
+    PACKED_CVT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """float32 [BLOCK_M, BLOCK_N] = x [BLOCK_M, BLOCK_K] @ ((q - zero) * scale)^T for inputs k0.. of
     one group (BLOCK_K divides GROUP): dots on q - zero (exact in x's dtype), the scale applied to
     their float32 result. Low nibbles hold the even inputs and high nibbles the odd ones; x is split
@@ -210,28 +257,43 @@ def _int4_dot(x, w_ptr, cols, col_ok, k0, K, stride_wn, scale, zero, EVEN_K: tl.
 
 
 @triton.jit
-def _store_output(y, rows, cols, row_ok, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
-                  stride_ym, FMT: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                  SERIAL: tl.constexpr):
+def _store_output(
+    y,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    M,
+    N,
+    scale_ptr,
+    bias_ptr,
+    y_ptr,
+    part_ptr,
+    count_ptr,
+    stride_ym,
+    FMT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL: tl.constexpr,
+):
     """y [R, BLOCK_N] float32 -> the output, or this split's float32 partial [splits, M, N]. With
     SERIAL, the last split program of the output tile to finish adds the partials up and writes the
     output itself, which saves the launch of _sum_splits_kernel."""
-    if FMT != "int4":   # per-channel formats scale the output; int4 scaled each group already
+    if FMT != "int4":  # per-channel formats scale the output; int4 scaled each group already
         y = y * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT:
         parts = part_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
         tl.store(parts + tl.program_id(2).to(tl.int64) * M * N, y, mask=mask)
         if SERIAL:
-            tl.debug_barrier()   # every thread's partial is stored before the program counts itself done
+            tl.debug_barrier()  # every thread's partial is stored before the program counts itself done
             counter = count_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
             if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(2) - 1:
                 total = tl.zeros_like(y)
-                for split in range(0, tl.num_programs(2)):   # .cg: from L2, where the others' stores are
-                    total += tl.load(parts + (split * M).to(tl.int64) * N, mask=mask, other=0.0,
-                                     cache_modifier=".cg")
+                for split in range(0, tl.num_programs(2)):  # .cg: from L2, where the others' stores are
+                    total += tl.load(parts + (split * M).to(tl.int64) * N, mask=mask, other=0.0, cache_modifier=".cg")
                 _store_y(total, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS)
-                tl.store(counter, 0)   # zero again for the next launch
+                tl.store(counter, 0)  # zero again for the next launch
     else:
         _store_y(y, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS)
 
@@ -248,8 +310,9 @@ def _int4_plus_128(packed, PACKED_CVT: tl.constexpr):
     """uint8 [...] -> float32 (128 + low nibble, 128 + high nibble): each nibble under the exponent of
     128.0, exact. On CUDA the PRMT PTX (_NIBBLES_F32); the same bits in plain Triton elsewhere."""
     if PACKED_CVT:
-        return tl.inline_asm_elementwise(_NIBBLES_F32, "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed],
-                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+        return tl.inline_asm_elementwise(
+            _NIBBLES_F32, "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed], dtype=(tl.float32, tl.float32), is_pure=True, pack=4
+        )
     else:
         p = packed.to(tl.int32)
         low = (((p & 0x0F) << 16) | 0x43000000).to(tl.float32, bitcast=True)
@@ -264,7 +327,7 @@ def _x_even_odd(x_row, half, K, EVEN_K: tl.constexpr, X_PAIRS: tl.constexpr, X_B
     two as int32 (one load a pair, the even input in the low half)."""
     if X_PAIRS:
         pairs = _load_x(x_row + half, 2 * half < K, EVEN_K)
-        if X_BF16:   # bf16 -> float32 is the bits moved to the top half
+        if X_BF16:  # bf16 -> float32 is the bits moved to the top half
             return (pairs << 16).to(tl.float32, bitcast=True), (pairs & -65536).to(tl.float32, bitcast=True)
         else:
             even = (pairs & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
@@ -298,11 +361,35 @@ def _int4_step_bytes(w_rows, half, col_ok, k_end, EVEN_K: tl.constexpr):
 
 @triton.jit
 def _int4_gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    SPLIT: tl.constexpr, SERIAL: tl.constexpr, PACKED_CVT: tl.constexpr, X_PAIRS: tl.constexpr,
-    X_BF16: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    zeros_ptr,
+    bias_ptr,
+    y_ptr,
+    part_ptr,
+    count_ptr,
+    M,
+    N,
+    K,
+    k_per_split,
+    stride_xm,
+    stride_wn,
+    stride_sn,
+    stride_zn,
+    stride_ym,
+    GROUP: tl.constexpr,
+    HAS_ZEROS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL: tl.constexpr,
+    PACKED_CVT: tl.constexpr,
+    X_PAIRS: tl.constexpr,
+    X_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """int4 at one row of x per program column. A step covers BLOCK_N weight rows by BLOCK_K inputs,
     as a [BLOCK_N, BLOCK_K / 32, 16] tile of packed bytes: each chunk of 16 bytes (32 inputs, one
@@ -329,25 +416,67 @@ def _int4_gemv_kernel(
         half = tl.multiple_of(k0 // 2, BLOCK_K // 2) + in_step
         packed = _int4_step_bytes(w_rows, half, col_ok, k_end, EVEN_K)
         x_even, x_odd = _x_even_odd(x_row, half, K, EVEN_K, X_PAIRS, X_BF16)
-        scale, zero = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP,
-                                   HAS_ZEROS, 32, CHUNKS)   # one group a chunk: [BLOCK_N, chunks]
+        scale, zero = _int4_groups(
+            scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP, HAS_ZEROS, 32, CHUNKS
+        )  # one group a chunk: [BLOCK_N, chunks]
         low, high = _int4_plus_128(packed, PACKED_CVT)
         dot = tl.sum(low * x_even + high * x_odd, axis=2)
         x_sum = tl.sum(x_even + x_odd, axis=2)
         acc += scale * (dot - (128.0 + zero) * x_sum)
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
-    _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
-                  stride_ym, "int4", HAS_BIAS, SPLIT, SERIAL)
+    _store_output(
+        y,
+        rows,
+        cols,
+        rows < M,
+        col_ok,
+        M,
+        N,
+        scale_ptr,
+        bias_ptr,
+        y_ptr,
+        part_ptr,
+        count_ptr,
+        stride_ym,
+        "int4",
+        HAS_BIAS,
+        SPLIT,
+        SERIAL,
+    )
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
-    PACKED_CVT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    zeros_ptr,
+    bias_ptr,
+    y_ptr,
+    part_ptr,
+    count_ptr,
+    M,
+    N,
+    K,
+    k_per_split,
+    stride_xm,
+    stride_wn,
+    stride_sn,
+    stride_zn,
+    stride_ym,
+    FMT: tl.constexpr,
+    GROUP: tl.constexpr,
+    HAS_ZEROS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL: tl.constexpr,
+    FAST_CVT: tl.constexpr,
+    PACKED_CVT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
     reduce once at the end (no per-iteration cross-thread reduction)."""
@@ -362,7 +491,7 @@ def _gemv_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     k_start = split * k_per_split
     for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
-        k0 = tl.multiple_of(k0, BLOCK_K)      # splits start on tile boundaries: wide, aligned loads
+        k0 = tl.multiple_of(k0, BLOCK_K)  # splits start on tile boundaries: wide, aligned loads
         if EVEN_K:
             x = tl.load(x_row + k0 + ks)
         else:
@@ -371,18 +500,59 @@ def _gemv_kernel(
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rows = row + tl.arange(0, 1)
-    _store_output(y, rows, cols, rows < M, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
-                  stride_ym, FMT, HAS_BIAS, SPLIT, SERIAL)
+    _store_output(
+        y,
+        rows,
+        cols,
+        rows < M,
+        col_ok,
+        M,
+        N,
+        scale_ptr,
+        bias_ptr,
+        y_ptr,
+        part_ptr,
+        count_ptr,
+        stride_ym,
+        FMT,
+        HAS_BIAS,
+        SPLIT,
+        SERIAL,
+    )
 
 
 @triton.jit
 def _gemm_kernel(
-    x_ptr, w_ptr, scale_ptr, zeros_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
-    FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, SERIAL: tl.constexpr, FAST_CVT: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    zeros_ptr,
+    bias_ptr,
+    y_ptr,
+    part_ptr,
+    count_ptr,
+    M,
+    N,
+    K,
+    k_per_split,
+    stride_xm,
+    stride_wn,
+    stride_sn,
+    stride_zn,
+    stride_ym,
+    FMT: tl.constexpr,
+    GROUP: tl.constexpr,
+    HAS_ZEROS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL: tl.constexpr,
+    FAST_CVT: tl.constexpr,
     PACKED_CVT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Tensor-core dots on weight tiles converted to x's dtype (int8 values, int4 q - zero and e4m3
     values are exact in bf16/fp16); scales multiply the dots' float32 results."""
@@ -404,25 +574,57 @@ def _gemm_kernel(
     SUB_K: tl.constexpr = BLOCK_K if BLOCK_K < GROUP else GROUP
     NG: tl.constexpr = BLOCK_K // SUB_K
     if FMT == "int4":
-        scale_next, zero_next = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k_start, K, stride_sn, stride_zn,
-                                             GROUP, HAS_ZEROS, SUB_K, NG)
+        scale_next, zero_next = _int4_groups(
+            scale_ptr, zeros_ptr, cols, col_ok, k_start, K, stride_sn, stride_zn, GROUP, HAS_ZEROS, SUB_K, NG
+        )
     for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
         if FMT == "int4":
             scales, zeros = scale_next, zero_next
-            scale_next, zero_next = _int4_groups(scale_ptr, zeros_ptr, cols, col_ok, k0 + BLOCK_K, K, stride_sn,
-                                                 stride_zn, GROUP, HAS_ZEROS, SUB_K, NG)
+            scale_next, zero_next = _int4_groups(
+                scale_ptr, zeros_ptr, cols, col_ok, k0 + BLOCK_K, K, stride_sn, stride_zn, GROUP, HAS_ZEROS, SUB_K, NG
+            )
             for j in tl.static_range(NG):
                 kj = k0 + j * SUB_K
                 x = _x_tile(x_rows, row_ok, kj, K, EVEN_K, SUB_K)
-                acc += _int4_dot(x, w_ptr, cols, col_ok, kj, K, stride_wn, _column(scales, j, NG),
-                                 _column(zeros, j, NG), EVEN_K, PACKED_CVT, BLOCK_M, SUB_K)
+                acc += _int4_dot(
+                    x,
+                    w_ptr,
+                    cols,
+                    col_ok,
+                    kj,
+                    K,
+                    stride_wn,
+                    _column(scales, j, NG),
+                    _column(zeros, j, NG),
+                    EVEN_K,
+                    PACKED_CVT,
+                    BLOCK_M,
+                    SUB_K,
+                )
         else:
             x = _x_tile(x_rows, row_ok, k0, K, EVEN_K, BLOCK_K)
             w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
-    _store_output(acc, rows, cols, row_ok, col_ok, M, N, scale_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
-                  stride_ym, FMT, HAS_BIAS, SPLIT, SERIAL)
+    _store_output(
+        acc,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        M,
+        N,
+        scale_ptr,
+        bias_ptr,
+        y_ptr,
+        part_ptr,
+        count_ptr,
+        stride_ym,
+        FMT,
+        HAS_BIAS,
+        SPLIT,
+        SERIAL,
+    )
 
 
 @triton.jit
@@ -436,8 +638,9 @@ def _x_tile(x_rows, row_ok, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
-                       HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _sum_splits_kernel(
+    part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
     """y = sum over splits of the float32 partials (+ bias), cast to y's dtype."""
     wait_for_previous_kernel(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -474,12 +677,16 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym,
 # no setting better on a whole 7B layer than these by more than the run's drift; loading ahead took 7B
 # qkv / o from 10.2 / 8.0 to 8.7 / 7.6 us alone, but in the engine (qkv and o only) int8 decode went
 # 302.5 -> 302.2 tok/s and fp8 301.9 -> 296.9, so that variant was not kept.
-GEMV_CONFIG = {"int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-               "int4": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, SERIAL=True),
-               "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)}
-GEMM_CONFIG = {"int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
-               "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=True),
-               "fp8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)}
+GEMV_CONFIG = {
+    "int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+    "int4": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, SERIAL=True),
+    "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+}
+GEMM_CONFIG = {
+    "int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
+    "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=True),
+    "fp8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
+}
 INT4_NARROW = dict(max_out_features=2047, BLOCK_N=32, num_warps=2)
 # Overrides of GEMM_CONFIG above 16 rows (BLOCK_M 32 / 64: tiles of 64 rows run on wgmma and need
 # more registers); measured at 64 rows only. int4: BLOCK_K 256 instead of 128 took gate_up from 118
@@ -499,7 +706,7 @@ PARTIAL_BYTES = {"int8": 1 / 8, "fp8": 1 / 8, "int4": 1.0}
 # bytes) kept 64-row qkv at 1 split, 31.8 us. Above 16 rows the programs must not pass the count
 # ("at most"): 64-row down at 5 splits (280 programs, past one wave of 2 a multiprocessor) took
 # 80.4 us against 57.6 at 4.
-INT4_PROGRAMS_PER_SM = ((16, 3, False), (1 << 30, 2, True))   # (up to rows, programs per SM, at most)
+INT4_PROGRAMS_PER_SM = ((16, 3, False), (1 << 30, 2, True))  # (up to rows, programs per SM, at most)
 
 # int32 counters (one per output tile) for SERIAL split-K, per device; each launch leaves them zero.
 # Allocated once and never replaced: CUDA graphs keep the address they were captured with. Shared
@@ -509,25 +716,36 @@ _SPLIT_COUNTERS: dict = {}
 _MAX_COUNTED_TILES = 1 << 16
 
 
-def _split_counters(device: torch.device, tiles: int):
+def split_counters(device: torch.device, tiles: int):
     """Zeroed counters for the launch's output tiles, or None (then _sum_splits_kernel adds up)."""
     counters = _SPLIT_COUNTERS.get(device)
     if counters is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None   # not from a graph's memory pool: an eager launch (warm-up) allocates them
+            return None  # not from a graph's memory pool: an eager launch (warm-up) allocates them
         counters = _SPLIT_COUNTERS[device] = torch.zeros(_MAX_COUNTED_TILES, dtype=torch.int32, device=device)
     return counters if tiles <= counters.numel() else None
 
 
-def choose_split_k(programs: int, rows: int, out_features: int, in_features: int, block_k: int,
-                   weight_bytes: int, device: torch.device, fmt: str = "int8") -> int:
+def choose_split_k(
+    programs: int,
+    rows: int,
+    out_features: int,
+    in_features: int,
+    block_k: int,
+    weight_bytes: int,
+    device: torch.device,
+    fmt: str = "int8",
+) -> int:
     if device.type != "cuda":
         return 1
     per_sm, at_most = _programs_per_sm(rows, fmt)
     wanted = per_sm * multiprocessor_count(device.index or 0)
     split = wanted // programs if at_most else math.ceil(wanted / programs)
-    split = min(split, triton.cdiv(in_features, block_k * MIN_TILES_PER_SPLIT[fmt]),
-                int(PARTIAL_BYTES[fmt] * weight_bytes) // (rows * out_features * 4))
+    split = min(
+        split,
+        triton.cdiv(in_features, block_k * MIN_TILES_PER_SPLIT[fmt]),
+        int(PARTIAL_BYTES[fmt] * weight_bytes) // (rows * out_features * 4),
+    )
     return max(1, split)
 
 
@@ -557,7 +775,7 @@ def _as_rows(x: torch.Tensor, in_features: int, name: str) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def _check_bias(bias, out_features: int):
+def check_bias(bias, out_features: int):
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
 
@@ -568,11 +786,10 @@ def _packed_cvt_applies(x: torch.Tensor, zeros) -> bool:
     return x.is_cuda and x.dtype in _PACKED_CVT_DTYPES and (zeros is None or not zeros.dtype.is_floating_point)
 
 
-def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_features, name,
-            config, path, split_k):
+def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_features, name, config, path, split_k):
     """Shared host side of int8_linear / fp8_linear / int4_linear: pick kernel, tiles and K split;
     launch. ``fmt`` is "int8", "fp8" or "int4"."""
-    _check_bias(bias, out_features)
+    check_bias(bias, out_features)
     rows = _as_rows(x, in_features, name)
     m = rows.shape[0]
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
@@ -590,17 +807,25 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     if not gemv:
         if "BLOCK_M" not in (config or {}):
             cfg["BLOCK_M"] = 16 if m <= 16 else 32 if m <= 32 else 64
-        if fmt == "int4":   # within one group, or two whole ones
+        if fmt == "int4":  # within one group, or two whole ones
             cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_size * (1 if cfg["BLOCK_K"] < group_size else 2))
     block_k = cfg["BLOCK_K"]
     grid_n = triton.cdiv(out_features, cfg["BLOCK_N"])
     grid_m = m if gemv else triton.cdiv(m, cfg["BLOCK_M"])
     if split_k is None:
-        split_k = choose_split_k(grid_n * grid_m, m, out_features, in_features, block_k,
-                                 weight.numel() * weight.element_size(), x.device, fmt)
+        split_k = choose_split_k(
+            grid_n * grid_m,
+            m,
+            out_features,
+            in_features,
+            block_k,
+            weight.numel() * weight.element_size(),
+            x.device,
+            fmt,
+        )
     k_per_split, split_k = k_slices(in_features, split_k, block_k)
     part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=x.device) if split_k > 1 else y
-    counters = _split_counters(x.device, grid_n * grid_m) if split_k > 1 and cfg.get("SERIAL") else None
+    counters = split_counters(x.device, grid_n * grid_m) if split_k > 1 and cfg.get("SERIAL") else None
     cfg["SERIAL"] = counters is not None
     zeros_arg = zeros if zeros is not None else scale
     if gemv and fmt == "int4":
@@ -613,11 +838,32 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
         cfg.update(FMT=fmt, FAST_CVT=True)
     pdl = pdl_enabled(x.device)
     kernel[(grid_n, grid_m, split_k)](
-        x_arg, weight, scale, zeros_arg, bias if bias is not None else scale, y, part,
-        counters if counters is not None else part, m, out_features, in_features, k_per_split,
-        stride_xm, weight.stride(0), scale.stride(0), zeros_arg.stride(0), y.stride(0),
-        GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
-        EVEN_K=in_features % block_k == 0, SPLIT=split_k > 1, PDL=pdl, **cfg, **launch_options(pdl))
+        x_arg,
+        weight,
+        scale,
+        zeros_arg,
+        bias if bias is not None else scale,
+        y,
+        part,
+        counters if counters is not None else part,
+        m,
+        out_features,
+        in_features,
+        k_per_split,
+        stride_xm,
+        weight.stride(0),
+        scale.stride(0),
+        zeros_arg.stride(0),
+        y.stride(0),
+        GROUP=group_size,
+        HAS_ZEROS=zeros is not None,
+        HAS_BIAS=bias is not None,
+        EVEN_K=in_features % block_k == 0,
+        SPLIT=split_k > 1,
+        PDL=pdl,
+        **cfg,
+        **launch_options(pdl),
+    )
     if split_k > 1 and counters is None:
         sum_splits(part, bias, y)
     return y.view(*x.shape[:-1], out_features)
@@ -648,19 +894,31 @@ def k_slices(in_features: int, split_k: int, block_k: int) -> tuple[int, int]:
 
 def sum_splits(part: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> None:
     """y = the float32 split-K partials part [splits, rows, out] added up (+ bias), in a launch of its
-    own: for launches without the per-tile counters (see _split_counters)."""
+    own: for launches without the per-tile counters (see split_counters)."""
     splits, m, out_features = part.shape
     block = 1024
     pdl = pdl_enabled(y.device)
     _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
-        part, bias if bias is not None else part, y, m, out_features, splits, y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK=block, PDL=pdl, num_warps=4, **launch_options(pdl))
+        part,
+        bias if bias is not None else part,
+        y,
+        m,
+        out_features,
+        splits,
+        y.stride(0),
+        HAS_BIAS=bias is not None,
+        BLOCK=block,
+        PDL=pdl,
+        num_warps=4,
+        **launch_options(pdl),
+    )
 
 
 def _check_per_channel(qweight, scale, dtype, dtype_name):
     if qweight.dtype != dtype or qweight.dim() != 2 or qweight.stride(1) != 1:
-        raise ValueError(f"qweight: expected a row-contiguous {dtype_name} [out, in], got {qweight.dtype} "
-                         f"{tuple(qweight.shape)}")
+        raise ValueError(
+            f"qweight: expected a row-contiguous {dtype_name} [out, in], got {qweight.dtype} {tuple(qweight.shape)}"
+        )
     out_features, in_features = qweight.shape
     if tuple(scale.shape) != (out_features,):
         raise ValueError(f"scale: expected shape [{out_features}] (one per output channel), got {tuple(scale.shape)}")
@@ -675,9 +933,21 @@ def int8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k
     """
     out_features, in_features = _check_per_channel(qweight, scale, torch.int8, "int8")
     # Kernels read the int8 bytes as uint8: the float conversion trick works on unsigned bytes.
-    return _launch(x, qweight.view(torch.uint8), scale, None, bias, fmt="int8", group_size=1,
-                   out_features=out_features, in_features=in_features, name="int8_linear",
-                   config=config, path=path, split_k=split_k)
+    return _launch(
+        x,
+        qweight.view(torch.uint8),
+        scale,
+        None,
+        bias,
+        fmt="int8",
+        group_size=1,
+        out_features=out_features,
+        in_features=in_features,
+        name="int8_linear",
+        config=config,
+        path=path,
+        split_k=split_k,
+    )
 
 
 def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=None):
@@ -687,36 +957,64 @@ def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=
     """
     out_features, in_features = _check_per_channel(qweight, scale, torch.float8_e4m3fn, "float8_e4m3fn")
     # Passed as uint8 and bitcast in the kernel, so int8 and fp8 share the byte loads.
-    return _launch(x, qweight.view(torch.uint8), scale, None, bias, fmt="fp8", group_size=1,
-                   out_features=out_features, in_features=in_features, name="fp8_linear",
-                   config=config, path=path, split_k=split_k)
+    return _launch(
+        x,
+        qweight.view(torch.uint8),
+        scale,
+        None,
+        bias,
+        fmt="fp8",
+        group_size=1,
+        out_features=out_features,
+        in_features=in_features,
+        name="fp8_linear",
+        config=config,
+        path=path,
+        split_k=split_k,
+    )
 
 
 def _check_int4(qweight_packed, scales, zeros, group_size):
     if qweight_packed.dtype != torch.uint8 or qweight_packed.dim() != 2 or qweight_packed.stride(1) != 1:
-        raise ValueError(f"qweight_packed: expected a row-contiguous uint8 [out, in/2], got "
-                         f"{qweight_packed.dtype} {tuple(qweight_packed.shape)}")
+        raise ValueError(
+            f"qweight_packed: expected a row-contiguous uint8 [out, in/2], got "
+            f"{qweight_packed.dtype} {tuple(qweight_packed.shape)}"
+        )
     if group_size < 32 or group_size & (group_size - 1):
         raise ValueError(f"group_size: {group_size} not supported by the int4 kernels; use a power of two >= 32")
     out_features, in_features = qweight_packed.shape[0], qweight_packed.shape[1] * 2
     groups = triton.cdiv(in_features, group_size)
     if tuple(scales.shape) != (out_features, groups) or scales.stride(1) != 1:
-        raise ValueError(f"scales: expected a row-contiguous [{out_features}, {groups}] (out, in/group_size), "
-                         f"got {tuple(scales.shape)}")
+        raise ValueError(
+            f"scales: expected a row-contiguous [{out_features}, {groups}] (out, in/group_size), "
+            f"got {tuple(scales.shape)}"
+        )
     if zeros is not None and (tuple(zeros.shape) != (out_features, groups) or zeros.stride(1) != 1):
-        raise ValueError(f"zeros: expected a row-contiguous [{out_features}, {groups}] like scales, "
-                         f"got {tuple(zeros.shape)}")
+        raise ValueError(
+            f"zeros: expected a row-contiguous [{out_features}, {groups}] like scales, got {tuple(zeros.shape)}"
+        )
     return out_features, in_features
 
 
-def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, config=None, path=None,
-                split_k=None):
+def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, config=None, path=None, split_k=None):
     """y = x @ W^T + bias with W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
 
     ``zeros`` None means symmetric (zero point 8). x [..., in] -> y [..., out] in x's dtype.
     Overrides as for `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
-    return _launch(x, qweight_packed, scales, zeros, bias, fmt="int4", group_size=group_size,
-                   out_features=out_features, in_features=in_features, name="int4_linear",
-                   config=config, path=path, split_k=split_k)
+    return _launch(
+        x,
+        qweight_packed,
+        scales,
+        zeros,
+        bias,
+        fmt="int4",
+        group_size=group_size,
+        out_features=out_features,
+        in_features=in_features,
+        name="int4_linear",
+        config=config,
+        path=path,
+        split_k=split_k,
+    )

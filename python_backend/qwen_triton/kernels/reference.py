@@ -33,9 +33,19 @@ def attended_positions(context_len: int, window: int, sinks: int) -> torch.Tenso
     return positions[keep]
 
 
-def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale,
-                                     k_scale=None, v_scale=None, window=0, sinks=0,
-                                     dtype=torch.float32):
+def paged_decode_attention_reference(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    context_lens,
+    scale,
+    k_scale=None,
+    v_scale=None,
+    window=0,
+    sinks=0,
+    dtype=torch.float32,
+):
     """One decode token per sequence: out[b, h] = softmax(q[b, h] . K_b^T * scale) V_b, GQA-aware."""
     batch, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -49,7 +59,7 @@ def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_
         positions = attended_positions(ctx, window, sinks)
         blocks = tables[b][positions // block_size]
         slots = positions % block_size
-        k = keys[blocks, slots].repeat_interleave(group, dim=1)    # [n, heads, dim]
+        k = keys[blocks, slots].repeat_interleave(group, dim=1)  # [n, heads, dim]
         v = values[blocks, slots].repeat_interleave(group, dim=1)
         scores = torch.einsum("hd,nhd->hn", q[b].cpu().to(dtype), k) * scale
         out[b] = torch.einsum("hn,nhd->hd", scores.softmax(dim=-1), v)
@@ -66,7 +76,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 def int4_dequantize(packed, scales, zeros, group_size, dtype=torch.float32):
     """w[n, k] = (q[n, k] - zero[n, k // group]) * scale[n, k // group]; no zeros means zero point 8."""
     q = unpack_int4(packed).to(dtype)
-    in_features = q.shape[1]          # the last group may be short
+    in_features = q.shape[1]  # the last group may be short
     scale = scales.to(dtype).repeat_interleave(group_size, dim=1)[:, :in_features]
     zero = 8.0 if zeros is None else zeros.to(dtype).repeat_interleave(group_size, dim=1)[:, :in_features]
     return (q - zero) * scale

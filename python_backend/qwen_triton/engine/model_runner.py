@@ -1,0 +1,266 @@
+"""One engine step on the device: batch tensors from the schedule, the forward pass, the logits.
+
+On CUDA, pure-decode steps replay CUDA graphs captured for a ladder of batch sizes (a batch is padded
+up to the next captured size); padding rows write their K/V into a reserved scratch block, so they never
+touch a real sequence's cache. Graphs need the in-place paged decode kernel: without it (CPU, or no
+triton package) every step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qwen_triton.engine.graph_inputs import GraphInputs
+from qwen_triton.engine.scheduler import ScheduledSequence
+from qwen_triton.layers.attention import AttentionMetadata, cuda_decode_kernel
+from qwen_triton.layers.kv_cache import KVCache
+from qwen_triton.models.qwen2 import DecoderModel
+from qwen_triton.transfer import to_device
+
+# Prompt lengths run once at start-up on CUDA, before serving. The quantized linears' Triton GEMMs
+# compile one variant per class of row counts (BLOCK_M 16 / 32 / 64, and Triton specializes M on being
+# a multiple of 16), and a first request would wait for those compilations: on an H100 (2026-11-25,
+# gpu_bench.py) the first 512-token request to a 0.5B "layered" engine took 634 ms to its first token,
+# against 11.5 ms once warm. Decode row counts are compiled by the CUDA-graph captures.
+PREFILL_WARM_UP_LENGTHS = (24, 32, 40, 64, 512)
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor | None  # rows of the flat hidden states whose logits are needed (None: all)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: DecoderModel,
+        kv_cache: KVCache,
+        scratch_block: int,
+        max_model_len: int,
+        max_num_seqs: int,
+        window: int = 0,
+        sinks: int = 0,
+        cuda_graphs: bool = True,
+        max_num_batched_tokens: int | None = None,
+    ):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = kv_cache.spec.block_size
+        self.scratch_block = scratch_block
+        self.max_blocks = -(-max_model_len // self.block_size)
+        self.window, self.sinks = window, sinks
+        self.device = next(model.parameters()).device
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, GraphInputs]] = {}
+        self.graph_sizes: list[int] = []
+        if self.device.type == "cuda" and cuda_decode_kernel() is not None:
+            self._compile_decode_variants()
+            self._warm_up_prefill(min(max_model_len, max_num_batched_tokens or max_model_len))
+            if cuda_graphs:
+                self._capture_graphs(max_num_seqs)
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [number of sampling sequences, vocab] in float32.
+
+        `device_ids`: for a step launched before the host has read the previous step's tokens, a device tensor
+        with one token per scheduled row: the input of each row whose input is still on the device
+        (`ScheduledSequence.input_on_device`); other rows' entries are not read.
+        """
+        batch = len(scheduled)
+        if self.graph_sizes and batch <= self.graph_sizes[-1] and all(item.num_tokens == 1 for item in scheduled):
+            hidden, sample_rows = self._replay(scheduled, device_ids)
+        else:
+            inputs = self._prepare(scheduled, device_ids)
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
+            sample_rows = inputs.sample_rows
+        if sample_rows is not None:
+            hidden = hidden[sample_rows]
+        return self.model.compute_logits(hidden)
+
+    def _prepare(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> StepInputs:
+        on_device = self._rows_on_device(scheduled, device_ids)
+        if all(item.num_tokens == 1 for item in scheduled):
+            host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
+            query_lens = [1] * len(scheduled)
+            sample_rows = self._decode_sample_rows(scheduled)
+        else:
+            host_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
+        meta = AttentionMetadata(
+            slot_mapping=to_device(slots, torch.long, self.device),
+            block_tables=self._block_tables(scheduled),
+            context_lens=to_device(context_lens, torch.int32, self.device),
+            is_decode=len(positions) == len(scheduled),
+            query_lens=query_lens,
+            context_lens_cpu=context_lens,
+            window=self.window,
+            sinks=self.sinks,
+        )
+        input_ids = self._input_ids(host_ids, on_device, device_ids, query_lens)
+        return StepInputs(
+            input_ids,
+            to_device(positions, torch.long, self.device),
+            meta,
+            None if sample_rows is None else to_device(sample_rows, torch.long, self.device),
+        )
+
+    def _input_ids(
+        self, host_ids: list[int], on_device: list[int], device_ids: torch.Tensor | None, query_lens: list[int]
+    ) -> torch.Tensor:
+        """The step's input tokens: the host's, with the rows in `on_device` (one token each, the last of
+        their row) taken from `device_ids`."""
+        if on_device and len(on_device) == len(host_ids):
+            return device_ids  # a decode step continuing every row of the step in flight
+        input_ids = to_device(host_ids, torch.long, self.device)
+        if on_device:
+            ends = list(itertools.accumulate(query_lens))
+            flat = to_device([ends[row] - 1 for row in on_device], torch.long, self.device)
+            rows = to_device(on_device, torch.long, self.device)
+            input_ids.index_copy_(0, flat, device_ids.index_select(0, rows))
+        return input_ids
+
+    @staticmethod
+    def _rows_on_device(scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> list[int]:
+        """Rows whose input token is still on the device (none when the step was not launched ahead)."""
+        if device_ids is None:
+            return []
+        return [row for row, item in enumerate(scheduled) if item.input_on_device]
+
+    @staticmethod
+    def _decode_sample_rows(scheduled: list[ScheduledSequence]) -> list[int] | None:
+        """Rows of a decode step to sample: None for all, as usual (no gather needed); a prompt's 1-token
+        chunk that is not its last does not sample."""
+        sampling = [row for row, item in enumerate(scheduled) if item.samples]
+        return None if len(sampling) == len(scheduled) else sampling
+
+    def _decode_rows(self, scheduled: list[ScheduledSequence]):
+        """One new token per sequence: the common step, kept to a few list operations per row. A row whose
+        input is still on the device gets a placeholder id (see _input_ids)."""
+        bs = self.block_size
+        input_ids, positions, slots = [], [], []
+        for item in scheduled:
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            input_ids.append(seq.token_ids[pos] if pos < len(seq.token_ids) else 0)
+            positions.append(pos)
+            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+        return input_ids, positions, slots, [p + 1 for p in positions]
+
+    def _chunk_rows(self, scheduled: list[ScheduledSequence]):
+        input_ids, positions, slots, query_lens, context_lens, sample_rows = [], [], [], [], [], []
+        for item in scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_tokens
+            input_ids += seq.token_ids[start:end]
+            if end > len(seq.token_ids):  # its last input is still on the device (see _input_ids)
+                input_ids.append(0)
+            positions += range(start, end)
+            slots += [
+                seq.block_table[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, end)
+            ]
+            query_lens.append(item.num_tokens)
+            context_lens.append(end)
+            if item.samples:
+                sample_rows.append(len(input_ids) - 1)
+        return input_ids, positions, slots, query_lens, context_lens, sample_rows
+
+    def _block_tables(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+        """[batch, longest table] int32. Holes (blocks released by the attention window) and padding point
+        at the scratch block: always a valid address, and masked out of attention by position."""
+        width = max(len(item.seq.block_table) for item in scheduled)
+        tables = np.full((len(scheduled), width), self.scratch_block, dtype=np.int32)
+        for row, item in enumerate(scheduled):
+            tables[row, : len(item.seq.block_table)] = item.seq.block_table
+        tables[tables < 0] = self.scratch_block
+        return to_device(tables, torch.int32, self.device)
+
+    def _compile_decode_variants(self) -> None:
+        """Decode rows of mixed steps run the paged kernel outside graphs, with split counts and table
+        widths that vary: compile them all now, not in the middle of serving (measured on an H100:
+        seconds of stalled TTFT at 64 concurrent requests when they compiled on first use)."""
+        from qwen_triton.kernels.paged_attention import warm_up_variants
+
+        k_cache, v_cache, k_scale, v_scale = self.kv_cache.layer(0)
+        attn = self.model.layers[0].self_attn
+        warm_up_variants(
+            k_cache,
+            v_cache,
+            k_scale,
+            v_scale,
+            self.window,
+            self.sinks,
+            num_heads=attn.num_heads,
+            dtype=next(self.model.parameters()).dtype,
+        )
+
+    @torch.inference_mode()
+    def _warm_up_prefill(self, max_tokens: int) -> None:
+        """One fresh prompt of each PREFILL_WARM_UP_LENGTHS length (up to `max_tokens`) through the model
+        and the LM head. Its K/V go to the scratch block, which no sequence owns (tokens sharing a slot
+        there is fine: nothing reads it back)."""
+        bs = self.block_size
+        for length in (n for n in PREFILL_WARM_UP_LENGTHS if n <= max_tokens):
+            meta = AttentionMetadata(
+                slot_mapping=to_device(
+                    [self.scratch_block * bs + i % bs for i in range(length)], torch.long, self.device
+                ),
+                block_tables=to_device(
+                    np.full((1, -(-length // bs)), self.scratch_block, dtype=np.int32), torch.int32, self.device
+                ),
+                context_lens=to_device([length], torch.int32, self.device),
+                is_decode=False,
+                query_lens=[length],
+                context_lens_cpu=[length],
+                window=self.window,
+                sinks=self.sinks,
+            )
+            hidden = self.model(
+                to_device([0] * length, torch.long, self.device),
+                to_device(list(range(length)), torch.long, self.device),
+                meta,
+                self.kv_cache,
+            )
+            self.model.compute_logits(hidden[-1:])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # -- CUDA graphs -----------------------------------------------------------------------------
+
+    def _capture_graphs(self, max_num_seqs: int) -> None:
+        sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
+        self.graph_sizes = sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
+        pool = None
+        for size in reversed(self.graph_sizes):  # largest first, so smaller graphs reuse its memory pool
+            inputs = GraphInputs(
+                size, self.max_blocks, self.block_size, self.scratch_block, self.device, self.window, self.sinks
+            )
+            args = (inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
+            self.model(*args)  # warm up (kernel compilation, autotuning) outside the capture
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = self.model(*args)
+            self.graphs[size] = (graph, out, inputs)
+            pool = graph.pool()
+
+    def _replay(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None):
+        """A decode step through the graph of the next captured size: (hidden states of its rows, rows to
+        sample or None). One copy moves the host's inputs; rows whose input token is still on the device
+        (a step launched ahead) then take it from `device_ids`."""
+        batch = len(scheduled)
+        graph, out, inputs = self.graphs[self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]]
+        host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
+        inputs.upload(host_ids, positions, slots, context_lens, [item.seq.block_table for item in scheduled])
+        on_device = self._rows_on_device(scheduled, device_ids)
+        if on_device:
+            inputs.input_ids[:batch].copy_(self._input_ids(host_ids, on_device, device_ids, [1] * batch))
+        graph.replay()
+        sample_rows = self._decode_sample_rows(scheduled)
+        return out[:batch], None if sample_rows is None else to_device(sample_rows, torch.long, self.device)
