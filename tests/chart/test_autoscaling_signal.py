@@ -33,11 +33,6 @@ POD = "qwen-triton-6d5f7c9b8d-x7k2p"
 SCRAPE_INTERVAL_S = 2  # the chart's ServiceMonitor uses 15 s; 2 s keeps this test short
 HPA_TOLERANCE = 0.1  # kube-controller-manager's default --horizontal-pod-autoscaler-tolerance
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="prometheus not installed (scripts/install_k8s_tools.sh installs it as root)",
-)
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -153,6 +148,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
+    # `make test` installs it before collection (scripts/install_k8s_tools.sh): missing means a broken setup.
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is not installed: run scripts/install_k8s_tools.sh as root (`make test` does)")
     folder = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"},

@@ -7,7 +7,20 @@ import subprocess
 
 import pytest
 import yaml
-from chart_helpers import CHART, engine_params, entrypoint_args, find, flag, kinds, merge, render, server_container
+from chart_helpers import (
+    CHART,
+    api_service,
+    engine_params,
+    entrypoint_args,
+    find,
+    flag,
+    kinds,
+    merge,
+    metrics_service,
+    render,
+    render_error,
+    server_container,
+)
 from values_matrix import AUTOSCALING, SHARING, SOURCES, case
 
 GPU = "nvidia.com/gpu"
@@ -179,7 +192,9 @@ def test_hub_source_downloads_by_id_with_the_token_file(tools):
         "items": [{"key": "token", "path": "token"}],
     }
     assert volume(objects, "hub-cache")["persistentVolumeClaim"] == {"claimName": "hf-cache"}
-    egress_ports = [p["port"] for rule in find(objects, "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]]
+    egress_ports = [
+        p["port"] for rule in find(objects, "NetworkPolicy", "qwen-triton")["spec"]["egress"] for p in rule["ports"]
+    ]
     assert 443 in egress_ports
 
 
@@ -190,7 +205,9 @@ def test_pvc_source_mounts_the_claim_read_only_and_stays_offline(tools):
     mount = next(m for m in server_container(objects)["volumeMounts"] if m["name"] == "checkpoint")
     assert mount == {"name": "checkpoint", "mountPath": "/models", "readOnly": True}
     assert env_of(server_container(objects))["HF_HUB_OFFLINE"] == "1"
-    egress_ports = [p["port"] for rule in find(objects, "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]]
+    egress_ports = [
+        p["port"] for rule in find(objects, "NetworkPolicy", "qwen-triton")["spec"]["egress"] for p in rule["ports"]
+    ]
     assert 443 not in egress_ports
 
 
@@ -260,9 +277,12 @@ def test_every_object_carries_the_standard_labels(default_objects):
             assert key in labels, f"{obj['kind']} {obj['metadata']['name']} lacks label {key}"
 
 
-def test_service_exposes_http_grpc_and_metrics(default_objects):
-    ports = {p["name"]: p["port"] for p in find(default_objects, "Service")["spec"]["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+def test_api_and_metrics_have_services_of_their_own(default_objects):
+    api = {p["name"]: p["port"] for p in api_service(default_objects)["spec"]["ports"]}
+    assert api == {"http": 8000, "grpc": 8001}
+    metrics = metrics_service(default_objects)
+    assert {p["name"]: p["port"] for p in metrics["spec"]["ports"]} == {"metrics": 8002}
+    assert metrics["spec"]["type"] == "ClusterIP"
 
 
 def test_probes_allow_a_72b_load_and_use_triton_health(default_objects):
@@ -306,28 +326,53 @@ def test_triton_admin_apis_are_locked(default_objects):
     own, server = entrypoint_args(default_objects)
     assert flag(server, "model-control-mode") == "none"
     apis = set(flag(own, "restricted-apis").split(","))
-    assert {"model-repository", "model-config", "shared-memory"} <= apis
+    assert {"shared-memory", "logging", "trace", "statistics"} <= apis
     assert not apis & {"health", "inference", "metadata"}  # probes and clients stay open
-    # No Secret given: the header value is the pod UID, from the downward API, never a literal.
-    env = env_of(server_container(default_objects))
-    assert env["TRITON_ADMIN_KEY"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    # No Secret given: the entrypoint draws a random key; nothing key-like in the pod spec or its env.
+    assert not [a for a in own if a.startswith("--admin-key-file")]
+    assert "TRITON_ADMIN_KEY" not in env_of(server_container(default_objects))
 
 
-def test_network_policy_limits_metrics_to_the_monitoring_namespace(default_objects):
-    policy = find(default_objects, "NetworkPolicy")["spec"]
+def test_admin_key_comes_from_a_mounted_secret_file(tools):
+    objects = render(tools, {"triton": {"restrictedApis": {"existingSecret": "triton-admin"}}})
+    own, _ = entrypoint_args(objects)
+    assert flag(own, "admin-key-file") == "/var/run/secrets/qwen-triton/admin/key"
+    assert volume(objects, "admin-key")["secret"]["secretName"] == "triton-admin"
+    assert not [e for e in server_container(objects)["env"] if "ADMIN" in e["name"]]
+
+
+def test_network_policy_admits_named_clients_and_monitoring_only(default_objects):
+    policy = find(default_objects, "NetworkPolicy", "qwen-triton")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "inference-server"
     client_rule, metrics_rule = policy["ingress"]
     assert {p["port"] for p in client_rule["ports"]} == {"http", "grpc"}
+    peers = client_rule["from"]
+    assert peers, "the API must not be open to every source"
+    assert peers[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "helm-test"
+    assert {"podSelector": {"matchLabels": {"qwen-triton/client": "true"}}} in peers
     assert [p["port"] for p in metrics_rule["ports"]] == ["metrics"]
     assert metrics_rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
 
 
-def test_service_monitor_scrapes_the_metrics_port(default_objects):
+def test_https_egress_goes_to_the_named_hosts_only(tools):
+    proxy = [{"ipBlock": {"cidr": "10.0.0.8/32"}}]
+    objects = render(tools, merge(case("exclusive", "hpa", "hub"), {"networkPolicy": {"httpsEgressTo": proxy}}))
+    [https] = [
+        r for r in find(objects, "NetworkPolicy", "qwen-triton")["spec"]["egress"] if r["ports"][0]["port"] == 443
+    ]
+    assert https["to"] == proxy
+
+
+def test_service_monitor_scrapes_the_metrics_service(default_objects):
     monitor = find(default_objects, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["selector"]["matchLabels"] == find(default_objects, "Service")["spec"]["selector"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    labels = metrics_service(default_objects)["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+    assert not selector.items() <= api_service(default_objects)["metadata"]["labels"].items()
 
 
 def test_grafana_dashboard_shows_the_autoscaling_signal(default_objects):
@@ -344,15 +389,89 @@ def test_helm_test_hook_sends_one_generate_request(default_objects):
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = pod["spec"]["containers"][0]["args"][0]
     assert re.search(r"http://qwen-triton:8000/v2/models/qwen/generate", script)
-    assert '"text_input": "What is the capital of France?"' in script
+    body = json.loads(re.search(r"body='(.*)'", script).group(1))
+    assert json.loads(body["messages"]) == [{"role": "user", "content": "What is the capital of France?"}]
     assert "curl" in script and "text_output" in script
+    # Its own policy lets it reach the server pods' HTTP port (and DNS) only.
+    policy = find(default_objects, "NetworkPolicy", "-test-generate")["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "helm-test"
+    [dns, server] = policy["egress"]
+    assert server["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert server["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "inference-server"
 
 
-def test_ingress_routes_to_the_http_port(tools):
+def test_ingress_routes_the_generate_endpoints_only(tools):
     objects = render(tools, {"ingress": {"enabled": True, "className": "nginx"}})
     [rule] = find(objects, "Ingress")["spec"]["rules"]
-    backend = rule["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": "qwen-triton", "port": {"number": 8000}}
+    paths = {p["path"]: p for p in rule["http"]["paths"]}
+    assert set(paths) == {"/v2/models/qwen/generate", "/v2/models/qwen/generate_stream"}
+    for path in paths.values():
+        assert path["pathType"] == "Exact"
+        assert path["backend"]["service"] == {"name": "qwen-triton", "port": {"number": 8000}}
+
+
+# ------------------------------------------------------------------------------ OpenAI gateway
+
+
+def test_openai_gateway_runs_beside_tritonserver(tools):
+    values = {
+        "openai": {"enabled": True, "apiKeySecret": {"name": "openai-key"}},
+        "ingress": {"enabled": True},
+    }
+    objects = render(tools, values)
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "openai-gateway")
+    assert gateway["image"] == server_container(objects)["image"]
+    assert gateway["command"] == [
+        "qwen-openai",
+        "--triton-grpc=127.0.0.1:8001",
+        "--host=0.0.0.0",
+        "--port=9000",
+        "--model-name=qwen",
+        "--api-key-file=/var/run/secrets/qwen-triton/openai/api-key",
+    ]
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/health", "port": "openai"}
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    assert volume(objects, "openai-api-key")["secret"]["secretName"] == "openai-key"
+    assert {p["name"]: p["port"] for p in api_service(objects)["spec"]["ports"]}["openai"] == 9000
+    assert "openai-metrics" in {p["name"] for p in metrics_service(objects)["spec"]["ports"]}
+    endpoints = find(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert {"port": "openai-metrics", "path": "/metrics"}.items() <= endpoints[1].items()
+    client_rule = find(objects, "NetworkPolicy", "qwen-triton")["spec"]["ingress"][0]
+    assert "openai" in {p["port"] for p in client_rule["ports"]}
+    [rule] = find(objects, "Ingress")["spec"]["rules"]
+    v1 = next(p for p in rule["http"]["paths"] if p["path"] == "/v1/")
+    assert v1["backend"]["service"]["port"]["number"] == 9000
+
+
+# ------------------------------------------------------------------------------ tensor parallelism
+
+
+def test_tensor_parallel_pod_asks_for_its_gpus_and_sets_the_parameter(tools):
+    objects = render(tools, merge(case("exclusive", "hpa", "pvc"), {"engine": {"tensorParallelSize": 4}}))
+    assert resources_of(objects)["limits"][GPU] == 4
+    assert engine_params(objects)["tensor_parallel_size"] == "4"
+    shm = volume(objects, "shm")["emptyDir"]
+    assert shm["medium"] == "Memory" and shm["sizeLimit"]
+
+
+def test_one_gpu_engine_renders_no_tensor_parallel_parameter(default_objects):
+    assert "tensor_parallel_size" not in engine_params(default_objects)
+
+
+@pytest.mark.parametrize("mode", ["mig", "time-slicing", "mps", "cpu"])
+def test_tensor_parallelism_needs_whole_gpus(tools, mode):
+    error = render_error(tools, merge(case(mode, "hpa", "pvc"), {"engine": {"tensorParallelSize": 2}}))
+    assert "tensorParallelSize" in error
+
+
+# ------------------------------------------------------------------------------ image
+
+
+@pytest.mark.parametrize("mode, tag", [("exclusive", "0.1.0"), ("cpu", "0.1.0-cpu")])
+def test_default_image_is_what_make_image_builds(tools, mode, tag):
+    objects = render(tools, case(mode, "hpa", "pvc"))
+    assert server_container(objects)["image"] == f"localhost/qwen-triton:{tag}"
 
 
 @pytest.mark.parametrize("source", list(SOURCES))

@@ -42,7 +42,7 @@ def test_chart_arguments_render_the_model_config(tools, tmp_path, sharing):
     values = case(sharing, "hpa", "pvc")
     values["engine"] = {"max_num_seqs": 2, "max_model_len": 4096, "enable_prefix_caching": False}
     own, server = entrypoint_args(render(tools, values))
-    result = run_entrypoint(own, server, tmp_path, env={**os.environ, "TRITON_ADMIN_KEY": "pod-uid-123"})
+    result = run_entrypoint(own, server, tmp_path)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
 
@@ -60,19 +60,21 @@ def test_chart_arguments_render_the_model_config(tools, tmp_path, sharing):
     assert command[0] == "/opt/tritonserver/bin/tritonserver"
     assert command[1] == f"--model-repository={tmp_path / 'model_repository'}"
     assert "--model-control-mode=none" in command
-    restricted = [c for c in command if "-restricted-api=" in c]
+    assert "--http-address=0.0.0.0" in command  # the pod's network; the NetworkPolicy decides who reaches it
+    restricted = [c for c in command if "restricted" in c]
     assert restricted == [
-        "--http-restricted-api=model-repository,model-config,shared-memory,trace,logging:triton-admin-key=***",
-        "--grpc-restricted-api=model-repository,model-config,shared-memory,trace,logging:triton-admin-key=***",
+        "--http-restricted-api=shared-memory,logging,trace,statistics:triton-admin-key=***",
+        "--grpc-restricted-protocol=shared-memory,logging,trace,statistics:triton-admin-key=***",
     ]
-    assert "pod-uid-123" not in result.stdout + result.stderr  # the key stays out of logs
 
 
 def test_every_engine_key_of_the_chart_is_a_model_parameter(tools):
     """The chart's engine: keys must stay in sync with config.pbtxt's parameters (EngineConfig)."""
     import yaml
 
+    # tensorParallelSize also sizes the pod's GPUs; it reaches config.pbtxt as tensor_parallel_size (when > 1).
     chart_keys = set(yaml.safe_load((REPO_ROOT / "helm" / "qwen-triton" / "values.yaml").read_text())["engine"])
+    chart_keys -= {"tensorParallelSize"}
     declared = set(read_config(SOURCE_REPOSITORY / "qwen" / "config.pbtxt").parameters)
     assert chart_keys <= declared, f"engine keys unknown to model_repository/qwen/config.pbtxt: {chart_keys - declared}"
 
@@ -83,8 +85,40 @@ def test_unknown_parameter_is_refused_naming_the_known_ones(tmp_path):
     assert "max_num_seq" in result.stderr and "max_num_seqs" in result.stderr
 
 
-def test_restricted_apis_without_a_key_fail_clearly(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"}
-    result = run_entrypoint(["--model=/models", "--restricted-apis=model-repository"], [], tmp_path, env=env)
+def test_the_admin_key_comes_from_its_file_and_is_never_printed(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cr3t-admin-value\n")
+    result = run_entrypoint(
+        ["--model=/models", f"--admin-key-file={key_file}"], [], tmp_path / "run", env=without_admin_env()
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cr3t-admin-value" not in result.stdout + result.stderr
+    assert "triton-admin-key=***" in result.stdout
+
+
+def test_empty_admin_key_file_is_refused(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("\n")
+    result = run_entrypoint(["--model=/models", f"--admin-key-file={key_file}"], [], tmp_path / "run")
     assert result.returncode != 0
-    assert "TRITON_ADMIN_KEY" in result.stderr and "--admin-key-file" in result.stderr
+    assert str(key_file) in result.stderr and "empty" in result.stderr
+
+
+def test_unknown_api_group_is_refused_naming_the_known_ones(tmp_path):
+    result = run_entrypoint(["--model=/models", "--restricted-apis=shared-memory,loging"], [], tmp_path)
+    assert result.returncode != 0
+    assert "loging" in result.stderr and "logging" in result.stderr
+
+
+def test_shared_memory_stays_restricted_unless_asked(tmp_path):
+    closed = run_entrypoint(["--model=/models", "--restricted-apis="], [], tmp_path / "a")
+    assert json.loads(closed.stdout)["command"][-2:] == [
+        "--http-restricted-api=shared-memory:triton-admin-key=***",
+        "--grpc-restricted-protocol=shared-memory:triton-admin-key=***",
+    ]
+    opened = run_entrypoint(["--model=/models", "--restricted-apis=", "--allow-shared-memory"], [], tmp_path / "b")
+    assert not [c for c in json.loads(opened.stdout)["command"] if "restricted" in c]
+
+
+def without_admin_env() -> dict:
+    return {k: v for k, v in os.environ.items() if "ADMIN" not in k}

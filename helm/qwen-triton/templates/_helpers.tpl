@@ -27,13 +27,24 @@ app.kubernetes.io/name: {{ include "qwen-triton.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{- define "qwen-triton.labels" -}}
+{{/* The standard labels but the component; objects that are not the inference server add their own. */}}
+{{- define "qwen-triton.commonLabels" -}}
 helm.sh/chart: {{ include "qwen-triton.chart" . }}
 {{ include "qwen-triton.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: inference-server
 app.kubernetes.io/part-of: qwen-triton
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "qwen-triton.labels" -}}
+{{ include "qwen-triton.commonLabels" . }}
+app.kubernetes.io/component: inference-server
+{{- end }}
+
+{{/* The metrics Service's labels: the chart's, with component "metrics" (what the ServiceMonitor selects). */}}
+{{- define "qwen-triton.metricsServiceLabels" -}}
+{{ include "qwen-triton.commonLabels" . }}
+app.kubernetes.io/component: metrics
 {{- end }}
 
 {{- define "qwen-triton.serviceAccountName" -}}
@@ -48,7 +59,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $defaultTag := printf "%s%s" .Chart.AppVersion (ternary "-cpu" "" (eq .Values.gpu.sharing "none")) }}
+{{- printf "%s:%s" .Values.image.repository (default $defaultTag .Values.image.tag) }}
 {{- end }}
 {{- end }}
 
@@ -66,8 +78,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Exclusive GPUs per pod: gpu.count, or more when one engine spans more (tensor parallelism). */}}
 {{- define "qwen-triton.gpuResourceCount" -}}
-{{- if eq .Values.gpu.sharing "exclusive" }}{{ .Values.gpu.count }}{{ else }}1{{ end }}
+{{- if eq .Values.gpu.sharing "exclusive" }}{{ max (int .Values.gpu.count) (int .Values.engine.tensorParallelSize) }}{{ else }}1{{ end }}
 {{- end }}
 
 {{/* How many engines share one card's memory: pods per GPU (time-slicing, mps) x instances per pod. */}}
@@ -106,8 +119,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* config.pbtxt parameters as key=value lines; empty values keep the image's defaults. */}}
 {{- define "qwen-triton.engineParams" -}}
 {{- $params := dict }}
-{{- range $key, $value := .Values.engine }}
+{{- range $key, $value := omit .Values.engine "tensorParallelSize" }}
 {{- if ne (toString $value) "" }}{{ $_ := set $params $key (toString $value) }}{{ end }}
+{{- end }}
+{{- /* Written only when > 1: the image's default is one GPU. */}}
+{{- if gt (int .Values.engine.tensorParallelSize) 1 }}
+{{- $_ := set $params "tensor_parallel_size" (toString .Values.engine.tensorParallelSize) }}
 {{- end }}
 {{- $fraction := include "qwen-triton.kvMemoryFraction" . }}
 {{- if $fraction }}{{ $_ := set $params "kv_memory_fraction" $fraction }}{{ end }}
@@ -148,6 +165,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and (eq $v.gpu.sharing "none") (eq $v.engine.device "cuda") }}
 {{- fail "gpu.sharing=none gives the pod no GPU: set engine.device=cpu, or pick a gpu.sharing mode" }}
+{{- end }}
+{{- if and (gt (int $v.engine.tensorParallelSize) 1) (ne $v.gpu.sharing "exclusive") }}
+{{- fail (printf "engine.tensorParallelSize=%v needs whole GPUs: gpu.sharing=%s gives the pod one (shared) device; use gpu.sharing=exclusive" $v.engine.tensorParallelSize $v.gpu.sharing) }}
 {{- end }}
 {{- if and $v.autoscaling.enabled (lt (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be >= autoscaling.minReplicas" }}

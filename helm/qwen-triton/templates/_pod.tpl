@@ -3,6 +3,7 @@
 {{/* Secrets are mounted as files, never put in env vars (they leak into crash dumps and `env`). */}}
 {{- define "qwen-triton.hubTokenPath" -}}/var/run/secrets/qwen-triton/hub/token{{- end }}
 {{- define "qwen-triton.adminKeyPath" -}}/var/run/secrets/qwen-triton/admin/key{{- end }}
+{{- define "qwen-triton.openaiKeyPath" -}}/var/run/secrets/qwen-triton/openai/api-key{{- end }}
 
 {{/* huggingface_hub reads the token from the file HF_TOKEN_PATH names. */}}
 {{- define "qwen-triton.hubTokenEnv" -}}
@@ -44,6 +45,77 @@
         path: {{ include "qwen-triton.adminKeyPath" $ | base }}
 {{- end }}
 {{- end }}
+{{- with .Values.openai.apiKeySecret }}
+{{- if and $.Values.openai.enabled .name }}
+- name: openai-api-key
+  secret:
+    secretName: {{ .name }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key }}
+        path: {{ include "qwen-triton.openaiKeyPath" $ | base }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The OpenAI gateway: a second container, reaching tritonserver's gRPC port over the pod's loopback. */}}
+{{- define "qwen-triton.openaiContainer" -}}
+{{- $o := .Values.openai }}
+- name: openai-gateway
+  image: {{ include "qwen-triton.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command:
+    - qwen-openai
+    - --triton-grpc=127.0.0.1:8001
+    - --host=0.0.0.0
+    - --port={{ $o.port }}
+    - --model-name={{ .Values.triton.modelName }}
+    {{- if $o.apiKeySecret.name }}
+    - --api-key-file={{ include "qwen-triton.openaiKeyPath" . }}
+    {{- end }}
+  ports:
+    - name: openai
+      containerPort: {{ $o.port }}
+      protocol: TCP
+  env:
+    - name: HOME
+      value: /tmp
+    - name: PYTHONDONTWRITEBYTECODE
+      value: "1"
+  # The gateway is up as soon as it listens; /health also reports whether tritonserver answers.
+  startupProbe:
+    httpGet:
+      path: /health
+      port: openai
+    periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+    failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+  readinessProbe:
+    httpGet:
+      path: /health
+      port: openai
+    periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+    failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+  livenessProbe:
+    tcpSocket:
+      port: openai
+    periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+    failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+  lifecycle:
+    preStop:
+      exec:
+        command: [sleep, {{ .Values.preStopSleepSeconds | quote }}]
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml $o.resources | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    {{- if $o.apiKeySecret.name }}
+    - name: openai-api-key
+      mountPath: {{ include "qwen-triton.openaiKeyPath" . | dir }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{/* The volume that holds (or caches) the checkpoint, by model.source. */}}

@@ -1,0 +1,281 @@
+"""The `cpu` image built from this repository (deploy/build_image.py) and run as the chart's pod runs it:
+uid 10001, read-only root with the chart's emptyDir mounts, all capabilities dropped, no privilege
+escalation, the demo model mounted read-only at the chart's path, the chart's rendered command and args.
+It must pass the chart's probes, answer a generate request and the chart's `helm test` command, keep
+the admin APIs closed, and drain in-flight streams on SIGTERM within terminationGracePeriodSeconds.
+
+The build is cached by a hash of its inputs: a second run reuses the image (seconds). Cold: minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from chart_helpers import REPO_ROOT, find, render
+from chart_pod import (
+    GRPC,
+    HTTP,
+    METRICS,
+    PODMAN,
+    PodSpec,
+    container_logs,
+    http_status,
+    podman_unusable_reason,
+    run_command,
+    wait_for_status,
+)
+
+pytestmark = [
+    pytest.mark.skipif(podman_unusable_reason() is not None, reason=str(podman_unusable_reason())),
+    # A cold build downloads nothing new but installs torch into a fresh layer: minutes on 2 cores.
+    pytest.mark.timeout(2400),
+]
+
+DEMO_MODEL = REPO_ROOT / "models" / "smollm2-135m-instruct"
+# The chart's values for a CPU pod serving the demo model from a volume (the checkpoint's PVC).
+DEMO_VALUES = {
+    "gpu": {"sharing": "none"},
+    "engine": {"device": "cpu", "dtype": "float32", "max_model_len": 2048, "max_num_seqs": 16},
+    "model": {"source": "pvc", "pvc": {"claimName": "demo-model"}},
+    "triton": {"exitTimeoutSeconds": 60},
+    "preStopSleepSeconds": 2,
+    "terminationGracePeriodSeconds": 75,
+}
+# Five Python stubs each import torch before the pod is ready: minutes on 2 cores, many more when they are shared.
+READY_TIMEOUT_S = 1200
+DRAIN_STREAMS = 10
+DRAIN_TOKENS = 48
+
+
+@dataclass
+class RunningPod:
+    name: str
+    image: str
+    spec: PodSpec
+    objects: list[dict]
+    ports: dict[int, int]
+    ready_seconds: float = 0.0
+    figures: dict = field(default_factory=dict)
+
+    def url(self, path: str, port: int = HTTP) -> str:
+        return f"http://127.0.0.1:{self.ports[port]}{path}"
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def build_cpu_image() -> tuple[str, float]:
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "deploy" / "build_image.py"), "--variant", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
+    assert result.returncode == 0, f"deploy/build_image.py failed:\n{result.stderr[-6000:]}"
+    return result.stdout.strip().splitlines()[-1], time.monotonic() - start
+
+
+def image_size_mb(image: str) -> float:
+    size = subprocess.run([*PODMAN, "image", "inspect", "--format", "{{.Size}}", image], capture_output=True, text=True)
+    return int(size.stdout.strip()) / 1e6
+
+
+def readable_checkpoint(folder: Path) -> Path:
+    """A copy of the demo model that the pod's user can read, as a PVC gives it to the pod's fsGroup
+    (`make model` leaves the weights readable by their owner only)."""
+    copy = folder / "checkpoint"
+    shutil.copytree(DEMO_MODEL, copy)
+    copy.chmod(0o755)
+    for file in copy.iterdir():
+        file.chmod(0o644)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def pod(tools, tmp_path_factory):
+    if not (DEMO_MODEL / "config.json").exists():
+        pytest.fail(f"demo model missing at {DEMO_MODEL}: run `make model`")
+    checkpoint = readable_checkpoint(tmp_path_factory.mktemp("pvc"))
+    image, build_seconds = build_cpu_image()
+    objects = render(tools, DEMO_VALUES)
+    spec = PodSpec.from_objects(objects)
+    rendered_image = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert rendered_image == image, "the chart's default image for a CPU pod must be what `make image` tags"
+    name = f"qwen-deploy-test-{uuid.uuid4().hex[:8]}"
+    ports = dict(zip((HTTP, GRPC, METRICS), free_ports(3)))
+    started = subprocess.run(run_command(image, spec, checkpoint, name, ports), capture_output=True, text=True)
+    assert started.returncode == 0, f"podman run failed: {started.stderr[-3000:]}"
+    running = RunningPod(name, image, spec, objects, ports)
+    running.figures.update(build_seconds=round(build_seconds, 1), image_mb=round(image_size_mb(image)))
+    try:
+        running.ready_seconds = wait_for_status(running.url(spec.probes["startup"]), name, READY_TIMEOUT_S)
+        yield running
+    finally:
+        print(f"\ncontainer test figures: {json.dumps(running.figures)}")
+        subprocess.run([*PODMAN, "rm", "--force", "--time=0", name], capture_output=True)
+
+
+def post_json(url: str, body: dict, timeout: float = 120) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_the_chart_probe_paths_answer(pod):
+    pod.figures["start_to_ready_s"] = round(pod.ready_seconds, 1)
+    for kind, path in pod.spec.probes.items():
+        assert http_status(pod.url(path)) == 200, f"the chart's {kind} probe {path} fails"
+    assert http_status(pod.url("/metrics", METRICS)) == 200
+
+
+def test_the_server_runs_as_the_pod_user_on_a_read_only_root(pod):
+    probe = subprocess.run(
+        [
+            *PODMAN,
+            "exec",
+            pod.name,
+            "sh",
+            "-c",
+            "id -u; id -g; touch /opt/qwen/x 2>&1 || true; grep CapEff /proc/1/status",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    uid, gid, touch, caps = probe.stdout.strip().splitlines()
+    assert (int(uid), int(gid)) == pod.spec.run_as
+    assert "Read-only file system" in touch
+    assert caps.split()[1] == "0000000000000000", f"capabilities left: {caps}"
+
+
+def test_generate_answers_with_the_demo_model(pod):
+    status, answer = post_json(
+        pod.url("/v2/models/qwen/generate"),
+        {"messages": json.dumps([{"role": "user", "content": "What is the capital of France?"}]), "max_tokens": 24},
+    )
+    assert status == 200, answer
+    assert "Paris" in answer["text_output"]
+
+
+def test_the_helm_test_pod_command_passes(pod):
+    """The chart's test pod script, verbatim but for the Service's address (here: the pod's own port)."""
+    test_pod = find(pod.objects, "Pod", "-test-generate")
+    [container] = test_pod["spec"]["containers"]
+    script = container["args"][0]
+    service = f"http://{find(pod.objects, 'Service')['metadata']['name']}:8000"
+    assert service in script
+    script = script.replace(service, f"http://127.0.0.1:{HTTP}")
+    result = subprocess.run(
+        [*PODMAN, "exec", pod.name, *container["command"], script], capture_output=True, text=True, timeout=320
+    )
+    assert result.returncode == 0, f"helm test command failed:\n{result.stdout}\n{result.stderr}"
+    assert '"text_output":"' in result.stdout
+
+
+def test_the_admin_apis_are_closed(pod):
+    """Shared-memory registration and log settings need the admin header, whose key nobody was given."""
+    status, _ = post_json(pod.url("/v2/logging"), {"log_verbose_level": 1})
+    assert status in (401, 403), f"log settings changed without the admin key: {status}"
+    assert http_status(pod.url("/v2/systemsharedmemory/status")) in (401, 403)
+    ps = subprocess.run([*PODMAN, "top", pod.name, "args"], capture_output=True, text=True).stdout
+    assert "--http-restricted-api=shared-memory" in ps and "--grpc-restricted-protocol=shared-memory" in ps
+    assert "=***" not in ps and "triton-admin-key=***" in container_logs(pod.name)
+
+
+class Stream(threading.Thread):
+    """One generate_stream request read to its end: counts deltas, keeps the final finish_reason."""
+
+    def __init__(self, url: str, prompt: str):
+        super().__init__(daemon=True)
+        self.url, self.prompt = url, prompt
+        self.deltas = 0
+        self.finish_reason = ""
+        self.error = ""
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        body = {
+            "text_input": self.prompt,
+            "max_tokens": DRAIN_TOKENS,
+            "stream": True,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        request = urllib.request.Request(
+            self.url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=300) as reply:
+                for line in reply:
+                    if line.startswith(b"data: "):
+                        event = json.loads(line[6:])
+                        self.deltas += 1
+                        self.started.set()
+                        self.finish_reason = event.get("finish_reason") or self.finish_reason
+        except Exception as error:  # noqa: BLE001 - what a cut stream raised is the test's finding
+            self.error = f"{type(error).__name__}: {error}"
+        finally:
+            self.started.set()
+
+
+def test_sigterm_drains_in_flight_streams_within_the_grace_period(pod):
+    """As the kubelet stops a pod: preStop, then SIGTERM to PID 1; admitted streams must all finish."""
+    streams = [
+        Stream(pod.url("/v2/models/qwen/generate_stream"), f"Count from {i} upward:") for i in range(DRAIN_STREAMS)
+    ]
+    for stream in streams:
+        stream.start()
+    for stream in streams:
+        assert stream.started.wait(120), "a stream got no first token within 120 s"
+    subprocess.run([*PODMAN, "exec", pod.name, *pod.spec.pre_stop], check=True, timeout=60)
+    stop_sent = time.monotonic()
+    subprocess.run([*PODMAN, "kill", "--signal=TERM", pod.name], check=True)
+    time.sleep(1)
+    late_status, late_answer = post_json(pod.url("/v2/models/qwen/generate"), {"text_input": "Hi", "max_tokens": 4})
+    waited = subprocess.run(
+        [*PODMAN, "wait", pod.name], capture_output=True, text=True, timeout=pod.spec.grace_seconds + 30
+    )
+    exit_seconds = time.monotonic() - stop_sent
+    for stream in streams:
+        stream.join(timeout=30)
+    finished = [s for s in streams if s.finish_reason in ("length", "stop")]
+    pod.figures.update(
+        drain_completed=f"{len(finished)}/{len(streams)}",
+        drain_exit_s=round(exit_seconds, 1),
+        drain_exit_code=waited.stdout.strip(),
+        request_after_sigterm=f"{late_status} {json.dumps(late_answer)[:160]}",
+        cut_streams=[
+            f"{s.deltas} deltas, {s.finish_reason or s.error or 'no final response'}"
+            for s in streams
+            if s not in finished
+        ],
+    )
+    assert exit_seconds <= pod.spec.grace_seconds, f"the server outlived terminationGracePeriodSeconds: {pod.figures}"
+    assert len(finished) == len(streams), f"in-flight streams cut by SIGTERM: {pod.figures}\n{container_logs(pod.name)}"
+    assert late_status != 200, "a request after SIGTERM was admitted"
