@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,24 @@ INPUT_SPECS: dict[str, InputSpec] = {
     "dynamic_temperature": InputSpec("BOOL"),
     "min_temperature": InputSpec("FP32"),
     "max_temperature": InputSpec("FP32"),
+    "min_tokens": InputSpec("INT32"),
+    "bad_words": InputSpec("BYTES", is_list=True),
+    "logit_bias": InputSpec("BYTES"),  # JSON object {"token id": bias}
+    "top_logprobs": InputSpec("INT32"),
+    "num_return_sequences": InputSpec("INT32"),
+    "tools": InputSpec("BYTES"),  # JSON list of OpenAI tools
+    "exclude_input_in_output": InputSpec("BOOL"),
+    "guided_decoding_guide_type": InputSpec("BYTES"),
+    "guided_decoding_guide": InputSpec("BYTES"),
+    "timeout": InputSpec("FP32"),  # seconds from arrival; then finish_reason "timeout"
+    # The TensorRT-LLM ensemble's names for some of the above (the server takes either, never both).
+    "min_length": InputSpec("INT32"),
+    "random_seed": InputSpec("UINT64"),
+    "stop_words": InputSpec("BYTES", is_list=True),
+    "end_id": InputSpec("INT32"),
+    "pad_id": InputSpec("INT32"),
+    "return_log_probs": InputSpec("BOOL"),
+    "beam_width": InputSpec("INT32"),
 }
 
 
@@ -72,6 +91,10 @@ class GenerationParams:
     dynamic_temperature: bool | None = None
     min_temperature: float | None = None
     max_temperature: float | None = None
+    min_tokens: int | None = None
+    bad_words: Sequence[str] | None = None
+    logit_bias: dict[int, float] | None = None  # sent as the JSON text the server reads
+    top_logprobs: int | None = None
 
     def __post_init__(self):
         # Normalise first (a single stop string becomes a list), then check every field.
@@ -199,6 +222,41 @@ def _token_ids(name, value) -> list[int]:
     return [_int(name, item, 0, INT64_MAX) for item in value]
 
 
+def _bad_words(name, value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise InvalidParameterError(name, "must be a list of non-empty strings")
+    return list(value)
+
+
+def _min_tokens(name, value):
+    return _int(name, value, 0, INT32_MAX)
+
+
+def _top_logprobs(name, value):
+    return _int(name, value, 0, 20)
+
+
+def _logit_bias(name, value) -> str:
+    """{token id: bias in [-100, 100]} (or its JSON text) -> the JSON text of the `logit_bias` input."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise InvalidParameterError(name, f"is not valid JSON: {error.msg}") from None
+    if not isinstance(value, dict):
+        raise InvalidParameterError(name, f"must be a mapping of token id to bias, got {type(value).__name__}")
+    bias = {}
+    for token, number in value.items():
+        token_id = _int(name, int(token) if isinstance(token, str) and token.isdigit() else token, 0, INT64_MAX)
+        number = _float(name, number)
+        if not -100 <= number <= 100:
+            raise InvalidParameterError(name, f"the bias of token {token_id} must be in [-100, 100], got {number}")
+        bias[str(token_id)] = number
+    return json.dumps(bias)
+
+
 def _check_temperature_bounds(low: float | None, high: float | None) -> None:
     if low is not None and high is not None and low > high:
         raise InvalidParameterError("min_temperature", f"must be <= max_temperature ({low} > {high})")
@@ -221,5 +279,9 @@ _CHECKS = {
     "dynamic_temperature": _bool,
     "min_temperature": _non_negative,
     "max_temperature": _non_negative,
+    "min_tokens": _min_tokens,
+    "bad_words": _bad_words,
+    "logit_bias": _logit_bias,
+    "top_logprobs": _top_logprobs,
 }
 assert set(_CHECKS) == set(_FIELD_NAMES), "every GenerationParams field needs a check"

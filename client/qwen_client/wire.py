@@ -11,7 +11,14 @@ from .errors import BadRequestError, ServerError
 from .params import INPUT_SPECS
 from .results import Chunk, Usage
 
-_NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_, "BYTES": np.object_}
+_NUMPY_DTYPES = {
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT64": np.uint64,
+    "FP32": np.float32,
+    "BOOL": np.bool_,
+    "BYTES": np.object_,
+}
 
 # Longest names first so that "min_temperature" wins over "temperature".
 _FIELD_PATTERN = re.compile(r"\b(" + "|".join(sorted(INPUT_SPECS, key=len, reverse=True)) + r")\b")
