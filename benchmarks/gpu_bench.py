@@ -62,6 +62,24 @@ SHAPES = {
         vocab_size=152064,
         tie_word_embeddings=False,
     ),
+    "32b": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_hidden_layers=64,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "72b": dict(
+        hidden_size=8192,
+        intermediate_size=29568,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 FORMATS = ["none", "int8", "int4", "fp8", "layered"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -98,6 +116,16 @@ def ceilings() -> dict:
     del a, b
     torch.cuda.empty_cache()
     return {"copy_bytes_per_s": 2 * n / copy_s, "bf16_flops_per_s": 2 * 8192**3 / mm_s}
+
+
+def linear_elements(shape: dict) -> int:
+    """Weights a token multiplies through (every layer's linears and the LM head): 2 flops each."""
+    h, inter, heads, kv = (
+        shape[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    )
+    kv_dim = h // heads * kv
+    per_layer = h * (h + 2 * kv_dim) + h * h + 3 * h * inter
+    return shape["num_hidden_layers"] * per_layer + shape["vocab_size"] * h
 
 
 def make_checkpoint(shape: str, tokenizer_dir: Path, root: Path) -> Path:
@@ -304,7 +332,15 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
     return gate
 
 
-def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], concurrency: list[int]) -> dict:
+def bench_shape(
+    shape: str,
+    checkpoint: Path,
+    bounds: dict,
+    formats: list[str],
+    concurrency: list[int],
+    prefill_cap: int = 0,
+    throughput_format: str = "none",
+) -> dict:
     bw = bounds["copy_bytes_per_s"]
     result = {"shape": shape, "decode": {}, "throughput": {}}
     for fmt in formats:
@@ -329,7 +365,11 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
             log(shape, fmt, result["decode"][fmt]["service"])
         del engine
         release()
-    engine = engine_for(checkpoint)
+    if not concurrency:
+        return result
+    engine = engine_for(checkpoint, throughput_format, max_prefill_tokens_while_decoding=prefill_cap)
+    result["max_prefill_tokens_while_decoding"] = prefill_cap
+    result["throughput_format"] = throughput_format
     weight_bytes = bytes_read_per_step(engine)
     kv_token = engine.kv_cache.spec.bytes_per_token()
     result["weight_bytes"] = weight_bytes
@@ -338,7 +378,8 @@ def bench_shape(shape: str, checkpoint: Path, bounds: dict, formats: list[str], 
     one = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, 512), 1)
     one = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, 1, 512), 1)
     result["ttft_512_s"] = one["ttft_s"][0]
-    flops_per_token = 2 * weight_bytes / 2  # bf16: 2 flops per weight element (2 bytes) per token
+    # 2 flops per weight element per token: the element count from the bf16 size of the same model
+    flops_per_token = 2 * linear_elements(SHAPES[shape])
     for n in concurrency:
         r = run_requests(engine, prompt_ids(engine.hf_config.vocab_size, n, 512), 256)
         # The run's floor: prefill of n x 512 tokens at the matmul rate, then 255 decode steps, each
@@ -405,6 +446,8 @@ def print_tables(report: dict) -> None:
                 f"{100 * t['fraction']:.0f} % | {t['ttft_p50_ms']:.0f} / {t['ttft_p99_ms']:.0f} | "
                 f"{t['itl_p50_ms']:.1f} / {t['itl_p99_ms']:.1f} | {t['step_bound_ms']:.1f} |"
             )
+        if "ttft_512_s" not in s:
+            continue
         log(
             f"| {s['shape']} | TTFT of one 512-token prompt: {1e3 * s['ttft_512_s']:.1f} ms | weights "
             f"{s['weight_bytes'] / 1e9:.2f} GB | KV {s['kv_bytes_per_token'] / 1e3:.1f} kB/token | | | | |"
@@ -418,6 +461,12 @@ def main() -> int:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--concurrency", default="16,64,256")
     parser.add_argument("--skip-gate", action="store_true")
+    parser.add_argument(
+        "--prefill-cap", type=int, default=0, help="max_prefill_tokens_while_decoding of the concurrency runs"
+    )
+    parser.add_argument(
+        "--throughput-format", default="none", help="weight format of the concurrency runs (72b: int8 or int4)"
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
@@ -439,7 +488,9 @@ def main() -> int:
                 checkpoint,
                 report["ceilings"],
                 args.formats.split(","),
-                [int(n) for n in args.concurrency.split(",")],
+                [int(n) for n in filter(None, args.concurrency.split(","))],
+                args.prefill_cap,
+                args.throughput_format,
             )
         )
         args.out.write_text(json.dumps(report, indent=1))

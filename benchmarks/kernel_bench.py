@@ -15,9 +15,8 @@ the L2 cache, median of replays):
   activation quantization) and the bound (weight bytes / copy bandwidth);
 - small sweeps of launch settings, so the defaults in the kernels can be chosen from data;
 - with ``--formats bf16_gemv``: the dense few-row linears of kernels/dense_gemv.py against cuBLAS
-  (F.linear; for down_proj the SiLU*up kernel + F.linear the model ran before) at 1/2/4 rows on the
-  Qwen2.5-7B and -0.5B decode shapes, after a check on CUDA (graph replays included), and a sweep of
-  their launch settings (``--dense-deadline`` bounds its seconds):
+  (F.linear) at 1/2/4 rows on the Qwen2.5-7B and -0.5B decode shapes, after a check on CUDA (graph
+  replays included), and a sweep of their launch settings (``--dense-deadline`` bounds its seconds):
 
     PYTHONPATH=python_backend python3 benchmarks/kernel_bench.py --skip attention,linears \
         --formats bf16_gemv --out kb.json
@@ -42,6 +41,7 @@ import statistics
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,11 @@ import torch.nn.functional as F
 from qwen_triton.kernels import dense_gemv as dg
 from qwen_triton.kernels import paged_attention as pa
 from qwen_triton.kernels import quant_matmul as qm
-from qwen_triton.kernels import reference as ref
+from qwen_triton.layers.kv_cache import quantize_kv
+
+# The float references the kernel tests check against (tests/kernels/kernel_reference.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))
+import kernel_reference as ref  # noqa: E402
 
 # Qwen2.5-7B attention and linear shapes.
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 28, 4, 128, 16
@@ -150,12 +154,11 @@ def copies_needed(bytes_per_copy, l2_bytes, cap=32):
 
 
 def quantize_cache(cache, kind):
-    """bf16 cache -> (int8 | fp8 cache, float32 scales [num_blocks, kv_heads]) by per-block absmax."""
-    qmax = 127.0 if kind == "int8" else 448.0
-    scale = cache.float().abs().amax(dim=(1, 3)).clamp(min=1e-6) / qmax
-    scaled = cache.float() / scale[:, None, :, None]
-    quant = scaled.round().clamp(-127, 127).to(torch.int8) if kind == "int8" else scaled.to(torch.float8_e4m3fn)
-    return quant, scale
+    """bf16 cache -> (int8 | fp8 cache, float32 scales [num_blocks, page, kv_heads]) as the engine writes
+    it: one scale per token and KV head (layers/kv_cache.py)."""
+    dtype = torch.int8 if kind == "int8" else torch.float8_e4m3fn
+    values, scales = quantize_kv(cache.flatten(0, 1), dtype)
+    return values.view(cache.shape), scales.view(cache.shape[:3])
 
 
 def make_caches(num_blocks, kinds):
@@ -206,7 +209,7 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
             blocks_per_seq = context // PAGE
             kv_bytes = {"bf16": 2 * batch * context * KV_HEADS * HEAD_DIM * 2}
             for kind in ("int8", "fp8"):
-                kv_bytes[kind] = kv_bytes["bf16"] // 2 + 2 * batch * blocks_per_seq * KV_HEADS * 4
+                kv_bytes[kind] = kv_bytes["bf16"] // 2 + 2 * batch * context * KV_HEADS * 4  # + scales
             copies = copies_needed(kv_bytes["bf16"], l2_bytes, cap=16)
             num_blocks = copies * batch * blocks_per_seq
             caches = make_caches(num_blocks, ["bf16", "int8", "fp8"])
@@ -517,7 +520,7 @@ def gemv_max_rows(kernels, fmt):
 def uses_gemv(kernels, fmt, rows, name):
     """Whether the automatic path is the GEMV; int4's depends on the layer's shape."""
     if fmt == "int4":
-        return kernels._use_gemv(rows, None, "int4", *LINEAR_SHAPES[name])
+        return kernels.use_gemv(rows, None, "int4", *LINEAR_SHAPES[name])
     return rows <= gemv_max_rows(kernels, fmt)
 
 
@@ -571,15 +574,15 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
 # Dense few-row linears (kernels/dense_gemv.py) against cuBLAS
 # ------------------------------------------------------------------------------------------------
 
-DENSE_SHAPES = {  # name: (out_features, in_features, bias, SiLU*up fused in front)
-    "7b qkv 4608x3584": (4608, 3584, True, False),
-    "7b o 3584x3584": (3584, 3584, False, False),
-    "7b gate_up 37888x3584": (37888, 3584, False, False),
-    "7b down+silu 3584x18944": (3584, 18944, False, True),
-    "0.5b qkv 1152x896": (1152, 896, True, False),
-    "0.5b o 896x896": (896, 896, False, False),
-    "0.5b gate_up 9728x896": (9728, 896, False, False),
-    "0.5b down+silu 896x4864": (896, 4864, False, True),
+DENSE_SHAPES = {  # name: (out_features, in_features, bias)
+    "7b qkv 4608x3584": (4608, 3584, True),
+    "7b o 3584x3584": (3584, 3584, False),
+    "7b gate_up 37888x3584": (37888, 3584, False),
+    "7b down 3584x18944": (3584, 18944, False),
+    "0.5b qkv 1152x896": (1152, 896, True),
+    "0.5b o 896x896": (896, 896, False),
+    "0.5b gate_up 9728x896": (9728, 896, False),
+    "0.5b down 896x4864": (896, 4864, False),
 }
 # Launch settings tried per rows of x (the default first); each with the K splits of DENSE_SPLITS.
 DENSE_SWEEP = {
@@ -606,45 +609,24 @@ DENSE_SWEEP = {
     ],
 }
 DENSE_SPLITS = (None, 1, 2, 4)
-# With SiLU*up fused in, more weight rows a thread share each SiLU; narrower tiles need more K splits.
-DENSE_SILU_SWEEP = {
-    1: [
-        None,
-        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4),
-        dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
-        dict(BLOCK_N=32, BLOCK_K=256, num_warps=8),
-        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
-        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
-    ]
-}
-DENSE_SILU_SPLITS = (None, 2, 4, 6, 8)
 
 
-def dense_case(out_f, in_f, bias, silu, rows, dtype=torch.bfloat16):
-    """(weight, bias or None, x): x is the gate_up output [rows, 2 * in] when SiLU*up is fused in."""
+def dense_case(out_f, in_f, bias, rows, dtype=torch.bfloat16):
+    """(weight, bias or None, x)."""
     weight = (torch.randn(out_f, in_f, device=DEVICE) * in_f**-0.5).to(dtype)
     b = torch.randn(out_f, device=DEVICE).to(dtype) if bias else None
-    x = torch.randn(rows, 2 * in_f if silu else in_f, device=DEVICE).to(dtype)
+    x = torch.randn(rows, in_f, device=DEVICE).to(dtype)
     return weight, b, x
 
 
-def dense_call(kind, weight, bias, x, silu, config=None, split_k=None):
-    """kind "cublas": what the model ran before (F.linear, after the SiLU*up kernel for down_proj)."""
+def dense_call(kind, weight, bias, x, config=None, split_k=None):
+    """kind "cublas": the peer (F.linear); "gemv": dense_gemv.dense_linear."""
     if kind == "cublas":
-        if silu:
-            from qwen_triton.kernels import elementwise
-
-            return lambda: F.linear(elementwise.silu_and_mul(x), weight, bias)
         return lambda: F.linear(x, weight, bias)
-    fn = dg.dense_silu_linear if silu else dg.dense_linear
-    return lambda: fn(x, weight, bias, config=config, split_k=split_k)
+    return lambda: dg.dense_linear(x, weight, bias, config=config, split_k=split_k)
 
 
-def dense_reference(weight, bias, x, silu):
-    """float64 result; the SiLU*up input rounded to x's dtype as the eager silu_and_mul rounds it."""
-    if silu:
-        gate, up = x.float().chunk(2, dim=-1)
-        x = (F.silu(gate).to(x.dtype).float() * up).to(x.dtype)
+def dense_reference(weight, bias, x):
     return F.linear(x.double(), weight.double(), None if bias is None else bias.double())
 
 
@@ -652,21 +634,20 @@ def check_dense(results):
     """Every shape at 1, 3 and 6 rows (launches of 1-4 rows), the default and a forced K split, fp16
     on two shapes, ragged shapes, and graph replays with new inputs."""
     torch.manual_seed(4)
-    shapes = list(DENSE_SHAPES.values()) + [(1000, 3000, True, False), (1000, 3000, False, True)]
-    for out_f, in_f, bias, silu in shapes:
+    shapes = list(DENSE_SHAPES.values()) + [(1000, 3000, True), (1000, 3000, False)]
+    for out_f, in_f, bias in shapes:
         for dtype in (torch.bfloat16, torch.float16) if out_f in (4608, 1000) else (torch.bfloat16,):
-            weight, b, _ = dense_case(out_f, in_f, bias, silu, 1, dtype)
+            weight, b, _ = dense_case(out_f, in_f, bias, 1, dtype)
             for rows in (1, 3, 6):  # launches of 1, 3, 4 + 2 rows
-                x = dense_case(1, in_f, False, silu, rows, dtype)[2]
-                expected = dense_reference(weight, b, x, silu)
+                x = dense_case(1, in_f, False, rows, dtype)[2]
+                expected = dense_reference(weight, b, x)
                 for split_k in (None, 3):
-                    err = rel_error(dense_call("gemv", weight, b, x, silu, split_k=split_k)(), expected)
+                    err = rel_error(dense_call("gemv", weight, b, x, split_k=split_k)(), expected)
                     results.append(
                         dict(
                             fmt=f"dense {dtype}",
                             shape=[out_f, in_f],
                             rows=rows,
-                            silu=silu,
                             split_k=split_k,
                             rel_error=err,
                             ok=err < 1e-2,
@@ -678,13 +659,13 @@ def check_dense(results):
 def check_dense_graphs(results):
     """Graph replays with new inputs: the split-K tile counters must be back at zero after each; and
     the path taken when a graph is captured before the counters exist (a separate sum kernel)."""
-    weight, b, x = dense_case(3584, 18944, False, True, 1)
+    weight, b, x = dense_case(3584, 18944, False, 1)
     counters = dg.split_counters
     for fallback in (False, True):
         if fallback:
             dg.split_counters = lambda device, tiles: None
         try:
-            call = dense_call("gemv", weight, b, x, True, split_k=4)
+            call = dense_call("gemv", weight, b, x, split_k=4)
             call()  # compile outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -696,7 +677,7 @@ def check_dense_graphs(results):
             x.copy_(torch.randn_like(x))
             graph.replay()
             torch.cuda.synchronize()
-            err = rel_error(out, dense_reference(weight, b, x, True))
+            err = rel_error(out, dense_reference(weight, b, x))
             results.append(
                 dict(
                     fmt="dense graph" + (" fallback" if fallback else ""),
@@ -710,36 +691,36 @@ def check_dense_graphs(results):
         del graph
 
 
-def dense_bytes(out_f, in_f, bias, silu, rows):
-    return 2 * (out_f * in_f + rows * (2 * in_f if silu else in_f) + rows * out_f + (out_f if bias else 0))
+def dense_bytes(out_f, in_f, bias, rows):
+    return 2 * (out_f * in_f + rows * in_f + rows * out_f + (out_f if bias else 0))
 
 
-def time_dense(kind, sets, silu, **overrides):
+def time_dense(kind, sets, **overrides):
     try:
-        return time_calls([dense_call(kind, w, b, x, silu, **overrides) for w, b, x in sets])[0]
+        return time_calls([dense_call(kind, w, b, x, **overrides) for w, b, x in sets])[0]
     except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
         print("dense timing failed", kind, overrides, repr(exc)[:300], flush=True)
         return None
 
 
 def dense_sets(name, rows, l2_bytes):
-    out_f, in_f, bias, silu = DENSE_SHAPES[name]
+    out_f, in_f, bias = DENSE_SHAPES[name]
     copies = copies_needed(2 * out_f * in_f, l2_bytes, cap=32)
-    return [dense_case(out_f, in_f, bias, silu, rows) for _ in range(copies)]
+    return [dense_case(out_f, in_f, bias, rows) for _ in range(copies)]
 
 
 def bench_dense(rows_list, bandwidth, l2_bytes, rows_out, sweeps, deadline, sweep_filter=""):
     """Defaults of every shape and row count first (the table), then the sweep until the deadline."""
-    for name, (out_f, in_f, bias, silu) in DENSE_SHAPES.items():
+    for name, (out_f, in_f, bias) in DENSE_SHAPES.items():
         for rows in rows_list:
             sets = dense_sets(name, rows, l2_bytes)
-            bound = dense_bytes(out_f, in_f, bias, silu, rows) / bandwidth * 1e6
+            bound = dense_bytes(out_f, in_f, bias, rows) / bandwidth * 1e6
             row = dict(
                 shape=name,
                 rows=rows,
                 bound_us=bound,
-                cublas_us=time_dense("cublas", sets, silu),
-                gemv_us=time_dense("gemv", sets, silu),
+                cublas_us=time_dense("cublas", sets),
+                gemv_us=time_dense("gemv", sets),
             )
             rows_out.append(row)
             print(
@@ -758,14 +739,10 @@ def bench_dense(rows_list, bandwidth, l2_bytes, rows_out, sweeps, deadline, swee
         if time.time() > deadline:
             print("dense sweep: deadline reached", flush=True)
             return
-        silu = DENSE_SHAPES[name][3]
         sets = dense_sets(name, rows, l2_bytes)
-        table, splits = (
-            (DENSE_SILU_SWEEP, DENSE_SILU_SPLITS) if silu and rows in DENSE_SILU_SWEEP else (DENSE_SWEEP, DENSE_SPLITS)
-        )
-        for config in table[min(r for r in table if r >= rows)]:
-            for split_k in splits:
-                us = time_dense("gemv", sets, silu, config=config, split_k=split_k)
+        for config in DENSE_SWEEP[min(r for r in DENSE_SWEEP if r >= rows)]:
+            for split_k in DENSE_SPLITS:
+                us = time_dense("gemv", sets, config=config, split_k=split_k)
                 sweeps.append(dict(shape=name, rows=rows, config=config, split_k=split_k, us=us))
         del sets
         SAVE_PROGRESS()
@@ -775,7 +752,7 @@ def print_dense_table(report):
     if not report["dense"]:
         return
     print("\nDense linears, bf16 (rows = batch): us per call; % = bound (weight + activations / copy rate) / time")
-    print("(cublas: F.linear, down+silu: SiLU*up kernel + F.linear; gemv: dense_gemv defaults; best: sweep)")
+    print("(cublas: F.linear; gemv: dense_gemv defaults; best: sweep)")
     print(f"{'shape':>24} {'rows':>4} | {'bound':>6} | {'cublas':>13} | {'gemv':>13} | {'best':>13} | best config")
     for row in report["dense"]:
         tried = [

@@ -16,7 +16,7 @@ python3 -m pip install -q --no-deps --no-index --target /tmp/numpy1 .carry/wheel
 # The device's scikit-learn/scipy are built for numpy 2, and transformers imports sklearn whenever it is
 # installed (generation utilities); hide it from the server's interpreter (a .pth line runs at addsitedir).
 echo 'import sys; sys.modules.setdefault("sklearn", None)' > /tmp/numpy1/zz_hide_sklearn.pth
-tar xzf .carry/pytriton_min.tgz -C /tmp
+tar xf .carry/pytriton_min.tgz -C /tmp   # gzip or xz
 cp -r /tmp/pytriton_min/pytriton /tmp/pytriton_min/nvidia_pytriton.libs /tmp/pytriton_min/tritonclient "$site/"
 printf '%s\n%s\n' "$PWD/python_backend" "$PWD/client" > "$site/qwen_triton_dev.pth"
 checkpoint=$(python3 -c "

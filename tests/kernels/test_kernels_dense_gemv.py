@@ -1,5 +1,5 @@
 """The dense few-row linears (kernels/dense_gemv.py) against float64 references: plain x @ W^T (+ bias)
-and the variant that forms SiLU(gate) * up from the MLP's gate_up output on the fly."""
+and the gate_up GEMV that forms SiLU(gate) * up in its epilogue."""
 
 import pytest
 import torch
@@ -27,12 +27,6 @@ def case(generator, rows, dtype, out_f=OUT, in_f=IN, width=None):
     weight = (torch.randn(out_f, in_f, generator=generator) * in_f**-0.5).to(dtype)
     bias = torch.randn(out_f, generator=generator).to(dtype)
     return x, weight, bias
-
-
-def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
-    """The eager silu_and_mul's roundings (SiLU and the product each in gate_up's dtype), then float64."""
-    gate, up = gate_up.float().chunk(2, dim=-1)
-    return (F.silu(gate).to(gate_up.dtype).float() * up).to(gate_up.dtype).double()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
@@ -68,19 +62,6 @@ def test_dense_linear_split_k(generator, device, rel_error, poisoned_outputs, ro
     )
     expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     assert rel_error(out, expected) < TOLERANCE[torch.float16]
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("split_k", [None, 2])
-def test_dense_silu_linear(generator, device, rel_error, poisoned_outputs, rows, dtype, split_k):
-    from qwen_triton.kernels import dense_silu_linear
-
-    gate_up, weight, _ = case(generator, rows, dtype, width=2 * IN)
-    out = dense_silu_linear(gate_up.to(device), weight.to(device), split_k=split_k)
-    assert out.shape == (rows, OUT) and out.dtype == dtype
-    expected = silu_mul_reference(gate_up) @ weight.double().T
-    assert rel_error(out, expected) < TOLERANCE[dtype]
 
 
 def test_leading_shape_and_strided_rows(generator, device, rel_error):
@@ -122,13 +103,6 @@ def test_bad_input_names_the_argument(device, bad, name):
     bias = torch.randn(bad.get("bias_len", OUT)).half().to(device)
     with pytest.raises(ValueError, match=f"^{name}:"):
         dense_linear(x, weight, bias)
-
-
-def test_silu_bad_width_names_gate_up(device):
-    from qwen_triton.kernels import dense_silu_linear
-
-    with pytest.raises(ValueError, match="^gate_up:"):
-        dense_silu_linear(torch.randn(1, IN).half().to(device), torch.randn(OUT, IN).half().to(device))
 
 
 @pytest.mark.parametrize(
@@ -279,7 +253,8 @@ def test_quantized_lm_head_keeps_its_own_forward(device, rel_error, monkeypatch)
 def test_split_rule_at_7b_shapes(monkeypatch):
     """choose_split on a 132-SM GPU (the rule alone, no launch): the plain down_proj read (18944
     inputs) in 4 slices of at most MAX_K_PER_SPLIT, the 3584-input linears and the LM head unsplit,
-    and the in-kernel SiLU path still by its programs-per-SM count (224 tiles of 16 rows: 3)."""
+    and a narrow output by its programs-per-SM count, capped so that no split is shorter than
+    MIN_TILES_PER_SPLIT tiles of K."""
     from qwen_triton.kernels import dense_gemv
 
     monkeypatch.setattr(dense_gemv, "multiprocessor_count", lambda index: 132)
@@ -287,5 +262,6 @@ def test_split_rule_at_7b_shapes(monkeypatch):
     assert dense_gemv.choose_split(896, 18944, 512, gpu) == 4
     for tiles in (896, 1152, 9472, 38016):  # o, qkv, gate_up, lm_head at 4 rows a tile
         assert dense_gemv.choose_split(tiles, 3584, 512, gpu) == 1
-    assert dense_gemv.choose_split(224, 18944, 512, gpu, silu=True) == 3
+    assert dense_gemv.choose_split(224, 18944, 512, gpu) == 4  # max(ceil(528 / 224), ceil(18944 / 5120))
+    assert dense_gemv.choose_split(100, 4096, 512, gpu) == 4  # 528 / 100 -> 6, capped at 4096 / (512 * 2)
     assert dense_gemv.choose_split(896, 18944, 512, torch.device("cpu")) == 1

@@ -1,12 +1,10 @@
-"""The paged decode-attention kernel against the plain-torch reference (qwen_triton.kernels.reference)."""
+"""The paged decode-attention kernel against the plain-torch reference (kernel_reference.py)."""
 
 import pytest
 import torch
 from kernel_env import HAS_CUDA, needs_kernels
 
 pytestmark = needs_kernels
-
-SCALE_LAYOUTS = ("per_block", "per_slot")
 
 
 def make_case(
@@ -33,11 +31,11 @@ def make_case(
     return [t.to(device) for t in (q, k, v, tables.int(), lens)]
 
 
-def quantize(cache, kind, layout, generator):
-    """Random int8 / fp8 values with random positive scales in the requested layout."""
+def quantize(cache, kind, generator):
+    """Random int8 / fp8 values with random positive scales, one per (block, slot, kv_head) as the engine
+    writes them."""
     num_blocks, page, kv_heads, _ = cache.shape
-    scale_shape = (num_blocks, kv_heads) if layout == "per_block" else (num_blocks, page, kv_heads)
-    scale = torch.rand(scale_shape, generator=generator) * 0.05 + 0.01
+    scale = torch.rand(num_blocks, page, kv_heads, generator=generator) * 0.05 + 0.01
     if kind == "int8":
         values = torch.randint(-127, 128, cache.shape, generator=generator, dtype=torch.int8)
     else:
@@ -48,8 +46,9 @@ def quantize(cache, kind, layout, generator):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("num_splits", [None, 1, 3])
 def test_matches_reference(generator, device, rel_error, dtype, num_splits):
+    from kernel_reference import paged_decode_attention_reference
+
     from qwen_triton.kernels import paged_decode_attention
-    from qwen_triton.kernels.reference import paged_decode_attention_reference
 
     q, k, v, tables, lens = make_case(generator, device, dtype=dtype)
     out = paged_decode_attention(q, k, v, tables, lens, 0.125, num_splits=num_splits)
@@ -60,8 +59,9 @@ def test_matches_reference(generator, device, rel_error, dtype, num_splits):
 
 @pytest.mark.parametrize("window,sinks,num_splits", [(50, 4, 1), (50, 4, 4), (7, 0, 2), (1000, 2, 1)])
 def test_sliding_window_with_sinks(generator, device, rel_error, window, sinks, num_splits):
+    from kernel_reference import paged_decode_attention_reference
+
     from qwen_triton.kernels import paged_decode_attention
-    from qwen_triton.kernels.reference import paged_decode_attention_reference
 
     q, k, v, tables, lens = make_case(generator, device)
     out = paged_decode_attention(q, k, v, tables, lens, 0.125, window=window, sinks=sinks, num_splits=num_splits)
@@ -81,14 +81,14 @@ def test_window_changes_the_result(generator, device):
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
-@pytest.mark.parametrize("layout", SCALE_LAYOUTS)
-def test_quantized_cache(generator, device, rel_error, kind, layout):
+def test_quantized_cache(generator, device, rel_error, kind):
+    from kernel_reference import paged_decode_attention_reference
+
     from qwen_triton.kernels import paged_decode_attention
-    from qwen_triton.kernels.reference import paged_decode_attention_reference
 
     q, k, v, tables, lens = make_case(generator, device)
-    kq, k_scale = quantize(k, kind, layout, generator)
-    vq, v_scale = quantize(v, kind, layout, generator)
+    kq, k_scale = quantize(k, kind, generator)
+    vq, v_scale = quantize(v, kind, generator)
     out = paged_decode_attention(q, kq, vq, tables, lens, 0.125, k_scale, v_scale, num_splits=2)
     expected = paged_decode_attention_reference(q, kq, vq, tables, lens, 0.125, k_scale, v_scale)
     assert rel_error(out, expected) < 2e-3
@@ -96,8 +96,9 @@ def test_quantized_cache(generator, device, rel_error, kind, layout):
 
 def test_group_of_one_and_odd_head_dim(generator, device, rel_error):
     """Plain multi-head attention (group 1) and a head_dim that is not a power of two."""
+    from kernel_reference import paged_decode_attention_reference
+
     from qwen_triton.kernels import paged_decode_attention
-    from qwen_triton.kernels.reference import paged_decode_attention_reference
 
     q, k, v, tables, lens = make_case(
         generator, device, heads=3, kv_heads=3, head_dim=40, page=8, max_blocks=30, lens=(1, 33, 240)
@@ -109,8 +110,9 @@ def test_group_of_one_and_odd_head_dim(generator, device, rel_error):
 
 def test_strided_query_from_fused_qkv(generator, device, rel_error):
     """q is usually a view into the fused qkv projection: rows strided, head_dim contiguous."""
+    from kernel_reference import paged_decode_attention_reference
+
     from qwen_triton.kernels import paged_decode_attention
-    from qwen_triton.kernels.reference import paged_decode_attention_reference
 
     q, k, v, tables, lens = make_case(generator, device)
     qkv = torch.randn(q.shape[0], q.shape[1] + 4, q.shape[2], generator=generator).to(q)

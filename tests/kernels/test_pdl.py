@@ -49,10 +49,11 @@ def _layers(generator, hidden=1024, inter=2816, layers=4):
 
 def _chain(x, residual, layers):
     from qwen_triton import kernels
+    from qwen_triton.kernels.dense_gemv import dense_gate_up_silu
 
     for w in layers:
         normed, residual = kernels.add_rms_norm(x, residual.clone(), w["norm"], 1e-6)
-        h = kernels.dense_silu_linear(kernels.dense_linear(normed, w["up"]), w["down"])
+        h = kernels.dense_linear(dense_gate_up_silu(normed, w["up"]), w["down"])
         h = kernels.int8_linear(h, w["q8"], w["s8"])
         x = kernels.int4_linear(h, w["q4"], w["s4"], w["z4"], 128)
     return x, residual

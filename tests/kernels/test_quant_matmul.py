@@ -56,8 +56,9 @@ def poisoned_outputs(monkeypatch):
 @pytest.mark.parametrize("rows", [1, 3, 20])
 @pytest.mark.parametrize("split_k", [None, 1, 3])
 def test_int8_linear(generator, device, rel_error, path, rows, split_k):
+    from kernel_reference import int8_linear_reference
+
     from qwen_triton.kernels import int8_linear
-    from qwen_triton.kernels.reference import int8_linear_reference
 
     x, qweight, scale, bias = int8_case(generator, 48, 1000, rows, torch.float16)  # 1000: ragged K tile
     out = int8_linear(x.to(device), qweight.to(device), scale.to(device), bias.to(device), path=path, split_k=split_k)
@@ -70,8 +71,9 @@ def test_int8_linear(generator, device, rel_error, path, rows, split_k):
 @pytest.mark.parametrize("split_k", [None, 2])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_int4_linear(generator, device, rel_error, path, symmetric, split_k, group):
+    from kernel_reference import int4_linear_reference
+
     from qwen_triton.kernels import int4_linear
-    from qwen_triton.kernels.reference import int4_linear_reference
 
     x, packed, scales, zeros = int4_case(generator, 40, 320, 5, group, torch.float16)
     zeros = None if symmetric else zeros
@@ -95,8 +97,9 @@ def test_int4_linear_rows_and_dtypes(generator, device, rel_error, poisoned_outp
     """The default path (the GEMM at every row count) in both 16-bit activation dtypes, which the
     CUDA kernel converts nibbles to with different inline PTX; 17 rows need a second row tile; 37
     outputs leave a ragged column tile; bias added once after the split-K sum."""
+    from kernel_reference import int4_linear_reference
+
     from qwen_triton.kernels import int4_linear
-    from qwen_triton.kernels.reference import int4_linear_reference
 
     skip_interpreted_bf16_dot(device, dtype, "gemm")
     x, packed, scales, zeros = int4_case(generator, 37, 384, rows, 64, dtype)
@@ -117,8 +120,9 @@ def test_int4_linear_rows_and_dtypes(generator, device, rel_error, poisoned_outp
 
 def test_int4_linear_float_zero_points(generator, device, rel_error):
     """Fractional zero points are allowed; the packed conversion (integers only) must not round them."""
+    from kernel_reference import int4_linear_reference
+
     from qwen_triton.kernels import int4_linear
-    from qwen_triton.kernels.reference import int4_linear_reference
 
     x, packed, scales, _ = int4_case(generator, 32, 256, 4, 128, torch.float16)
     zeros = torch.rand(32, 2, generator=generator) * 15
@@ -133,8 +137,9 @@ def test_int4_linear_float_zero_points(generator, device, rel_error):
 def test_fp8_linear(generator, device, rel_error, poisoned_outputs, path, rows, with_bias, split_k):
     """37 outputs (not a multiple of any BLOCK_N), 999 inputs (odd: every K tile is ragged); 17 rows
     need a second GEMM row tile."""
+    from kernel_reference import fp8_linear_reference
+
     from qwen_triton.kernels import fp8_linear
-    from qwen_triton.kernels.reference import fp8_linear_reference
 
     x, qweight, scale, bias = fp8_case(generator, 37, 999, rows, torch.float16)
     bias = bias if with_bias else None
@@ -155,8 +160,9 @@ def test_fp8_linear(generator, device, rel_error, poisoned_outputs, path, rows, 
 def test_fp8_linear_other_activation_dtypes(generator, device, rel_error, poisoned_outputs, path, dtype, tolerance):
     """bf16 (what serving uses; its 8-bit mantissa bounds the error) and float32 (tf32 dots on GPU),
     [batch, seq, in] input."""
+    from kernel_reference import fp8_linear_reference
+
     from qwen_triton.kernels import fp8_linear
-    from qwen_triton.kernels.reference import fp8_linear_reference
 
     skip_interpreted_bf16_dot(device, dtype, path)
     x, qweight, scale, bias = fp8_case(generator, 50, 640, 6, dtype)
@@ -170,8 +176,9 @@ def test_fp8_linear_other_activation_dtypes(generator, device, rel_error, poison
 
 def test_float32_activations_and_3d_input(generator, device, rel_error):
     """[batch, seq, in] inputs keep their leading shape; float32 works (tf32 dots on GPU)."""
+    from kernel_reference import int8_linear_reference
+
     from qwen_triton.kernels import int8_linear
-    from qwen_triton.kernels.reference import int8_linear_reference
 
     x, qweight, scale, _ = int8_case(generator, 32, 256, 6, torch.float32)
     out = int8_linear(x.view(2, 3, 256).to(device), qweight.to(device), scale.to(device))
@@ -262,8 +269,9 @@ def test_bad_inputs_name_the_field(generator, device):
 def test_int4_gemm_group_steps(generator, device, rel_error, config):
     """The GEMM's K step spans one or two groups (scales and zero points loaded a step ahead, picked by
     column); 40 outputs leave a ragged column tile, 640 inputs an odd number of groups of 128."""
+    from kernel_reference import int4_linear_reference
+
     from qwen_triton.kernels import int4_linear
-    from qwen_triton.kernels.reference import int4_linear_reference
 
     x, packed, scales, zeros = int4_case(generator, 40, 640, 3, 128, torch.float16)
     for split_k in (None, 2):
@@ -285,17 +293,17 @@ def test_int4_path_by_measured_shape():
     from qwen_triton.kernels import quant_matmul as qm
 
     for out_f, in_f in ((1152, 896), (896, 896), (9728, 896)):
-        assert qm._use_gemv(1, None, "int4", out_f, in_f) and not qm._use_gemv(2, None, "int4", out_f, in_f)
+        assert qm.use_gemv(1, None, "int4", out_f, in_f) and not qm.use_gemv(2, None, "int4", out_f, in_f)
     for out_f, in_f in ((896, 4864), (4608, 3584), (37888, 3584), (3584, 18944)):
-        assert not qm._use_gemv(1, None, "int4", out_f, in_f)
-    assert qm._use_gemv(1, None, "int8", 4608, 3584) and qm._use_gemv(64, "gemv", "int4", 4608, 3584)
+        assert not qm.use_gemv(1, None, "int4", out_f, in_f)
+    assert qm.use_gemv(1, None, "int8", 4608, 3584) and qm.use_gemv(64, "gemv", "int4", 4608, 3584)
 
 
 def test_int4_gemv_steps_divide_k():
     """The GEMV's K step is halved until it divides the inputs (no masked loads), not below 128."""
     from qwen_triton.kernels import quant_matmul as qm
 
-    assert [qm._whole_steps(k, 512) for k in (3584, 896, 4864, 1088)] == [512, 128, 256, 128]
+    assert [qm.whole_steps(k, 512) for k in (3584, 896, 4864, 1088)] == [512, 128, 256, 128]
 
 
 def test_int4_split_k_choice(monkeypatch):
@@ -327,8 +335,9 @@ def test_int4_gemv_activation_dtypes(
     """The int4 GEMV reads 16-bit x two values to an int32 (bf16 and fp16 unpack differently) and
     float32 x value by value; 1088 inputs leave a ragged last step of its 512 (masked loads), 896 take
     steps of 128; 37 outputs a ragged tile of rows; bias added once after the split-K sum."""
+    from kernel_reference import int4_linear_reference
+
     from qwen_triton.kernels import int4_linear
-    from qwen_triton.kernels.reference import int4_linear_reference
 
     x, packed, scales, zeros = int4_case(generator, 37, in_f, rows, group, dtype)
     bias = torch.randn(37, generator=generator).to(dtype)
@@ -350,8 +359,9 @@ def test_int4_gemv_activation_dtypes(
 def test_int4_gemv_reads_x_at_an_odd_offset(generator, device, rel_error):
     """A row of x that starts on an odd element cannot be viewed as int32 pairs: the GEMV then reads
     it value by value."""
+    from kernel_reference import int4_linear_reference
+
     from qwen_triton.kernels import int4_linear
-    from qwen_triton.kernels.reference import int4_linear_reference
 
     x, packed, scales, zeros = int4_case(generator, 16, 256, 1, 64, torch.float16)
     shifted = torch.cat([torch.zeros(1, dtype=x.dtype), x.flatten()]).to(device)[1:].view(1, 256)

@@ -31,7 +31,6 @@ _LAZY_ATTRIBUTES = {
     "fp8_linear": "quant_matmul",
     "int4_linear": "quant_matmul",
     "dense_linear": "dense_gemv",
-    "dense_silu_linear": "dense_gemv",
     "rms_norm": "elementwise",
     "add_rms_norm": "elementwise",
     "rotary": "elementwise",

@@ -2,21 +2,17 @@
 
     dense_linear(x, weight, bias=None)           y = x @ weight^T (+ bias)
     dense_gate_up_silu(x, gate_up_weight)        y = silu(gate) * up of x @ gate_up_weight^T
-    dense_silu_linear(gate_up, weight)           y = (silu(gate) * up) @ weight^T
 
 ``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype; float32
 accumulation, y in x's dtype. The model's MLP at decode rows takes ``dense_gate_up_silu`` (SiLU*up in
-the gate_up GEMV's epilogue) and then ``dense_linear`` for down_proj. ``dense_silu_linear`` is the
-other arrangement, kept for 2-4 rows and benchmarks: it takes the gate_up output [..., 2 * in] (gate
-first) and forms down_proj's input on the fly, at the cost of an exp and a division per input a thread
-holds (at one row slower than a plain down_proj after a separate SiLU: 53.3 against 50.9 us on 7B).
+the gate_up GEMV's epilogue) and then ``dense_linear`` for down_proj.
 
-Why not cuBLAS: at one row a linear only streams its weight once, and on an H100 cuBLAS's decode
-kernels read at 2.2-2.8 TB/s against a 3.0 TB/s read ceiling (Qwen2.5-7B, 2026-11-25); down_proj
-(18944 inputs, 3584 outputs) also paid a split-K reduce kernel and a memset per call, and the SiLU
-kernel before it another launch. These kernels took a 7B batch-1 decode step's graph from 5.55 to
-5.14 ms (docs/benchmarks.md, "bf16 GEMV (helper 10)"). The LM head (model.compute_logits) comes
-here too at one row: 7B's 152064 x 3584 head in 347.5 us against cuBLAS's 380.1 (H100, 2026-11-25).
+Why not cuBLAS: at one row a linear only streams its weight once, so the rule is to read it at the
+memory's bandwidth with no extra launch. cuBLAS's decode kernels read below that ceiling, and a narrow
+output such as down_proj (18944 inputs, 3584 outputs) also pays a split-K reduce kernel and a memset per
+call; these kernels add the split-K sums in the GEMV and form SiLU*up in gate_up's epilogue. The LM head
+(model.compute_logits) comes here too at one row. Evidence: ``benchmarks/kernel_bench.py --formats
+bf16_gemv`` prints each shape beside cuBLAS and the copy bound.
 
 Kernel shape: each program owns BLOCK_N output features (weight rows) and one slice of the input
 dimension, loads [BLOCK_N, BLOCK_K] weight tiles with 16-byte vectors and multiply-adds them into a
@@ -24,8 +20,8 @@ float32 accumulator of the same shape per row of x, which is reduced across thre
 end. Up to MAX_ROWS rows share each weight tile (one accumulator each), so 2-4 rows read the weight
 once, as one row does. Narrow outputs split K so that the grid fills the GPU; the last program of
 each output tile to finish adds the float32 partials up (an atomic count per tile, the counters of
-quant_matmul), so a split costs no second launch. Inside a CUDA-graph capture before those counters
-exist, quant_matmul's separate sum kernel does it instead (captured, hence replayed, consistently).
+common.split_counters), so a split costs no second launch. Inside a CUDA-graph capture before those counters
+exist, the separate sum kernel (common.sum_splits) does it instead (captured, hence replayed, consistently).
 """
 
 from __future__ import annotations
@@ -37,46 +33,34 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
-from .elementwise import round_to_dtype
+from .common import check_bias, k_slices, round_to_dtype, split_counters, sum_splits
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
-from .quant_matmul import check_bias, k_slices, split_counters, sum_splits
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
 MAX_ROWS = 4
-# Routing (fused_ops.py): up to this many rows the model's dense linears come here, above to cuBLAS.
-# On an H100 at Qwen2.5-7B shapes (docs/benchmarks.md, "bf16 GEMV (helper 10)"), one row beat cuBLAS
-# in every linear; at two rows o_proj and gate_up still won but qkv lost 2 us and down_proj (SiLU
-# computed per row) 18 us, a net loss per layer; at four rows every shape lost.
+# Routing (layers/ops.py): up to this many rows the model's dense linears come here, above to cuBLAS.
+# The rule: route a row count here only where every linear of a layer beats cuBLAS at Qwen2.5-7B shapes;
+# one row does, two rows already lose in qkv and down_proj (benchmarks/kernel_bench.py --formats bf16_gemv).
 ROUTE_MAX_ROWS = 1
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Launch settings by rows per launch (the first entry >= the rows), from the sweep of
-# benchmarks/kernel_bench.py --formats bf16_gemv on an H100 (2026-11-25). At one row, 4 weight rows
-# x 512 inputs at 4 warps (one row a warp, four 16-byte loads a thread and step) read Qwen2.5-7B's
-# gate_up (37888 x 3584) in 89.2 us (3.05 TB/s) against cuBLAS's 96.7; 8 or 16 rows a program ran
-# 3-6 % slower. More rows of x hold more accumulators, so the tile shrinks.
+# Launch settings by rows per launch (the first entry >= the rows), the fastest of the sweep of
+# benchmarks/kernel_bench.py --formats bf16_gemv. At one row, 4 weight rows x 512 inputs at 4 warps: one
+# weight row a warp, four 16-byte loads a thread and step. More rows of x hold more accumulators, so the
+# tile shrinks.
 CONFIG = {
     1: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
     2: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
     4: dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
 }
-# With SiLU*up formed in the kernel every thread computes it for its own inputs: with one weight row
-# a thread that is an exp and a division per weight, and the loop runs out of issue slots (7B
-# down_proj at one row: 67.3 us with 4 rows a program, 53.7 with 16 rows over 8 warps and K split 3).
-SILU_CONFIG = {
-    1: dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
-    2: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-    4: dict(BLOCK_N=4, BLOCK_K=512, num_warps=4),
-}
 # Split K until the grid has about this many programs per multiprocessor, each split at least this
 # many K tiles long (so the partials stay small next to the weight bytes).
 PROGRAMS_PER_SM = 4
 MIN_TILES_PER_SPLIT = 2
-# Without SiLU, long rows are split too, each program streaming at most this many inputs: Qwen2.5-7B
-# down_proj (3584 x 18944, 896 tiles of 4 rows, so the rule above gives no split) read in 52.9 us
-# unsplit, 49.1 us in 4 slices of 5120 (2.77 TB/s); o_proj and qkv (3584 inputs) lost 1-2 us with
-# any split (helper_bf16.md, H100, 2026-11-25).
+# Long rows are split too, each program streaming at most this many inputs: a long down_proj row
+# (18944 inputs) has too few output tiles for the rule above to split it, yet reads faster in slices;
+# short rows (3584 inputs: o_proj, qkv) stay unsplit, which the sweep of kernel_bench.py favours.
 MAX_K_PER_SPLIT = 5120
 # gate_up with SiLU*up formed in its epilogue (dense_gate_up_silu): gate rows j..j+BLOCK_N and the
 # matching up rows in one program, so 2 x BLOCK_N weight rows a program, the 4 of CONFIG[1].
@@ -102,26 +86,15 @@ def _silu_times_up(gate, up, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
-def _x_values(x_row, k, k_ok, K, SILU: tl.constexpr, MASKED: tl.constexpr, INTERPRETED: tl.constexpr):
-    """Inputs k [BLOCK_N, BLOCK_K] (the same inputs in every row) of one row of x as float32: x itself,
-    or (SILU) silu(gate) * up from the gate_up row, the SiLU and the product each rounded to x's dtype
-    as the eager silu_and_mul rounds them (so the fused path feeds the weights the values down_proj
-    would have read). Loaded in the weight tile's shape, hence its register layout: a [BLOCK_K]
-    load gets a layout of its own and is moved into the tile's through shared memory, two barriers a
-    step. The compiler drops the repeated loads (and SiLUs) of a thread's rows, unmasked ones at least."""
+def _x_values(x_row, k, k_ok, MASKED: tl.constexpr):
+    """Inputs k [BLOCK_N, BLOCK_K] (the same inputs in every row) of one row of x as float32. Loaded in
+    the weight tile's shape, hence its register layout: a [BLOCK_K] load gets a layout of its own and is
+    moved into the tile's through shared memory, two barriers a step. The compiler drops the repeated
+    loads of a thread's rows, unmasked ones at least."""
     if MASKED:
-        first = tl.load(x_row + k, mask=k_ok, other=0.0)
+        return tl.load(x_row + k, mask=k_ok, other=0.0).to(tl.float32)
     else:
-        first = tl.load(x_row + k)
-    if SILU:
-        dtype = first.dtype
-        if MASKED:
-            up = tl.load(x_row + K + k, mask=k_ok, other=0.0)
-        else:
-            up = tl.load(x_row + K + k)
-        return _silu_times_up(first.to(tl.float32), up.to(tl.float32), dtype, INTERPRETED).to(tl.float32)
-    else:
-        return first.to(tl.float32)
+        return tl.load(x_row + k).to(tl.float32)
 
 
 @triton.jit
@@ -136,9 +109,7 @@ def _step(
     k0,
     K,
     ROWS: tl.constexpr,
-    SILU: tl.constexpr,
     MASKED: tl.constexpr,
-    INTERPRETED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -151,13 +122,13 @@ def _step(
     else:
         w = tl.load(w_rows + k)
     w = w.to(tl.float32)
-    acc0 += w * _x_values(x_ptr, k, k_ok, K, SILU, MASKED, INTERPRETED)
+    acc0 += w * _x_values(x_ptr, k, k_ok, MASKED)
     if ROWS > 1:
-        acc1 += w * _x_values(x_ptr + stride_xm, k, k_ok, K, SILU, MASKED, INTERPRETED)
+        acc1 += w * _x_values(x_ptr + stride_xm, k, k_ok, MASKED)
     if ROWS > 2:
-        acc2 += w * _x_values(x_ptr + 2 * stride_xm, k, k_ok, K, SILU, MASKED, INTERPRETED)
+        acc2 += w * _x_values(x_ptr + 2 * stride_xm, k, k_ok, MASKED)
     if ROWS > 3:
-        acc3 += w * _x_values(x_ptr + 3 * stride_xm, k, k_ok, K, SILU, MASKED, INTERPRETED)
+        acc3 += w * _x_values(x_ptr + 3 * stride_xm, k, k_ok, MASKED)
     return acc0, acc1, acc2, acc3
 
 
@@ -237,7 +208,6 @@ def _dense_gemv_kernel(
     stride_wn,
     stride_ym,
     ROWS: tl.constexpr,
-    SILU: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -264,7 +234,7 @@ def _dense_gemv_kernel(
     for k0 in range(k_start, k_full, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
         acc0, acc1, acc2, acc3 = _step(
-            acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, SILU, False, INTERPRETED, BLOCK_N, BLOCK_K
+            acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, False, BLOCK_N, BLOCK_K
         )
     if not EVEN_K:
         if k_full < tl.minimum(k_start + k_per_split, K):  # the ragged tile, in the last split
@@ -279,9 +249,7 @@ def _dense_gemv_kernel(
                 k_full,
                 K,
                 ROWS,
-                SILU,
                 True,
-                INTERPRETED,
                 BLOCK_N,
                 BLOCK_K,
             )
@@ -306,14 +274,13 @@ def _gated_step(
     k0,
     K,
     MASKED: tl.constexpr,
-    INTERPRETED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """Inputs k0..k0+BLOCK_K of one row of x against a tile of gate rows and the matching up rows."""
     k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
     k_ok = k < K
-    x = _x_values(x_row, k, k_ok, K, False, MASKED, INTERPRETED)
+    x = _x_values(x_row, k, k_ok, MASKED)
     if MASKED:
         gate = tl.load(gate_rows + k, mask=k_ok, other=0.0)
         up = tl.load(up_rows + k, mask=k_ok, other=0.0)
@@ -353,13 +320,9 @@ def _gate_up_silu_kernel(
     k_full = K // BLOCK_K * BLOCK_K
     for k0 in range(0, k_full, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        acc_gate, acc_up = _gated_step(
-            acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, INTERPRETED, BLOCK_N, BLOCK_K
-        )
+        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, BLOCK_N, BLOCK_K)
     if not EVEN_K:
-        acc_gate, acc_up = _gated_step(
-            acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, INTERPRETED, BLOCK_N, BLOCK_K
-        )
+        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, BLOCK_N, BLOCK_K)
     dtype = y_ptr.dtype.element_ty
     gate = _to_dtype(tl.sum(acc_gate, axis=1), dtype, INTERPRETED).to(tl.float32)
     up = _to_dtype(tl.sum(acc_up, axis=1), dtype, INTERPRETED).to(tl.float32)
@@ -369,22 +332,19 @@ def _gate_up_silu_kernel(
 # -- host side ---------------------------------------------------------------------------------------
 
 
-def config_for(rows: int, silu: bool = False) -> dict:
+def config_for(rows: int) -> dict:
     """The launch settings for a launch of ``rows`` (1..MAX_ROWS) rows."""
-    table = SILU_CONFIG if silu else CONFIG
-    return dict(table[min(r for r in table if r >= rows)])
+    return dict(CONFIG[min(r for r in CONFIG if r >= rows)])
 
 
-def choose_split(tiles: int, in_features: int, block_k: int, device: torch.device, silu: bool = False) -> int:
+def choose_split(tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
     """K slices per output tile: enough programs for every multiprocessor (narrow outputs such as
-    o_proj and down_proj have a few hundred tiles for 132 SMs), none shorter than MIN_TILES_PER_SPLIT;
-    without SiLU also none longer than MAX_K_PER_SPLIT."""
+    o_proj and down_proj have a few hundred tiles for 132 SMs), none shorter than MIN_TILES_PER_SPLIT,
+    none longer than MAX_K_PER_SPLIT."""
     if device.type != "cuda":
         return 1
     wanted = PROGRAMS_PER_SM * multiprocessor_count(device.index or 0)
-    split = math.ceil(wanted / tiles)
-    if not silu:
-        split = max(split, math.ceil(in_features / MAX_K_PER_SPLIT))
+    split = max(math.ceil(wanted / tiles), math.ceil(in_features / MAX_K_PER_SPLIT))
     return max(1, min(split, in_features // (block_k * MIN_TILES_PER_SPLIT)))
 
 
@@ -404,23 +364,20 @@ def _check_input(name: str, x: torch.Tensor, width: int) -> torch.Tensor:
     if x.dtype not in _DTYPES:
         raise ValueError(f"{name}: dtype {x.dtype} not supported; use float16, bfloat16 or float32")
     if x.dim() == 0 or x.shape[-1] != width:
-        raise ValueError(
-            f"{name}: last dimension {tuple(x.shape)[-1:]} must be {width} (the weight's in_features"
-            f"{' x 2, gate then up' if name == 'gate_up' else ''})"
-        )
+        raise ValueError(f"{name}: last dimension {tuple(x.shape)[-1:]} must be {width} (the weight's in_features)")
     rows = x.reshape(-1, width)
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def _launch(rows, weight, bias, y, *, silu, config, split_k):
+def _launch(rows, weight, bias, y, *, config, split_k):
     """One launch for up to MAX_ROWS rows (rows and y are matching row slices)."""
     m = rows.shape[0]
     out_features, in_features = weight.shape
-    cfg = {**config_for(m, silu), **(config or {})}
+    cfg = {**config_for(m), **(config or {})}
     block_n, block_k = cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(out_features, block_n)
     if split_k is None:
-        split_k = choose_split(tiles, in_features, block_k, rows.device, silu)
+        split_k = choose_split(tiles, in_features, block_k, rows.device)
     k_per_split, split_k = k_slices(in_features, split_k, block_k)
     part = counters = None
     if split_k > 1:
@@ -442,7 +399,6 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
         weight.stride(0),
         y.stride(0),
         ROWS=m,
-        SILU=silu,
         HAS_BIAS=bias is not None,
         EVEN_K=in_features % block_k == 0,
         SPLIT=split_k > 1,
@@ -456,13 +412,13 @@ def _launch(rows, weight, bias, y, *, silu, config, split_k):
         sum_splits(part, bias, y)
 
 
-def _run(rows, weight, bias, leading_shape, *, silu, config, split_k):
+def _run(rows, weight, bias, leading_shape, *, config, split_k):
     out_features = weight.shape[0]
     check_bias(bias, out_features)
     y = torch.empty(rows.shape[0], out_features, dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], MAX_ROWS):
         stop = start + MAX_ROWS
-        _launch(rows[start:stop], weight, bias, y[start:stop], silu=silu, config=config, split_k=split_k)
+        _launch(rows[start:stop], weight, bias, y[start:stop], config=config, split_k=split_k)
     return y.view(*leading_shape, out_features)
 
 
@@ -480,22 +436,7 @@ def dense_linear(
     """
     rows = _check_input("x", x, weight.shape[-1])
     _check_weight(weight, x.dtype)
-    return _run(rows, weight, bias, x.shape[:-1], silu=False, config=config, split_k=split_k)
-
-
-def dense_silu_linear(
-    gate_up: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    config: dict | None = None,
-    split_k: int | None = None,
-) -> torch.Tensor:
-    """F.linear(silu(gate) * up, weight, bias) with gate_up [..., 2 * in] (gate first), without
-    materialising silu(gate) * up. Overrides as for `dense_linear`."""
-    rows = _check_input("gate_up", gate_up, 2 * weight.shape[-1])
-    _check_weight(weight, gate_up.dtype)
-    return _run(rows, weight, bias, gate_up.shape[:-1], silu=True, config=config, split_k=split_k)
+    return _run(rows, weight, bias, x.shape[:-1], config=config, split_k=split_k)
 
 
 def dense_gate_up_silu(x: torch.Tensor, weight: torch.Tensor, *, config: dict | None = None) -> torch.Tensor:

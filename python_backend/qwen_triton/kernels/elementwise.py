@@ -4,11 +4,10 @@ and V into a float paged KV cache, and SiLU(gate) * up. Each is one launch for a
 prefill and decode alike.
 
 Why hand-written: in eager torch these parts are about a thousand small kernels per 7B prefill
-(RMSNorm alone is seven), and launching them made a 512-token prefill host-bound; torch.compile
-fused them for decode but recompiled on new shapes, was slower than eager for prefill shapes and
-cost start-up time. The token count reaches these kernels through the grid only (sizes and strides
-that are fixed per model are constexprs), so one compiled kernel per model serves every batch size
-and prompt length, and every CUDA graph size.
+(RMSNorm alone is seven), and launching them makes a 512-token prefill host-bound; torch.compile
+recompiles on new shapes and costs start-up time. The token count reaches these kernels through the
+grid only (sizes and strides that are fixed per model are constexprs), so one compiled kernel per
+model serves every batch size and prompt length, and every CUDA graph size.
 
 Numerics: each kernel repeats the eager functions in ``qwen_triton.layers.ops`` step by step, in
 float32, rounding to the model dtype exactly where the eager code produces a tensor of that dtype
@@ -45,6 +44,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import interpreter_enabled
+from .common import round_to_dtype
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -54,20 +54,6 @@ MAX_HIDDEN = 16384
 # Columns of SiLU*up per program: 4 warps, 8 values a thread. With the row index in the grid's first
 # axis even one decode token spreads over ~19 programs (Qwen2.5-7B, 18944 columns).
 SILU_BLOCK = 1024
-
-
-@triton.jit
-def round_to_dtype(x, dtype: tl.constexpr):
-    """float32 -> ``dtype``, rounded to nearest even (what torch does on every dtype conversion)."""
-    if dtype == tl.bfloat16:
-        # torch's c10::BFloat16 formula: add 0x7FFF plus the lowest kept bit, keep the upper half.
-        # NaN first becomes the canonical 0x7FC00000, whose rounding cannot carry into the sign.
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = tl.where(x != x, tl.full(x.shape, 0x7FC00000, tl.uint32), bits)
-        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x.to(dtype)
 
 
 @triton.jit
@@ -488,7 +474,7 @@ def _norm(x2, res2, weight, eps, out_dtype, sum2):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``fused_ops.rms_norm`` in one launch: x [..., hidden] -> a new tensor of the same shape in the
+    """``layers.ops.rms_norm`` in one launch: x [..., hidden] -> a new tensor of the same shape in the
     dtype torch gives ``weight * x`` (the model dtype when the weight has it)."""
     x2 = _rows("x", x)
     out_dtype = x.dtype if weight.dtype == x.dtype else torch.promote_types(weight.dtype, x.dtype)
@@ -497,13 +483,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
-    """``fused_ops.add_rms_norm`` in one launch: returns (norm(x + residual), x + residual).
+    """``layers.ops.add_rms_norm`` in one launch: returns (norm(x + residual), x + residual).
 
     In place: where ``residual`` is a 2-D tensor with unit-stride rows in the sum's dtype (always so
-    in model.py), ``x + residual`` is written into ``residual`` itself and that tensor is returned as
+    in models/qwen2.py), ``x + residual`` is written into ``residual`` itself and that tensor is returned as
     the second value: the residual stream stays one buffer through the layers instead of a new
     allocation per norm (the sum is written once either way). The caller's old residual values are
-    gone after the call: pass a residual you will not read again (model.py replaces its residual
+    gone after the call: pass a residual you will not read again (models/qwen2.py replaces its residual
     with the returned one). Otherwise the sum goes to a new tensor. ``x`` is never written.
     """
     if x.shape != residual.shape:
@@ -556,7 +542,7 @@ def _rotary_sizes(q, k):
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, positions: torch.Tensor):
-    """``fused_ops.rotary`` in one launch, in place: rotates q [tokens, heads, dim] and
+    """``layers.ops.rotary`` in one launch, in place: rotates q [tokens, heads, dim] and
     k [tokens, kv_heads, dim] by the cos/sin rows [max_positions, dim] at each token's position and
     returns (q, k), the same tensors. q and k may be strided views (the column slices of the fused
     qkv output); only their last dimension must be unit-stride, else they are copied first and the
@@ -612,7 +598,7 @@ def _cache_slots(name: str, cache: torch.Tensor, k: torch.Tensor) -> torch.Tenso
     if cache.dtype not in _DTYPES:
         raise ValueError(
             f"{name}: dtype {cache.dtype} is not a float cache (float16, bfloat16, float32); "
-            f"quantized caches are written by kv_quant.write_quantized_kv"
+            f"quantized caches are written by layers.kv_cache.write_quantized_kv"
         )
     try:
         slots = cache.view(-1, *k.shape[1:])
@@ -636,7 +622,7 @@ def rotary_and_write_kv(
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ):
-    """``fused_ops.rotary_and_write_kv`` in one launch: ``rotary`` (q and k rotated in place, the same
+    """``layers.ops.rotary_and_write_kv`` in one launch: ``rotary`` (q and k rotated in place, the same
     contract) and the rotated k and the unchanged v [tokens, kv_heads, dim] stored at each token's slot
     of the float caches [num_blocks, block_size, kv_heads, dim], converted to each cache's dtype as
     ``k.to(k_cache.dtype)`` converts. Returns (q, k). Saves the two ``index_copy_`` launches that
@@ -694,7 +680,7 @@ def rotary_and_write_kv(
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """``fused_ops.silu_and_mul`` in one launch: gate_up [..., 2 * inter] (gate first, up second)
+    """``layers.ops.silu_and_mul`` in one launch: gate_up [..., 2 * inter] (gate first, up second)
     -> silu(gate) * up [..., inter], a new tensor."""
     x2 = _rows("gate_up", gate_up)
     rows, width = x2.shape

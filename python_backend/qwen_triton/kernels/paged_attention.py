@@ -256,20 +256,19 @@ def warm_up_variants(
 
 
 def _scale_strides(scale: torch.Tensor | None, cache: torch.Tensor, name: str):
-    """(block, slot, kv_head) strides of a KV scale tensor; slot stride 0 for per-block scales."""
-    num_blocks, block_size, num_kv_heads, _ = cache.shape
+    """(block, slot, kv_head) strides of a KV scale tensor: one float32 scale per token and KV head, the
+    layout layers/kv_cache.py writes."""
+    expected = tuple(cache.shape[:3])  # num_blocks, block_size, num_kv_heads
     if scale is None:
         raise ValueError(
-            f"{name}: a {cache.dtype} KV cache needs its float32 scales [num_blocks, num_kv_heads]; pass {name}="
+            f"{name}: a {cache.dtype} KV cache needs its float32 scales [num_blocks, block_size, num_kv_heads]; "
+            f"pass {name}="
         )
-    if scale.shape == (num_blocks, num_kv_heads):
-        return scale.stride(0), 0, scale.stride(1)
-    if scale.shape == (num_blocks, block_size, num_kv_heads):
-        return scale.stride(0), scale.stride(1), scale.stride(2)
-    raise ValueError(
-        f"{name}: shape {tuple(scale.shape)} fits neither [num_blocks, num_kv_heads] "
-        f"= {(num_blocks, num_kv_heads)} nor [num_blocks, block_size, num_kv_heads]"
-    )
+    if tuple(scale.shape) != expected:
+        raise ValueError(
+            f"{name}: shape {tuple(scale.shape)} must be [num_blocks, block_size, num_kv_heads] = {expected}"
+        )
+    return scale.stride(0), scale.stride(1), scale.stride(2)
 
 
 def _validate(q, k_cache, v_cache, block_tables, context_lens):
@@ -334,7 +333,7 @@ def paged_decode_attention(
 
     q [batch, num_heads, head_dim]; k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]
     in q's dtype, or int8 / float8_e4m3fn with float32 ``k_scale``/``v_scale`` of shape
-    [num_blocks, num_kv_heads] (or per slot [num_blocks, block_size, num_kv_heads]);
+    [num_blocks, block_size, num_kv_heads];
     block_tables int32 [batch, max_blocks_per_seq]; context_lens int32 [batch] (the new token is
     already in the cache at position context_len - 1). ``window`` > 0 keeps the last ``window``
     positions plus the first ``sinks``. The keyword-only arguments tune the launch.

@@ -1,6 +1,6 @@
 """Weight-only quantized linears (Triton language kernels): y = x @ dequant(W)^T (+ bias).
 
-Formats (those of quantization.py, which owns them):
+Formats (those of quantization/formats.py, which owns them):
 - int8: ``qweight`` int8 [out, in], ``scale`` float [out] (per output channel, symmetric).
 - fp8: ``qweight`` float8_e4m3fn [out, in], ``scale`` float [out] (per output channel). Weight-only:
   x stays in its float dtype, so results are the dequantize-then-matmul reference's up to float
@@ -30,7 +30,7 @@ Two kernel shapes per format:
   The CPU interpreter (and float32 x, and float zero points) take a pure-Triton conversion.
 
 Narrow outputs split K across programs. int4 adds the float32 partials up in the last program of
-each output tile (SERIAL: an atomic count per tile); int8 and fp8 launch _sum_splits_kernel.
+each output tile (SERIAL: an atomic count per tile); int8 and fp8 launch common.sum_splits.
 
 int8 and fp8 share every kernel line but the byte -> float conversion (the ``FMT`` constexpr picks
 it); quantization.Fp8Linear sends small batches here and prefill to torch._scaled_mm.
@@ -45,23 +45,20 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
+from .common import check_bias, k_slices, split_counters, sum_splits
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
-# tensor-core GEMM (rows padded to 16). Measured on H100 (benchmarks/kernel_bench.py, 2026-11-25):
-# int8 at 1 row: the two tie within 5 %; at 4 rows GEMV re-reads the weight and is 2-3x slower.
-# int4 takes the GEMV at one row of short layers only (INT4_GEMV_MAX_IN_FEATURES); elsewhere its GEMM wins.
+# tensor-core GEMM (rows padded to 16). The rule: a GEMV re-reads the weight for every row, so it serves
+# one row only; int4 takes its GEMV only on short layers (INT4_GEMV_MAX_IN_FEATURES). Evidence:
+# benchmarks/kernel_bench.py times both paths per format, shape and row count.
 GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 1}
-# int4 at one row: the GEMV (_int4_gemv_kernel) where K is too short for the GEMM's pipeline to reach
-# a steady state. Measured, H100, 2026-11-26, weights rotated through 4x the L2 (docs/benchmarks.md,
-# "Day 3"): 0.5B qkv 1152x896 / o 896x896 / gate_up 9728x896: GEMV 2.6 / 2.1 / 6.8 us, GEMM 4.0 / 3.8 /
-# 9.7 (the GEMV before this one: 6.4 on gate_up); at K 3584 and more the GEMM won every 7B layer (GEMV
-# against GEMM: qkv 9.4 / 9.0, o 8.6 / 7.7, gate_up 42.1 / 38.8, down 25.9 / 23.1 at their best K
-# splits), and 0.5B down 896x4864 (6.2 / 5.7). At two rows the GEMV reads the weights twice.
+# int4 at one row: the GEMV (_int4_gemv_kernel) only where K is too short for the GEMM's pipeline to
+# reach a steady state (Qwen2.5-0.5B's 896-input layers); from 3584 inputs on (every 7B layer, 0.5B's
+# down_proj) the GEMM is faster (kernel_bench.py --formats int4 --rows 1 --shapes qkv05,o05,qkv,o,...).
 INT4_GEMV_MAX_IN_FEATURES = 1024
-# Its launch settings (the GEMV row of GEMV_CONFIG) on narrow layers (out < 2048): 8 rows a program
-# and one step over all of K (<= 1024 inputs): 0.5B qkv 2.6 us and o 2.1, against 3.0 and 3.2 with the
-# default 16 rows in steps of 128.
+# The int4 GEMV on narrow layers (out < 2048): 8 rows a program and one step over all of K (<= 1024
+# inputs), so that a small layer still has programs for every multiprocessor.
 INT4_GEMV_NARROW = dict(max_out_features=2047, BLOCK_N=8, BLOCK_K=1024)
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -278,7 +275,7 @@ def _store_output(
 ):
     """y [R, BLOCK_N] float32 -> the output, or this split's float32 partial [splits, M, N]. With
     SERIAL, the last split program of the output tile to finish adds the partials up and writes the
-    output itself, which saves the launch of _sum_splits_kernel."""
+    output itself, which saves the launch of common.sum_splits."""
     if FMT != "int4":  # per-channel formats scale the output; int4 scaled each group already
         y = y * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
@@ -637,46 +634,22 @@ def _x_tile(x_rows, row_ok, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
         return tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & (ks < K)[None, :], other=0.0)
 
 
-@triton.jit
-def _sum_splits_kernel(
-    part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
-):
-    """y = sum over splits of the float32 partials (+ bias), cast to y's dtype."""
-    wait_for_previous_kernel(PDL)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < M * N
-    acc = tl.zeros([BLOCK], tl.float32)
-    for split in range(0, splits):
-        acc += tl.load(part_ptr + split * M * N + offs, mask=ok, other=0.0)
-    rows = offs // N
-    cols = offs % N
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Launch configurations (BLOCK sizes, warps) by kernel shape; benchmarks/kernel_bench.py sweeps them.
 # ----------------------------------------------------------------------------------------------------
 
-# Best of the sweep on H100 (Qwen2.5-7B shapes) on 2026-11-25; see docs/benchmarks.md "GPU kernels".
-# fp8 starts from int8's settings (same bytes per weight, same loads); not swept yet.
-# int4: helper 11's sweep (2026-11-25, docs/benchmarks.md "int4 decode"): at 1 and 16 rows BLOCK_N 64
-# with 4 warps was best or within 3 % on every 7B layer (gate_up 39.2 us against 46.6 at BLOCK_N 32
-# with 2 warps); narrower layers (out < 2048: 0.5B qkv / o / down) keep BLOCK_N 32, 2 warps
-# (INT4_NARROW), which gives them twice the column tiles. BLOCK_K 256 spans two groups of 128, so each
-# weight row is read 128 contiguous bytes at a time; 512 (four groups) and num_stages 4 were slower
-# everywhere (more shared memory a program, fewer programs a multiprocessor). The GEMV (one row, K <=
-# 1024; 2026-11-26 "Day 3" sweep, 10 settings): 16 rows a program in steps of 512 inputs, halved until
-# they divide K (_whole_steps), 4 warps; narrow layers INT4_GEMV_NARROW. Steps of 1024 at 16 rows, or
-# 1024 at 32 rows over 8 warps, ran 3-7x slower on 7B layers (their registers spill); loading the next
-# step's weights during the current one cost more than it hid (the loop-carried bytes are re-packed).
+# The defaults are the fastest settings of benchmarks/kernel_bench.py's sweep at Qwen2.5-7B and -0.5B
+# shapes; re-run the sweep on a new GPU before changing them. The rules behind them:
+# - fp8 takes int8's settings: the same bytes per weight and the same loads.
+# - int4 GEMM: BLOCK_N 64 over 4 warps; narrow layers (out < 2048, INT4_NARROW) BLOCK_N 32 over 2 warps,
+#   for twice the column tiles. BLOCK_K 256 spans two groups of 128, so each weight row is read 128
+#   contiguous bytes at a time; longer steps or deeper pipelines cost shared memory, hence programs a
+#   multiprocessor.
+# - int4 GEMV (one row, K <= 1024): 16 rows a program in steps of 512 inputs, halved until they divide K
+#   (whole_steps), 4 warps; narrow layers INT4_GEMV_NARROW. Longer steps spill registers.
+# - int8 / fp8 GEMV: 8 rows a program in steps of 512. The loop loads no step ahead: that speeds a layer
+#   timed alone, not the engine's decode.
 # SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
-# int8 / fp8 GEMV at 1 row: a sweep on the H100 (2026-11-25, helper A; docs/results/2026-11-25-day/
-# helper_int8.md: 12 tiles, splits 1-16, weights loaded one K step ahead, x in the tile's layout) found
-# no setting better on a whole 7B layer than these by more than the run's drift; loading ahead took 7B
-# qkv / o from 10.2 / 8.0 to 8.7 / 7.6 us alone, but in the engine (qkv and o only) int8 decode went
-# 302.5 -> 302.2 tok/s and fp8 301.9 -> 296.9, so that variant was not kept.
 GEMV_CONFIG = {
     "int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
     "int4": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, SERIAL=True),
@@ -689,8 +662,7 @@ GEMM_CONFIG = {
 }
 INT4_NARROW = dict(max_out_features=2047, BLOCK_N=32, num_warps=2)
 # Overrides of GEMM_CONFIG above 16 rows (BLOCK_M 32 / 64: tiles of 64 rows run on wgmma and need
-# more registers); measured at 64 rows only. int4: BLOCK_K 256 instead of 128 took gate_up from 118
-# to 87 us and qkv from 27 to 18 (with 4 splits).
+# more registers); int4 keeps its long BLOCK_K 256 there, where the many rows amortize its shared memory.
 GEMM_CONFIG_MANY_ROWS = {"int4": dict(BLOCK_N=64, BLOCK_K=256, num_warps=4)}
 # Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
 # (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
@@ -698,32 +670,10 @@ GEMM_CONFIG_MANY_ROWS = {"int4": dict(BLOCK_N=64, BLOCK_K=256, num_warps=4)}
 PROGRAMS_PER_SM = 4
 MIN_TILES_PER_SPLIT = {"int8": 4, "fp8": 4, "int4": 1}
 PARTIAL_BYTES = {"int8": 1 / 8, "fp8": 1 / 8, "int4": 1.0}
-# int4, measured (helper 11's sweep, H100 2026-11-25): about 3 programs a multiprocessor at <= 16 rows
-# (7B down at 1 row: 8 splits 23.5 us, 10 splits 26.2, 4 splits 24.9; o: 7-8 splits 8.1, 4: 8.7) and
-# 2 above (64 rows, BLOCK_M 64: qkv 4 splits 17.5 us, 8: 22.2; o 2 splits 15.1, 8: 20.1). One K step
-# a split is enough: 0.5B qkv / o (K 896) went from 10 us at 1 split to 5.2-5.4 at 4. The float32
-# partials of 64 rows x 4 splits (qkv: 4.7 MB) stay in L2; the old cap (an eighth of the weight
-# bytes) kept 64-row qkv at 1 split, 31.8 us. Above 16 rows the programs must not pass the count
-# ("at most"): 64-row down at 5 splits (280 programs, past one wave of 2 a multiprocessor) took
-# 80.4 us against 57.6 at 4.
+# int4: about 3 programs a multiprocessor up to 16 rows and 2 above, where the count is a ceiling ("at
+# most": a split that starts a second wave of programs costs that wave). One K step a split is enough,
+# and the float32 partials (a few MB at 64 rows) stay in L2, hence int4's PARTIAL_BYTES of 1.
 INT4_PROGRAMS_PER_SM = ((16, 3, False), (1 << 30, 2, True))  # (up to rows, programs per SM, at most)
-
-# int32 counters (one per output tile) for SERIAL split-K, per device; each launch leaves them zero.
-# Allocated once and never replaced: CUDA graphs keep the address they were captured with. Shared
-# by all streams, so two SERIAL launches must not run at once on one device (one engine per process
-# launches on one stream; Triton's Python-backend instances are separate processes).
-_SPLIT_COUNTERS: dict = {}
-_MAX_COUNTED_TILES = 1 << 16
-
-
-def split_counters(device: torch.device, tiles: int):
-    """Zeroed counters for the launch's output tiles, or None (then _sum_splits_kernel adds up)."""
-    counters = _SPLIT_COUNTERS.get(device)
-    if counters is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None  # not from a graph's memory pool: an eager launch (warm-up) allocates them
-        counters = _SPLIT_COUNTERS[device] = torch.zeros(_MAX_COUNTED_TILES, dtype=torch.int32, device=device)
-    return counters if tiles <= counters.numel() else None
 
 
 def choose_split_k(
@@ -756,7 +706,8 @@ def _programs_per_sm(rows: int, fmt: str) -> tuple[int, bool]:
     return next((per_sm, at_most) for max_rows, per_sm, at_most in INT4_PROGRAMS_PER_SM if rows <= max_rows)
 
 
-def _use_gemv(rows: int, path: str | None, fmt: str, out_features: int, in_features: int) -> bool:
+def use_gemv(rows: int, path: str | None, fmt: str, out_features: int, in_features: int) -> bool:
+    """Whether ``rows`` rows of x take the GEMV (``path`` None: by the rules above) or the GEMM."""
     if path not in (None, "gemv", "gemm"):
         raise ValueError(f"path: {path!r} is not one of None (automatic), 'gemv', 'gemm'")
     if path is not None:
@@ -775,11 +726,6 @@ def _as_rows(x: torch.Tensor, in_features: int, name: str) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def check_bias(bias, out_features: int):
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
-
-
 def _packed_cvt_applies(x: torch.Tensor, zeros) -> bool:
     """int4's inline-PTX conversion: on CUDA, for bf16 / fp16 x, with integer zero points (it adds
     them in x's dtype next to 128 or 1024, exact for integers only; float zeros take the float32 path)."""
@@ -793,7 +739,7 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     rows = _as_rows(x, in_features, name)
     m = rows.shape[0]
     y = torch.empty(m, out_features, dtype=x.dtype, device=x.device)
-    gemv = _use_gemv(m, path, fmt, out_features, in_features)
+    gemv = use_gemv(m, path, fmt, out_features, in_features)
     cfg = dict((GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt])
     if not gemv and m > 16:
         cfg.update(GEMM_CONFIG_MANY_ROWS.get(fmt, {}))
@@ -802,7 +748,7 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     elif gemv and fmt == "int4" and out_features <= INT4_GEMV_NARROW["max_out_features"]:
         cfg.update(BLOCK_N=INT4_GEMV_NARROW["BLOCK_N"], BLOCK_K=INT4_GEMV_NARROW["BLOCK_K"])
     elif gemv and fmt == "int4":
-        cfg["BLOCK_K"] = _whole_steps(in_features, cfg["BLOCK_K"])
+        cfg["BLOCK_K"] = whole_steps(in_features, cfg["BLOCK_K"])
     cfg.update(config or {})
     if not gemv:
         if "BLOCK_M" not in (config or {}):
@@ -869,7 +815,7 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     return y.view(*x.shape[:-1], out_features)
 
 
-def _whole_steps(in_features: int, block_k: int) -> int:
+def whole_steps(in_features: int, block_k: int) -> int:
     """The int4 GEMV's K step: ``block_k``, halved (down to 128) until it divides the inputs, so every
     step loads without predicates (0.5B: 896 inputs take steps of 128, 4864 of 256)."""
     while block_k > 128 and in_features % block_k:
@@ -883,35 +829,6 @@ def _as_int32_pairs(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     if rows.element_size() == 2 and rows.stride(0) % 2 == 0 and rows.storage_offset() % 2 == 0:
         return rows.view(torch.int32), rows.stride(0) // 2
     return rows, rows.stride(0)
-
-
-def k_slices(in_features: int, split_k: int, block_k: int) -> tuple[int, int]:
-    """(inputs per K slice, number of slices) for about ``split_k`` slices of whole BLOCK_K tiles,
-    none of them empty."""
-    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
-    return k_per_split, triton.cdiv(in_features, k_per_split)
-
-
-def sum_splits(part: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> None:
-    """y = the float32 split-K partials part [splits, rows, out] added up (+ bias), in a launch of its
-    own: for launches without the per-tile counters (see split_counters)."""
-    splits, m, out_features = part.shape
-    block = 1024
-    pdl = pdl_enabled(y.device)
-    _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
-        part,
-        bias if bias is not None else part,
-        y,
-        m,
-        out_features,
-        splits,
-        y.stride(0),
-        HAS_BIAS=bias is not None,
-        BLOCK=block,
-        PDL=pdl,
-        num_warps=4,
-        **launch_options(pdl),
-    )
 
 
 def _check_per_channel(qweight, scale, dtype, dtype_name):

@@ -1,36 +1,24 @@
 """Plain-torch references for the kernels: the definitions the Triton kernels must match.
 
-Slow and simple on purpose (a loop over sequences, float32 or float64 math). The tests and
-benchmarks/kernel_bench.py compare the kernels with these; CPU code can also call them.
+Slow and simple on purpose (a loop over sequences, float32 or float64 math). The kernel tests and
+benchmarks/kernel_bench.py compare the kernels with these. Each meaning comes from its one home in the
+package: KV dequantization from layers/kv_cache.py, the window rule from layers/attention.py, nibble
+unpacking from quantization/formats.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def dequantize_kv(cache: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """Float32 view of a KV cache [num_blocks, block_size, kv_heads, head_dim].
-
-    ``scale`` is None (cache already in a float dtype), per (block, kv_head) ``[num_blocks, kv_heads]``
-    or per (block, slot, kv_head) ``[num_blocks, block_size, kv_heads]``.
-    """
-    values = cache.float()
-    if scale is None:
-        return values
-    if scale.dim() == 2:
-        return values * scale.float()[:, None, :, None]
-    return values * scale.float().reshape(scale.shape[0], scale.shape[1], scale.shape[2], 1)
+from qwen_triton.layers.attention import visible_keys
+from qwen_triton.layers.kv_cache import dequantize_kv
+from qwen_triton.quantization.formats import unpack_nibbles
 
 
 def attended_positions(context_len: int, window: int, sinks: int) -> torch.Tensor:
-    """Positions a decode query at ``context_len - 1`` attends to: all of them, or with a sliding
-    window the last ``window`` positions plus the first ``sinks`` (the "attention sink" tokens)."""
+    """Positions a decode query at ``context_len - 1`` attends to."""
     positions = torch.arange(context_len)
-    if window <= 0:
-        return positions
-    keep = (positions >= context_len - window) | (positions < sinks)
-    return positions[keep]
+    return positions[visible_keys(torch.tensor(context_len - 1), positions, context_len, window, sinks)]
 
 
 def paged_decode_attention_reference(
@@ -46,17 +34,17 @@ def paged_decode_attention_reference(
     sinks=0,
     dtype=torch.float32,
 ):
-    """One decode token per sequence: out[b, h] = softmax(q[b, h] . K_b^T * scale) V_b, GQA-aware."""
+    """One decode token per sequence: out[b, h] = softmax(q[b, h] . K_b^T * scale) V_b, GQA-aware.
+    Quantized caches come with scales [num_blocks, block_size, kv_heads], as the engine writes them."""
     batch, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    keys = dequantize_kv(k_cache, k_scale).to(dtype).cpu()
-    values = dequantize_kv(v_cache, v_scale).to(dtype).cpu()
+    keys = dequantize_kv(k_cache, k_scale, dtype).cpu()
+    values = dequantize_kv(v_cache, v_scale, dtype).cpu()
     tables = block_tables.long().cpu()
     out = torch.zeros(batch, num_heads, head_dim, dtype=dtype)
     for b in range(batch):
-        ctx = int(context_lens[b])
-        positions = attended_positions(ctx, window, sinks)
+        positions = attended_positions(int(context_lens[b]), window, sinks)
         blocks = tables[b][positions // block_size]
         slots = positions % block_size
         k = keys[blocks, slots].repeat_interleave(group, dim=1)  # [n, heads, dim]
@@ -66,16 +54,9 @@ def paged_decode_attention_reference(
     return out
 
 
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """[out, in/2] uint8, element 2j in the low nibble and 2j+1 in the high one -> [out, in] 0..15."""
-    low = packed & 0x0F
-    high = packed >> 4
-    return torch.stack([low, high], dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
-
-
 def int4_dequantize(packed, scales, zeros, group_size, dtype=torch.float32):
     """w[n, k] = (q[n, k] - zero[n, k // group]) * scale[n, k // group]; no zeros means zero point 8."""
-    q = unpack_int4(packed).to(dtype)
+    q = unpack_nibbles(packed).to(dtype)
     in_features = q.shape[1]  # the last group may be short
     scale = scales.to(dtype).repeat_interleave(group_size, dim=1)[:, :in_features]
     zero = 8.0 if zeros is None else zeros.to(dtype).repeat_interleave(group_size, dim=1)[:, :in_features]

@@ -1,0 +1,95 @@
+"""What the kernel modules share (Triton language and host side): float32 -> 16-bit rounding as torch
+rounds, argument checks, and split-K bookkeeping (K slices, per-tile counters, the separate sum kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
+
+
+@triton.jit
+def round_to_dtype(x, dtype: tl.constexpr):
+    """float32 -> ``dtype``, rounded to nearest even (what torch does on every dtype conversion)."""
+    if dtype == tl.bfloat16:
+        # torch's c10::BFloat16 formula: add 0x7FFF plus the lowest kept bit, keep the upper half.
+        # NaN first becomes the canonical 0x7FC00000, whose rounding cannot carry into the sign.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = tl.where(x != x, tl.full(x.shape, 0x7FC00000, tl.uint32), bits)
+        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+def check_bias(bias, out_features: int):
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias: expected shape [{out_features}], got {tuple(bias.shape)}")
+
+
+def k_slices(in_features: int, split_k: int, block_k: int) -> tuple[int, int]:
+    """(inputs per K slice, number of slices) for about ``split_k`` slices of whole BLOCK_K tiles,
+    none of them empty."""
+    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
+    return k_per_split, triton.cdiv(in_features, k_per_split)
+
+
+# int32 counters (one per output tile) for SERIAL split-K, per device; each launch leaves them zero.
+# Allocated once and never replaced: CUDA graphs keep the address they were captured with. Shared
+# by all streams, so two SERIAL launches must not run at once on one device (one engine per process
+# launches on one stream; Triton's Python-backend instances are separate processes).
+_SPLIT_COUNTERS: dict = {}
+_MAX_COUNTED_TILES = 1 << 16
+
+
+def split_counters(device: torch.device, tiles: int):
+    """Zeroed counters for the launch's output tiles, or None (then _sum_splits_kernel adds up)."""
+    counters = _SPLIT_COUNTERS.get(device)
+    if counters is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None  # not from a graph's memory pool: an eager launch (warm-up) allocates them
+        counters = _SPLIT_COUNTERS[device] = torch.zeros(_MAX_COUNTED_TILES, dtype=torch.int32, device=device)
+    return counters if tiles <= counters.numel() else None
+
+
+@triton.jit
+def _sum_splits_kernel(
+    part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
+    """y = sum over splits of the float32 partials (+ bias), cast to y's dtype."""
+    wait_for_previous_kernel(PDL)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < M * N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for split in range(0, splits):
+        acc += tl.load(part_ptr + split * M * N + offs, mask=ok, other=0.0)
+    rows = offs // N
+    cols = offs % N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+def sum_splits(part: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> None:
+    """y = the float32 split-K partials part [splits, rows, out] added up (+ bias), in a launch of its
+    own: for launches without the per-tile counters (see split_counters)."""
+    splits, m, out_features = part.shape
+    block = 1024
+    pdl = pdl_enabled(y.device)
+    _sum_splits_kernel[(triton.cdiv(m * out_features, block),)](
+        part,
+        bias if bias is not None else part,
+        y,
+        m,
+        out_features,
+        splits,
+        y.stride(0),
+        HAS_BIAS=bias is not None,
+        BLOCK=block,
+        PDL=pdl,
+        num_warps=4,
+        **launch_options(pdl),
+    )
