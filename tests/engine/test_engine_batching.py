@@ -51,6 +51,26 @@ def test_chunked_prefill_equals_alone(tiny_qwen2, prompts, alone):
     assert batched(engine, prompts) == alone
 
 
+def test_prefill_cap_while_decoding_keeps_tokens_and_bounds_each_step(tiny_qwen2, prompts, alone):
+    cap = 8
+    engine = make_engine(tiny_qwen2, max_prefill_tokens_while_decoding=cap)
+    scheduler, prefill_per_step = engine.scheduler, []
+    schedule = scheduler.schedule
+
+    def recording_schedule(*args, **kwargs):
+        decoding = any(s.num_computed_tokens >= len(s.prompt_token_ids) for s in scheduler.running)
+        step = schedule(*args, **kwargs)
+        if decoding:
+            prefill_per_step.append(
+                sum(s.num_tokens for s in step if s.seq.num_computed_tokens < len(s.seq.prompt_token_ids))
+            )
+        return step
+
+    scheduler.schedule = recording_schedule
+    assert batched(engine, prompts) == alone
+    assert prefill_per_step and max(prefill_per_step) <= cap < max(len(ids) for ids in prompts.values())
+
+
 def test_preemption_keeps_tokens_and_frees_blocks(tiny_qwen2, prompts, alone):
     # Each sequence needs up to 4 blocks of 16 tokens; 10 blocks cannot hold six of them at once.
     engine = make_engine(tiny_qwen2, num_kv_blocks=10, enable_prefix_caching=False)

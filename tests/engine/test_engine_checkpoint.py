@@ -10,7 +10,7 @@ import torch
 from engine_helpers import greedy, make_engine, run_all
 from transformers import AutoModelForCausalLM
 
-from qwen_triton.models.checkpoint import resolve_checkpoint, safetensors_files
+from qwen_triton.models.checkpoint import CheckpointReader, resolve_checkpoint, safetensors_files
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,29 @@ def test_unservable_checkpoints_are_refused_with_the_reason(tmp_path, tiny_qwen2
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="not supported"):
         make_engine(other)
+
+
+def test_missing_and_misshapen_tensors_are_named(tiny_qwen2, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen2, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"checkpoint lacks tensors for: \['model.layers.1.mlp.up_proj.weight'\]"):
+        make_engine(broken)
+    tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(8, 64)
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"up_proj.weight: checkpoint shape \(8, 64\) != model \(128, 64\)"):
+        make_engine(broken)
+
+
+def test_the_reader_copies_out_exactly_the_asked_rows_and_columns(sharded_qwen2):
+    reader = CheckpointReader(sharded_qwen2)
+    name = "model.layers.0.mlp.down_proj.weight"
+    whole = reader.read(name)
+    assert reader.tensors[name].shape == tuple(whole.shape) and reader.tensors[name].dtype == whole.dtype
+    assert torch.equal(reader.read(name, rows=(3, 9)), whole[3:9])
+    assert torch.equal(reader.read(name, rows=(0, 5), cols=(16, 48)), whole[0:5, 16:48])
+    assert len({info.file for info in reader.tensors.values()}) > 1  # names of every shard, in file order

@@ -139,10 +139,7 @@ def test_bad_parameters_name_the_field(engine, ids, params, field):
     assert not engine.requests  # nothing half-added
 
 
-def test_unknown_parameter_and_bad_prompts(engine):
-    with pytest.raises(InvalidRequestError, match="unknown parameter") as info:
-        SamplingParams.from_dict({"max_tokens": 4, "temprature": 0.5})
-    assert info.value.field == "temprature"
+def test_bad_prompts_name_the_field(engine):
     with pytest.raises(InvalidRequestError) as info:
         engine.tokenizer.encode(prompt="x " * 2000)
     assert info.value.field == "prompt" and "model length" in str(info.value)
@@ -152,3 +149,118 @@ def test_unknown_parameter_and_bad_prompts(engine):
         engine.tokenizer.encode(prompt_token_ids=[1, -5])
     with pytest.raises(InvalidRequestError, match="exactly one"):
         engine.tokenizer.encode()
+
+
+# -- bad_words, min_tokens, logit_bias, top_logprobs -------------------------------------------------
+
+
+def test_bad_words_are_never_produced(engine, ids):
+    plain = run_all(engine, {"plain": (ids, greedy(8, ignore_eos=True))})["plain"]["tokens"]
+    word = engine.tokenizer.tokenizer.decode(plain[:1])
+    banned = engine.tokenizer.bad_word_token_ids([word])
+    assert [plain[0]] in banned  # the greedy first token is one spelling of the word
+    tokens = run_all(engine, {"b": (ids, greedy(8, ignore_eos=True, bad_words=[word]))})["b"]["tokens"]
+    assert tokens[0] != plain[0]
+    for sequence in banned:
+        assert not any(tokens[i : i + len(sequence)] == sequence for i in range(len(tokens)))
+
+
+def test_min_tokens_masks_stop_ids_until_reached(engine, ids):
+    plain = run_all(engine, {"plain": (ids, greedy(12, ignore_eos=True))})["plain"]["tokens"]
+    stop = plain[2]
+    early = run_all(engine, {"e": (ids, greedy(12, stop_token_ids=[stop]))})["e"]
+    assert len(early["tokens"]) <= 3 and early["reason"] == "stop"
+    held = run_all(engine, {"h": (ids, greedy(12, stop_token_ids=[stop], min_tokens=6))})["h"]
+    assert len(held["tokens"]) >= 6
+    assert stop not in held["tokens"][:5]
+
+
+def test_logit_bias_steers_every_token(engine, ids):
+    favourite = 42
+    tokens = run_all(engine, {"f": (ids, greedy(6, ignore_eos=True, logit_bias={favourite: 100.0}))})["f"]["tokens"]
+    assert tokens == [favourite] * 6
+    plain = run_all(engine, {"p": (ids, greedy(6, ignore_eos=True))})["p"]["tokens"]
+    banned = run_all(engine, {"n": (ids, greedy(6, ignore_eos=True, logit_bias={plain[0]: -100.0}))})["n"]["tokens"]
+    assert banned[0] != plain[0]
+
+
+def test_top_logprobs_list_the_best_alternatives(engine, ids):
+    engine.add_request("top", ids, greedy(5, ignore_eos=True, logprobs=True, top_logprobs=3))
+    tokens, logprobs, tops = [], [], []
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens += out.token_ids
+            logprobs += out.logprobs
+            tops += out.top_logprobs
+    assert len(tops) == len(tokens) == 5
+    for token, logprob, best in zip(tokens, logprobs, tops):
+        assert len(best) == 3
+        assert best[0][0] == token  # greedy: the chosen token is the best one
+        assert best[0][1] == pytest.approx(logprob, abs=1e-5)
+        assert best[0][1] >= best[1][1] >= best[2][1]
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        (dict(min_tokens=200, max_tokens=10), "min_tokens"),
+        (dict(n=0), "n"),
+        (dict(n=10**6), "n"),
+        (dict(top_logprobs=21), "top_logprobs"),
+        (dict(bad_words=[""]), "bad_words"),
+        (dict(bad_words=["x" * 1000]), "bad_words"),
+        (dict(logit_bias={10**9: 1.0}), "logit_bias"),
+        (dict(logit_bias={5: 1000.0}), "logit_bias"),
+    ],
+)
+def test_bad_new_parameters_name_the_field(engine, ids, params, field):
+    with pytest.raises(InvalidRequestError) as info:
+        engine.add_request("bad-new", ids, SamplingParams(**params))
+    assert info.value.field == field
+    assert not engine.requests
+
+
+# -- chat prompts with tools ------------------------------------------------------------------------
+
+# A small template of our own that renders tools and tool calls the way Qwen2.5's does in spirit.
+TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>{% endif %}"
+    "{% for m in messages %}<{{ m.role }}>{{ m.content or '' }}"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.name }}</call>{% endfor %}{% endfor %}"
+)
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.fixture
+def tool_template(engine):
+    tokenizer = engine.tokenizer.tokenizer
+    original, tokenizer.chat_template = tokenizer.chat_template, TOOL_TEMPLATE
+    yield engine.tokenizer
+    tokenizer.chat_template = original
+
+
+def test_tools_and_tool_call_turns_are_rendered_by_the_template(tool_template):
+    turns = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}]},
+        {"role": "tool", "content": "20C"},
+    ]
+    ids = tool_template.encode(messages=turns, tools=[WEATHER_TOOL])
+    text = tool_template.tokenizer.decode(ids)
+    assert "<tools>get_weather;</tools>" in text and "<call>get_weather</call>" in text
+    with pytest.raises(InvalidRequestError) as info:
+        tool_template.encode(messages=turns, tools='[{"type": "function"}]')
+    assert info.value.field == "tools"
+
+
+def test_a_template_without_tools_or_null_content_is_a_client_error(engine):
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    with pytest.raises(InvalidRequestError) as info:
+        engine.tokenizer.encode(messages=question, tools=[WEATHER_TOOL])  # SmolLM2's template has no tools
+    assert info.value.field == "tools" and "does not render tools" in str(info.value)
+    call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
+    with pytest.raises(InvalidRequestError) as info:
+        engine.tokenizer.encode(messages=[*question, call])
+    assert info.value.field == "messages" and "cannot render" in str(info.value)
+    with pytest.raises(InvalidRequestError, match="nested deeper"):
+        engine.tokenizer.encode(messages="[" * 200_000 + "]" * 200_000)

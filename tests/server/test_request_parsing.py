@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.serving.request_parsing import client_error_message, parse_request
+from qwen_triton.serving.request_parsing import client_error_message, parse_request, refuse_request_parameters
 
 MAX_MODEL_LEN = 2048
 
@@ -111,3 +111,79 @@ def test_engine_field_names_become_triton_input_names():
     )
     assert client_error_message(InvalidRequestError("logprobs", "x")) == "return_logprobs: x"
     assert client_error_message(InvalidRequestError("temperature", "must be >= 0")) == "temperature: must be >= 0"
+
+
+# -- TensorRT-LLM names, new sampler inputs, refused parameters ---------------------------------------
+
+
+def strings(*values) -> np.ndarray:
+    return np.array([[v.encode() for v in values]], dtype=object)
+
+
+def test_tensorrt_llm_names_map_onto_ours():
+    parsed = parse_request(
+        {
+            "text_input": text(b"Hello"),
+            "min_length": scalar(3, np.int32),
+            "random_seed": scalar(2**63 - 1, np.uint64),
+            "stop_words": strings("END"),
+            "bad_words": strings("darn", "heck"),
+            "end_id": scalar(2, np.int32),
+            "pad_id": scalar(2, np.int32),
+            "return_log_probs": scalar(True, np.bool_),
+            "beam_width": scalar(1, np.int32),
+            "num_return_sequences": scalar(3, np.int32),
+            "exclude_input_in_output": scalar(False, np.bool_),
+        },
+        MAX_MODEL_LEN,
+    )
+    params = parsed.params
+    assert (params.min_tokens, params.seed, params.n) == (3, 2**63 - 1, 3)
+    assert params.stop == ["END"] and params.stop_token_ids == [2]
+    assert params.bad_words == ["darn", "heck"] and params.logprobs is True
+    assert parsed.exclude_input_in_output is False
+
+
+def test_logit_bias_tools_and_generation_defaults():
+    parsed = parse_request(
+        {
+            "messages": text(b'[{"role": "user", "content": "Weather?"}]'),
+            "tools": text(b'[{"type": "function", "function": {"name": "get_weather"}}]'),
+            "logit_bias": text(b'{"15": -100, "7": 2.5}'),
+            "top_logprobs": scalar(2, np.int32),
+            "temperature": scalar(0.2, np.float32),
+        },
+        MAX_MODEL_LEN,
+        defaults={"temperature": 0.7, "top_p": 0.8},
+    )
+    assert parsed.params.logit_bias == {15: -100.0, 7: 2.5}
+    assert parsed.params.top_logprobs == 2
+    assert parsed.params.temperature == pytest.approx(0.2)  # the request wins over the defaults
+    assert parsed.params.top_p == pytest.approx(0.8)
+    assert "get_weather" in parsed.tools
+
+
+@pytest.mark.parametrize(
+    "inputs, field, fix",
+    [
+        ({"beam_width": scalar(2, np.int32)}, "beam_width", "not supported"),
+        ({"seed": scalar(1, np.int64), "random_seed": scalar(1, np.uint64)}, "random_seed", "only one"),
+        ({"stop": strings("a"), "stop_words": strings("b")}, "stop_words", "only one"),
+        ({"logit_bias": text(b"[1, 2]")}, "logit_bias", "JSON object"),
+        ({"logit_bias": text(b'{"x": 1}')}, "logit_bias", "not a token id"),
+        ({"logit_bias": text(b'{"1": "big"}')}, "logit_bias", "must be a number"),
+        ({"logit_bias": text(b"[" * 100_000)}, "logit_bias", "nested deeper"),
+        ({"tools": text(b"[]")}, "tools", "send messages"),
+    ],
+)
+def test_bad_new_inputs_name_the_field(inputs, field, fix):
+    name, message = error_field({"text_input": text(b"Hi"), **inputs})
+    assert name == field and fix in message
+
+
+def test_request_parameters_are_refused_by_name():
+    refuse_request_parameters({})
+    with pytest.raises(InvalidRequestError) as caught:
+        refuse_request_parameters({"temprature": 0.5, "sampling_parameters": "{}"})
+    assert caught.value.field == "sampling_parameters"
+    assert "temprature" in str(caught.value) and "text_input" in str(caught.value)

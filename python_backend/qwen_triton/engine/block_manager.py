@@ -44,7 +44,6 @@ class BlockManager:
     def __post_init__(self):
         self.blocks = [Block(i) for i in range(self.num_blocks)]
         self.free_ids: deque[int] = deque(range(self.num_blocks))
-        self.free_set: set[int] = set(self.free_ids)
         self.hash_to_block: dict[int, int] = {}
 
     @property
@@ -130,7 +129,6 @@ class BlockManager:
 
     def _take_free_block(self) -> int:
         block_id = self.free_ids.popleft()
-        self.free_set.discard(block_id)
         block = self.blocks[block_id]
         if block.hash is not None and self.hash_to_block.get(block.hash) == block_id:
             del self.hash_to_block[block.hash]  # evict: its contents are about to be overwritten
@@ -141,7 +139,6 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.ref_count == 0:
             self.free_ids.remove(block_id)
-            self.free_set.discard(block_id)
         block.ref_count += 1
 
     def _release(self, block_id: int) -> None:
@@ -150,4 +147,3 @@ class BlockManager:
         assert block.ref_count >= 0, f"block {block_id} released twice"
         if block.ref_count == 0:
             self.free_ids.append(block_id)
-            self.free_set.add(block_id)

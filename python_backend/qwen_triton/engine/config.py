@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
@@ -32,6 +31,7 @@ class EngineConfig:
     block_size: int = 16  # tokens per KV block
     max_num_seqs: int = 64  # sequences in the running batch
     max_num_batched_tokens: int = 2048  # tokens per step; longer prefills are chunked
+    max_prefill_tokens_while_decoding: int = 0  # prompt tokens per step while others decode (0 = no cap)
     max_model_len: int = 0  # prompt + output; 0 = the checkpoint's limit
     enable_prefix_caching: bool = True
     attention_window: int = 0  # 0 = full attention; W = keep the last W tokens ...
@@ -39,6 +39,13 @@ class EngineConfig:
     cuda_graphs: bool = True  # capture decode steps on CUDA
     overlap_steps: bool = True  # launch decode step n+1 before reading step n's tokens
     seed: int = 0  # for requests without a seed
+    # Fail-safe limits (async_engine): refuse, retryably, a request that would wait behind this many (0 =
+    # unbounded); end one still unscheduled after this many seconds (0 = never); call the engine failed
+    # when its thread has not gone round its loop (one step) for this many seconds (0 = never).
+    max_waiting_requests: int = 0
+    queue_timeout_s: float = 0.0
+    stall_timeout_s: float = 0.0
+    tensor_parallel_size: int = 1  # ranks (GPUs of one host) the model is split over; 1 = no split, no workers
 
     def __post_init__(self):
         self.validate()
@@ -52,10 +59,20 @@ class EngineConfig:
             raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype!r} is not one of auto, int8, fp8")
         if not 0.0 < self.kv_memory_fraction <= 1.0:
             raise ValueError(f"kv_memory_fraction: {self.kv_memory_fraction} must be in (0, 1]")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
-        for name in ("num_kv_blocks", "kv_cache_bytes", "max_model_len", "attention_window", "attention_sinks"):
+        for name in (
+            "num_kv_blocks",
+            "kv_cache_bytes",
+            "max_model_len",
+            "attention_window",
+            "attention_sinks",
+            "max_prefill_tokens_while_decoding",
+            "max_waiting_requests",
+            "queue_timeout_s",
+            "stall_timeout_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
@@ -81,9 +98,6 @@ class EngineConfig:
                 raise ValueError(f"{key}: unknown engine parameter; known: {', '.join(sorted(known))}")
             values[key] = _parse(key, known[key].type, str(raw).strip())
         return cls(**values)
-
-    def replace(self, **changes) -> EngineConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def _parse(key: str, type_name, raw: str):

@@ -2,8 +2,8 @@
 
 A CUDA graph reads its inputs from fixed addresses, so every step's inputs must be copied into the
 tensors it was captured with. Copied one by one (token ids, positions, slots, context lengths, block
-tables, then filling the padding rows), that was about a dozen small copies and fills queued before
-each replay: each a few microseconds of GPU time on the critical path and several of host time. Here
+tables, then filling the padding rows), that would be about a dozen small copies and fills queued before
+each replay: each a few microseconds of GPU time on the critical path and several of host time. So
 the five inputs are typed views of one byte buffer, the host writes a step's bytes (padding rows
 included) into a pinned image with numpy, and one asynchronous copy moves the whole image.
 """

@@ -4,12 +4,19 @@ On CUDA, pure-decode steps replay CUDA graphs captured for a ladder of batch siz
 up to the next captured size); padding rows write their K/V into a reserved scratch block, so they never
 touch a real sequence's cache. Graphs need the in-place paged decode kernel: without it (CPU, or no
 triton package) every step runs eagerly.
+
+A step is first written down as host lists (`HostStep`), then run (`execute`). With tensor parallelism
+rank 0's runner hands each HostStep to the other ranks (`send_step`), whose runners execute it too; the
+input tokens that only rank 0's device holds are broadcast from it, and the model's all-reduces run
+inside the captured decode graphs like any other kernel (untested on GPUs here: no multi-GPU machine).
+At tensor_parallel_size 1 there is no group and nothing is sent.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,13 +27,13 @@ from qwen_triton.engine.scheduler import ScheduledSequence
 from qwen_triton.layers.attention import AttentionMetadata, cuda_decode_kernel
 from qwen_triton.layers.kv_cache import KVCache
 from qwen_triton.models.qwen2 import DecoderModel
+from qwen_triton.parallel.group import TensorParallelGroup
 from qwen_triton.transfer import to_device
 
 # Prompt lengths run once at start-up on CUDA, before serving. The quantized linears' Triton GEMMs
 # compile one variant per class of row counts (BLOCK_M 16 / 32 / 64, and Triton specializes M on being
-# a multiple of 16), and a first request would wait for those compilations: on an H100 (2026-11-25,
-# gpu_bench.py) the first 512-token request to a 0.5B "layered" engine took 634 ms to its first token,
-# against 11.5 ms once warm. Decode row counts are compiled by the CUDA-graph captures.
+# a multiple of 16), and a first request would wait for those compilations: tens of times a warm
+# engine's TTFT for a 512-token prompt. Decode row counts are compiled by the CUDA-graph captures.
 PREFILL_WARM_UP_LENGTHS = (24, 32, 40, 64, 512)
 
 
@@ -36,6 +43,21 @@ class StepInputs:
     positions: torch.Tensor
     meta: AttentionMetadata
     sample_rows: torch.Tensor | None  # rows of the flat hidden states whose logits are needed (None: all)
+
+
+@dataclass
+class HostStep:
+    """One step's inputs on the host: what every tensor-parallel rank needs to run it (picklable)."""
+
+    input_ids: list[int]  # placeholders at the rows in on_device
+    positions: list[int]
+    slots: list[int]
+    query_lens: list[int]
+    context_lens: list[int]
+    block_tables: np.ndarray | list[list[int]]  # padded int32 array; per-row lists for a graph replay
+    sample_rows: list[int] | None  # None: every row samples
+    on_device: list[int]  # rows whose input token is still on rank 0's device (a step launched ahead)
+    graph: bool  # a decode step replayed through a captured CUDA graph
 
 
 class ModelRunner:
@@ -50,8 +72,12 @@ class ModelRunner:
         sinks: int = 0,
         cuda_graphs: bool = True,
         max_num_batched_tokens: int | None = None,
+        group: TensorParallelGroup | None = None,
+        send_step: Callable[[HostStep], None] | None = None,
     ):
         self.model = model
+        self.group = group  # None: a single device
+        self.send_step = send_step  # rank 0 of a tensor-parallel engine: hands each step to the others
         self.kv_cache = kv_cache
         self.block_size = kv_cache.spec.block_size
         self.scratch_block = scratch_block
@@ -74,48 +100,67 @@ class ModelRunner:
         with one token per scheduled row: the input of each row whose input is still on the device
         (`ScheduledSequence.input_on_device`); other rows' entries are not read.
         """
-        batch = len(scheduled)
-        if self.graph_sizes and batch <= self.graph_sizes[-1] and all(item.num_tokens == 1 for item in scheduled):
-            hidden, sample_rows = self._replay(scheduled, device_ids)
+        step = self._host_step(scheduled, device_ids)
+        if self.send_step is not None:
+            self.send_step(step)
+        return self.execute(step, device_ids)
+
+    @torch.inference_mode()
+    def execute(self, step: HostStep, device_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Run a step written down by `_host_step` (on rank 0, or on another rank that received it)."""
+        if step.graph:
+            hidden, sample_rows = self._replay(step, device_ids)
         else:
-            inputs = self._prepare(scheduled, device_ids)
+            inputs = self._prepare(step, device_ids)
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
             sample_rows = inputs.sample_rows
         if sample_rows is not None:
             hidden = hidden[sample_rows]
         return self.model.compute_logits(hidden)
 
-    def _prepare(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> StepInputs:
+    def _host_step(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> HostStep:
+        batch = len(scheduled)
+        decode = all(item.num_tokens == 1 for item in scheduled)
+        graph = bool(self.graph_sizes) and batch <= self.graph_sizes[-1] and decode
         on_device = self._rows_on_device(scheduled, device_ids)
-        if all(item.num_tokens == 1 for item in scheduled):
+        if decode:
             host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
-            query_lens = [1] * len(scheduled)
+            query_lens = [1] * batch
             sample_rows = self._decode_sample_rows(scheduled)
         else:
             host_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
+        tables = [item.seq.block_table for item in scheduled] if graph else self._block_tables(scheduled)
+        return HostStep(host_ids, positions, slots, query_lens, context_lens, tables, sample_rows, on_device, graph)
+
+    def _prepare(self, step: HostStep, device_ids: torch.Tensor | None) -> StepInputs:
         meta = AttentionMetadata(
-            slot_mapping=to_device(slots, torch.long, self.device),
-            block_tables=self._block_tables(scheduled),
-            context_lens=to_device(context_lens, torch.int32, self.device),
-            is_decode=len(positions) == len(scheduled),
-            query_lens=query_lens,
-            context_lens_cpu=context_lens,
+            slot_mapping=to_device(step.slots, torch.long, self.device),
+            block_tables=to_device(step.block_tables, torch.int32, self.device),
+            context_lens=to_device(step.context_lens, torch.int32, self.device),
+            is_decode=len(step.positions) == len(step.query_lens),
+            query_lens=step.query_lens,
+            context_lens_cpu=step.context_lens,
             window=self.window,
             sinks=self.sinks,
         )
-        input_ids = self._input_ids(host_ids, on_device, device_ids, query_lens)
+        input_ids = self._input_ids(step.input_ids, step.on_device, device_ids, step.query_lens)
+        if step.on_device and self.group is not None:
+            self.group.broadcast(input_ids)  # rank 0 holds those tokens; the other ranks have placeholders
         return StepInputs(
             input_ids,
-            to_device(positions, torch.long, self.device),
+            to_device(step.positions, torch.long, self.device),
             meta,
-            None if sample_rows is None else to_device(sample_rows, torch.long, self.device),
+            None if step.sample_rows is None else to_device(step.sample_rows, torch.long, self.device),
         )
 
     def _input_ids(
         self, host_ids: list[int], on_device: list[int], device_ids: torch.Tensor | None, query_lens: list[int]
     ) -> torch.Tensor:
         """The step's input tokens: the host's, with the rows in `on_device` (one token each, the last of
-        their row) taken from `device_ids`."""
+        their row) taken from `device_ids` (None on a tensor-parallel rank other than 0: placeholders stay,
+        for the broadcast to overwrite)."""
+        if device_ids is None:
+            return to_device(host_ids, torch.long, self.device)
         if on_device and len(on_device) == len(host_ids):
             return device_ids  # a decode step continuing every row of the step in flight
         input_ids = to_device(host_ids, torch.long, self.device)
@@ -171,7 +216,7 @@ class ModelRunner:
                 sample_rows.append(len(input_ids) - 1)
         return input_ids, positions, slots, query_lens, context_lens, sample_rows
 
-    def _block_tables(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+    def _block_tables(self, scheduled: list[ScheduledSequence]) -> np.ndarray:
         """[batch, longest table] int32. Holes (blocks released by the attention window) and padding point
         at the scratch block: always a valid address, and masked out of attention by position."""
         width = max(len(item.seq.block_table) for item in scheduled)
@@ -179,7 +224,7 @@ class ModelRunner:
         for row, item in enumerate(scheduled):
             tables[row, : len(item.seq.block_table)] = item.seq.block_table
         tables[tables < 0] = self.scratch_block
-        return to_device(tables, torch.int32, self.device)
+        return tables
 
     def _compile_decode_variants(self) -> None:
         """Decode rows of mixed steps run the paged kernel outside graphs, with split counts and table
@@ -250,17 +295,18 @@ class ModelRunner:
             self.graphs[size] = (graph, out, inputs)
             pool = graph.pool()
 
-    def _replay(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None):
+    def _replay(self, step: HostStep, device_ids: torch.Tensor | None):
         """A decode step through the graph of the next captured size: (hidden states of its rows, rows to
         sample or None). One copy moves the host's inputs; rows whose input token is still on the device
-        (a step launched ahead) then take it from `device_ids`."""
-        batch = len(scheduled)
+        (a step launched ahead) then take it from `device_ids` (other tensor-parallel ranks: from rank 0's
+        broadcast)."""
+        batch = len(step.positions)
         graph, out, inputs = self.graphs[self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]]
-        host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
-        inputs.upload(host_ids, positions, slots, context_lens, [item.seq.block_table for item in scheduled])
-        on_device = self._rows_on_device(scheduled, device_ids)
-        if on_device:
-            inputs.input_ids[:batch].copy_(self._input_ids(host_ids, on_device, device_ids, [1] * batch))
+        inputs.upload(step.input_ids, step.positions, step.slots, step.context_lens, step.block_tables)
+        if step.on_device and device_ids is not None:
+            inputs.input_ids[:batch].copy_(self._input_ids(step.input_ids, step.on_device, device_ids, [1] * batch))
+        if step.on_device and self.group is not None:
+            self.group.broadcast(inputs.input_ids[:batch])
         graph.replay()
-        sample_rows = self._decode_sample_rows(scheduled)
+        sample_rows = step.sample_rows
         return out[:batch], None if sample_rows is None else to_device(sample_rows, torch.long, self.device)

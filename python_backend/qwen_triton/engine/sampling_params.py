@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from qwen_triton.errors import InvalidRequestError
+from qwen_triton.structured.guide import GuidedDecoding
+
+# Stop strings are checked against every request's output on the engine thread: bounded in count and
+# length so that no request can buy itself a slow step for everyone (docs/reliability.md).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 512
 
 
 @dataclass
@@ -29,18 +35,22 @@ class SamplingParams:
     dynamic_temperature: bool = False
     min_temperature: float = 0.0
     max_temperature: float = 1.5
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SamplingParams:
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise InvalidRequestError(key, f"unknown parameter; known: {', '.join(sorted(known))}")
-        return cls(**values)
+    min_tokens: int = 0  # EOS and stop_token_ids are masked until this many tokens are out
+    bad_words: list[str] = field(default_factory=list)  # never produced, as any of their tokenizations
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI rule)
+    n: int = 1  # independent choices for one prompt (the serving layer fans them out)
+    top_logprobs: int = 0  # k best alternatives per token, with their log-probabilities
+    # The grammar the output must follow (JSON schema, regex, EBNF, choice); see qwen_triton.structured.
+    guided_decoding: GuidedDecoding | None = None
 
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def reads_token_history(self) -> bool:
+        """True when sampling reads the output so far on the host (the engine cannot launch a step ahead)."""
+        return self.has_penalties or bool(self.bad_words) or self.min_tokens > 0 or self.guided_decoding is not None
 
     @property
     def greedy(self) -> bool:
@@ -73,11 +83,60 @@ class SamplingParams:
             _check(self.seed, "seed", int, lambda v: 0 <= v < 2**63, "must be in [0, 2^63)")
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidRequestError("stop", "must be a list of non-empty strings")
-        if len(self.stop) > 16:
-            raise InvalidRequestError("stop", "at most 16 stop strings")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidRequestError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        longest = max((len(s) for s in self.stop), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise InvalidRequestError(
+                "stop", f"a stop string has {longest} characters; at most {MAX_STOP_CHARS} each, shorten it"
+            )
         for token in self.stop_token_ids:
             if not isinstance(token, int) or not 0 <= token < vocab_size:
                 raise InvalidRequestError("stop_token_ids", f"{token!r} is not a token id in [0, {vocab_size})")
+        self._validate_choices_and_masks(vocab_size)
+        if self.guided_decoding is not None and not isinstance(self.guided_decoding, GuidedDecoding):
+            raise InvalidRequestError(
+                "guided_decoding", "must be a GuidedDecoding (build it with GuidedDecoding.from_vllm)"
+            )
+
+    def _validate_choices_and_masks(self, vocab_size: int) -> None:
+        """min_tokens, bad_words, logit_bias, n, top_logprobs: bounded so no request can cost much."""
+        _check(self.min_tokens, "min_tokens", int, lambda v: 0 <= v <= self.max_tokens, "must be in [0, max_tokens]")
+        _check(self.n, "n", int, lambda v: 1 <= v <= MAX_CHOICES, f"must be in [1, {MAX_CHOICES}]")
+        _check(
+            self.top_logprobs,
+            "top_logprobs",
+            int,
+            lambda v: 0 <= v <= MAX_TOP_LOGPROBS,
+            f"must be in [0, {MAX_TOP_LOGPROBS}]",
+        )
+        if not isinstance(self.bad_words, list) or not all(isinstance(w, str) and w for w in self.bad_words):
+            raise InvalidRequestError("bad_words", "must be a list of non-empty strings")
+        if len(self.bad_words) > MAX_BAD_WORDS or any(len(w) > MAX_BAD_WORD_CHARS for w in self.bad_words):
+            raise InvalidRequestError(
+                "bad_words", f"at most {MAX_BAD_WORDS} words of at most {MAX_BAD_WORD_CHARS} characters each"
+            )
+        if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS_TOKENS:
+            raise InvalidRequestError(
+                "logit_bias", f"must be an object of at most {MAX_LOGIT_BIAS_TOKENS} token id -> bias entries"
+            )
+        for token, bias in self.logit_bias.items():
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+                raise InvalidRequestError("logit_bias", f"{token!r} is not a token id in [0, {vocab_size})")
+            _check(
+                bias,
+                "logit_bias",
+                float,
+                lambda v: -100 <= v <= 100,
+                f"the bias of token {token} must be in [-100, 100]",
+            )
+
+
+MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
+MAX_BAD_WORDS = 64
+MAX_BAD_WORD_CHARS = 256
+MAX_LOGIT_BIAS_TOKENS = 1024
 
 
 def _check(value, name: str, kind: type, ok, message: str) -> None:

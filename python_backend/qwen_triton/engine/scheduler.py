@@ -47,22 +47,20 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def find(self, request_id: str) -> Sequence | None:
-        for seq in (*self.running, *self.waiting):
-            if seq.request_id == request_id:
-                return seq
-        return None
-
     def schedule(self, sits_out: Callable[[Sequence], bool] | None = None) -> list[ScheduledSequence]:
         """The next step. ``sits_out``: running sequences it names get no tokens this step (the engine's
         step launched ahead leaves out those whose token in flight may be their last)."""
         budget = self.config.max_num_batched_tokens
+        prefill_budget = self._prefill_budget(budget)
         scheduled: list[ScheduledSequence] = []
         preempted = False
         for seq in list(self.running):
             if seq.status is not SequenceStatus.RUNNING or budget == 0 or (sits_out and sits_out(seq)):
                 continue  # preempted below as a victim, no budget left this step, or told to wait
-            num_tokens = min(seq.num_uncomputed_tokens, budget)
+            prefill = not _prompt_done(seq)
+            if prefill and prefill_budget == 0:
+                continue
+            num_tokens = min(seq.num_uncomputed_tokens, budget, prefill_budget if prefill else budget)
             while not self.block_manager.can_append(seq, num_tokens):
                 self._preempt(self.running[-1])
                 preempted = True
@@ -72,12 +70,19 @@ class Scheduler:
                 self.block_manager.append_slots(seq, num_tokens)
                 scheduled.append(ScheduledSequence(seq, num_tokens))
                 budget -= num_tokens
+                if prefill:
+                    prefill_budget -= num_tokens
         # Admitting new work right after a preemption would only preempt again.
-        while not preempted and self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while (
+            not preempted
+            and self.waiting
+            and min(budget, prefill_budget) > 0
+            and len(self.running) < self.config.max_num_seqs
+        ):
             seq = self.waiting[0]
             if not seq.block_table:
                 self.block_manager.match_prefix(seq)
-            num_tokens = min(seq.num_uncomputed_tokens, budget, self._fitting_tokens(seq))
+            num_tokens = min(seq.num_uncomputed_tokens, budget, prefill_budget, self._fitting_tokens(seq))
             if num_tokens <= 0:
                 self.block_manager.free(seq)  # give back the prefix-cache references until it fits
                 break
@@ -87,7 +92,18 @@ class Scheduler:
             self.block_manager.append_slots(seq, num_tokens)
             scheduled.append(ScheduledSequence(seq, num_tokens))
             budget -= num_tokens
+            prefill_budget -= num_tokens
         return scheduled
+
+    def _prefill_budget(self, budget: int) -> int:
+        """Prompt tokens this step may compute. While sequences decode, at most
+        ``max_prefill_tokens_while_decoding`` (0 = no cap): a step's time grows with its prompt tokens,
+        and every decoding sequence waits for the whole step, so a cap bounds their inter-token latency
+        at the cost of a slower first token for the prompts in line."""
+        cap = self.config.max_prefill_tokens_while_decoding
+        if cap and any(_prompt_done(seq) for seq in self.running if seq.status is SequenceStatus.RUNNING):
+            return min(cap, budget)
+        return budget
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED
@@ -110,3 +126,8 @@ class Scheduler:
         self.num_preemptions += 1
         self.running.remove(seq)
         self.waiting.appendleft(seq)
+
+
+def _prompt_done(seq: Sequence) -> bool:
+    """The sequence decodes: its whole prompt is in the KV cache (a preempted one recomputes it first)."""
+    return seq.num_computed_tokens >= len(seq.prompt_token_ids)

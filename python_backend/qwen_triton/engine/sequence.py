@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qwen_triton.engine.sampling_params import SamplingParams
+from qwen_triton.structured.matcher import GuideMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -24,6 +25,7 @@ class Sequence:
     params: SamplingParams
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # when params.top_logprobs
     status: SequenceStatus = SequenceStatus.WAITING
     # Physical KV blocks, one per block_size tokens. With an attention window, blocks that fell out of
     # the window are released and their entries become -1.
@@ -36,6 +38,9 @@ class Sequence:
     num_cached_prompt_tokens: int = 0  # of those, reused from the prefix cache
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    bad_word_token_ids: list[list[int]] = field(default_factory=list)  # params.bad_words, tokenized
+    # params.guided_decoding's state: has accepted exactly output_token_ids (dropped when the sequence ends).
+    matcher: GuideMatcher | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     num_preemptions: int = 0

@@ -111,7 +111,10 @@ def cuda_decode_kernel():
     return paged_decode_attention
 
 
-def _visible(query_pos: torch.Tensor, key_pos: torch.Tensor, context_len, window: int, sinks: int) -> torch.Tensor:
+def visible_keys(query_pos: torch.Tensor, key_pos: torch.Tensor, context_len, window: int, sinks: int) -> torch.Tensor:
+    """Which keys a query sees (broadcast over the positions given): causal, inside the context, and with
+    a StreamingLLM window (``window`` > 0) only the last ``window`` positions up to the query plus the
+    first ``sinks``. The decode kernel (kernels/paged_attention.py) applies the same rule."""
     mask = (key_pos <= query_pos) & (key_pos < context_len)
     if window:
         mask &= (key_pos > query_pos - window) | (key_pos < sinks)
@@ -127,7 +130,7 @@ def _decode_gather(q, cache_layer, meta: AttentionMetadata, scale: float) -> tor
     kv_heads = k.shape[2]
     key_pos = torch.arange(k.shape[1], device=q.device)
     query_pos = (meta.context_lens.long() - 1).unsqueeze(1)
-    mask = _visible(query_pos, key_pos.unsqueeze(0), meta.context_lens.long().unsqueeze(1), meta.window, meta.sinks)
+    mask = visible_keys(query_pos, key_pos.unsqueeze(0), meta.context_lens.long().unsqueeze(1), meta.window, meta.sinks)
     qg = q.view(batch, kv_heads, heads // kv_heads, dim).float()
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k.float()) * scale
     scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
@@ -159,8 +162,8 @@ def _mixed(q, k, v, cache_layer, meta: AttentionMetadata, scale: float) -> torch
 
 # Prompt attention runs on the flash or memory-efficient kernels, not cuDNN's: cuDNN builds an execution
 # plan for every new (batch, length) shape, and prompt batches come in ever new shapes, so each first
-# sight of one stalled the whole step (see docs/benchmarks.md, 64 concurrent requests). Math stays as
-# the fallback (CPU, float32).
+# sight of one would stall the whole step (in the 64- and 256-concurrent loads of gpu_bench.py). Math
+# stays as the fallback (CPU, float32).
 PROMPT_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -179,10 +182,9 @@ def _fresh_prompts(q, k, v, plan: MixedPlan, scale: float) -> torch.Tensor:
     q, k, v = (x[plan.fresh_rows] for x in (q, k, v))
     batch, longest = plan.fresh_shape
     if plan.fresh_uniform and batch > 1:
-        # Prompts of one length are a [batch, length] grid of the same rows, for the fixed-length kernel:
-        # on an H100 (benchmarks/prompt_attention_bench.py, 7B heads) 16 x 512 took 213 us against 252 us
-        # varlen, 8 x 1024 284 against 312. One prompt stays varlen (55 us against 78 us with the views'
-        # host cost; a lone prompt's step is bound by the host).
+        # Prompts of one length are a [batch, length] grid of the same rows, for the fixed-length kernel,
+        # which is faster than the variable-length one at several prompts of 7B's heads. One prompt stays
+        # varlen: there the grid views' host cost outweighs it (a lone prompt's step is bound by the host).
         q, k, v = (x.unflatten(0, (batch, longest)) for x in (q, k, v))
         return _flash(q, k, v, None, longest, scale).flatten(0, 1)
     return _flash(q, k, v, plan.fresh_cu_seqlens, longest, scale)
@@ -310,7 +312,7 @@ def _sdpa(q, k, v, context_len: int, meta: AttentionMetadata, scale: float) -> t
     if meta.window:
         query_pos = torch.arange(context_len - query_len, context_len, device=q.device).unsqueeze(1)
         key_pos = torch.arange(context_len, device=q.device).unsqueeze(0)
-        mask = _visible(query_pos, key_pos, context_len, meta.window, meta.sinks)
+        mask = visible_keys(query_pos, key_pos, context_len, meta.window, meta.sinks)
     else:
         # Causal with the diagonal at the bottom right: the flash kernel does it without a mask tensor.
         mask = causal_lower_right(query_len, context_len)

@@ -1,7 +1,7 @@
 """The KV-cache tensors: one K and one V pool per layer, [num_blocks, block_size, num_kv_heads, head_dim].
 
 The pool is sized by bytes, so a compressed element type (int8 / fp8, with a float32 scale per token and
-KV head, see kv_quant.py) holds about twice the tokens of bf16 in the same budget.
+KV head, see below) holds about twice the tokens of bf16 in the same budget.
 
 int8 / fp8 (e4m3) KV cache: quantize new tokens into paged blocks, dequantize what attention reads.
 

@@ -7,12 +7,9 @@ Two implementations behind one set of names (``FusedOps``; ``fused_ops(device)``
   every step (prefill and decode, any token count, inside CUDA graphs too). In eager torch these parts
   are dozens of small kernels per layer (RMSNorm alone is seven): a 512-token prefill of Qwen2.5-7B
   launched about a thousand of them and the host, not the GPU, set its pace; at batch 1 each added a
-  couple of microseconds to a decode step even inside a CUDA graph. (torch.compile, used before,
-  fused them for decode only: it recompiled on new shapes, was slower than eager for prefill shapes
-  and cost compile time at start-up.) Measured on an H100 (7B shape, random bf16 weights, one
-  512-token prompt): prefill 1469 kernel launches, 16.5 ms of GPU time and 22-34 ms wall with eager
-  ops, 622 launches, 12.2 ms and 16.2 ms with the kernels; batch-1 decode 6.18 ms a token with the
-  compiled ops, 6.11 ms with the kernels; engine start-up (four CUDA graphs) 27.5 s -> 4.3 s.
+  couple of microseconds to a decode step even inside a CUDA graph. (torch.compile is no substitute:
+  it recompiles on new shapes and costs compile time at start-up.) ``benchmarks/engine_profile.py prefill``
+  counts a prefill step's launches and GPU time.
 - elsewhere, the eager functions below. They are the reference: tests compare them with transformers
   bit for bit (float32, CPU), and the kernels with them (tests/kernels/test_kernels_elementwise.py).
 
@@ -20,7 +17,7 @@ The linears: ``linear(module, x)`` is ``module(x)`` and ``gate_up_silu(module, x
 ``silu_and_mul(module(x))`` (the MLP's fused gate_up projection). On CUDA, a plain bf16 / fp16
 ``nn.Linear`` with at most ``dense_gemv.ROUTE_MAX_ROWS`` rows of input runs
 ``kernels/dense_gemv.py`` instead of cuBLAS (gate_up with SiLU*up in the GEMV's epilogue, so the
-down projection reads a ready input); quantized linears (quantization.py), float32 weights and more
+down projection reads a ready input); quantized linears (quantization/formats.py), float32 weights and more
 rows keep ``module(x)`` (then the SiLU*up kernel). Those kernels add up in another order than cuBLAS,
 so their outputs can differ in the last bit.
 
@@ -28,9 +25,9 @@ The kernels round to the model dtype exactly where these functions do; what they
 order in which torch adds up a row's squares for the RMSNorm variance (see kernels/elementwise.py).
 
 Two differences in side effects, never in returned values, on the kernels' side: ``rotary`` and
-``rotary_and_write_kv`` rotate q and k in place (model.py passes views into the fresh qkv output and
+``rotary_and_write_kv`` rotate q and k in place (models/qwen2.py passes views into the fresh qkv output and
 uses only the returned tensors), and ``add_rms_norm`` writes ``x + residual`` into ``residual`` and
-returns that tensor (model.py replaces its residual with the returned one and never reads the old
+returns that tensor (models/qwen2.py replaces its residual with the returned one and never reads the old
 values).
 """
 
@@ -139,7 +136,7 @@ def fused_ops(device: torch.device) -> FusedOps:
     if device.type != "cuda":
         return EAGER
     if _TRITON is None:
-        if not kernels.kernels_usable(device):  # asked once: model.py calls this every step
+        if not kernels.kernels_usable(device):  # asked once: models/qwen2.py calls this every step
             return EAGER
         _TRITON = kernel_ops()
     return _TRITON

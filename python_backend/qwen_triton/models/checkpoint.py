@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -50,14 +51,69 @@ def safetensors_files(checkpoint: Path) -> list[Path]:
     return files
 
 
-def iter_tensors(checkpoint: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the checkpoint, one shard open at a time so that peak memory stays one shard."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
-    for file in safetensors_files(checkpoint):
-        with safe_open(str(file), framework="pt") as shard:
-            for name in shard.keys():
-                yield name, shard.get_tensor(name)
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class CheckpointReader:
+    """Reads a checkpoint's tensors, or row / column ranges of them, one piece at a time.
+
+    Every read opens its safetensors file, copies the piece out, and closes the file again. The rule: a
+    memory-mapped file's pages stay resident (and count in the process's RSS) for as long as the file is
+    open, so keeping one shard open while reading all of it costs the whole shard in host memory; reopening
+    costs only a header parse. `get_slice` reads only the bytes of the asked range.
+    """
+
+    def __init__(self, checkpoint: Path):
+        from safetensors import safe_open
+
+        self._safe_open = safe_open
+        self.tensors: dict[str, TensorInfo] = {}
+        for file in safetensors_files(Path(checkpoint)):
+            with safe_open(str(file), framework="pt") as shard:
+                for name in shard.keys():
+                    view = shard.get_slice(name)
+                    dtype = _SAFETENSORS_DTYPES[view.get_dtype()]
+                    self.tensors[name] = TensorInfo(file, tuple(view.get_shape()), dtype)
+
+    def names(self) -> list[str]:
+        """Tensor names in file order (reading in that order walks each file front to back)."""
+        return list(self.tensors)
+
+    def read(self, name: str, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor `name`, or its rows start:stop and / or columns start:stop, copied out of the file."""
+        info = self.tensors[name]
+        with self._safe_open(str(info.file), framework="pt") as shard:
+            if rows is None and cols is None:
+                return shard.get_tensor(name)
+            view = shard.get_slice(name)
+            rows = rows or (0, info.shape[0])
+            if cols is None:
+                return view[rows[0] : rows[1]]
+            return view[rows[0] : rows[1], cols[0] : cols[1]]
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def demo_gguf_path() -> Path:

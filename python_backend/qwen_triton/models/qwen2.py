@@ -8,8 +8,7 @@ them again by the metadata.
 
 from __future__ import annotations
 
-import re
-from typing import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +26,39 @@ def rope_theta(config) -> float:
     if kind != "default":
         raise ValueError(f"rope_type {kind!r} is not supported yet (only the default rotary embedding)")
     return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """This process's share of a tensor-parallel model: rank `rank` of `world`. Each rank holds
+    1/world of the attention heads and of the KV heads (its KV cache holds only those), of the MLP's
+    intermediate rows and of the vocabulary; the row-parallel sums and the gathers that join the parts
+    are installed over the model by qwen_triton.parallel. KV heads are split, never replicated: a KV
+    head count that does not divide by the world size is refused (`check`)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def check(self, config) -> None:
+        """Refuse a split the checkpoint's shapes cannot take, naming the config field and the sizes that work."""
+        if self.world == 1:
+            return
+        for field in _SPLIT_FIELDS:
+            total = getattr(config, field)
+            if total % self.world:
+                sizes = [n for n in (1, 2, 4, 8) if all(getattr(config, f) % n == 0 for f in _SPLIT_FIELDS)]
+                raise ValueError(
+                    f"tensor_parallel_size: {self.world} does not divide the checkpoint's {field} ({total}); "
+                    f"KV heads are split across ranks, not replicated: use tensor_parallel_size "
+                    f"{' or '.join(map(str, sizes))}"
+                )
+
+    def part(self, total: int) -> int:
+        return total // self.world
+
+
+_SPLIT_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+NO_SPLIT = TensorSplit()
 
 
 class RMSNorm(nn.Module):
@@ -57,17 +89,17 @@ class RotaryEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config, layer_index: int):
+    def __init__(self, config, layer_index: int, split: TensorSplit = NO_SPLIT):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.num_heads = split.part(config.num_attention_heads)  # this rank's heads
+        self.num_kv_heads = split.part(config.num_key_value_heads)
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.layer_index = layer_index
         bias = getattr(config, "model_type", "") == "qwen2" or getattr(config, "attention_bias", False)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         # Qwen2 checkpoints with use_sliding_window mark some layers "sliding_attention": those attend to
         # the last `sliding_window` positions only (the cache still holds everything for the others).
         layer_types = getattr(config, "layer_types", None) or []
@@ -84,8 +116,9 @@ class Attention(nn.Module):
         k_cache, v_cache, k_scale, _ = cache_layer
         if k_scale is None:
             # A float cache: the rotation and the K/V write are one kernel launch on CUDA.
-            q, k = ops.rotary_and_write_kv(q, k, v, rotary.cos, rotary.sin, positions, k_cache, v_cache,
-                                           meta.slot_mapping)
+            q, k = ops.rotary_and_write_kv(
+                q, k, v, rotary.cos, rotary.sin, positions, k_cache, v_cache, meta.slot_mapping
+            )
         else:
             q, k = rotary(positions, q, k, ops)
             write_kv(k, v, cache_layer, meta.slot_mapping)
@@ -96,24 +129,24 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, split: TensorSplit = NO_SPLIT):
         super().__init__()
-        self.intermediate = config.intermediate_size
+        self.intermediate = split.part(config.intermediate_size)
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate, bias=False)
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=False)
 
     def forward(self, x, ops: FusedOps):
-        # One call for gate_up and SiLU*up: at decode sizes on CUDA, one kernel (fused_ops.py).
+        # One call for gate_up and SiLU*up: at decode sizes on CUDA, one kernel (layers/ops.py).
         return ops.linear(self.down_proj, ops.gate_up_silu(self.gate_up_proj, x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config, layer_index: int):
+    def __init__(self, config, layer_index: int, split: TensorSplit = NO_SPLIT):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_index)
+        self.self_attn = Attention(config, layer_index, split)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, split)
 
     def forward(self, x, residual, positions, rotary, meta, kv_cache, ops: FusedOps):
         """Pre-norm block; returns (this layer's MLP output, the residual stream before it)."""
@@ -124,22 +157,27 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config, max_positions: int):
+    def __init__(self, config, max_positions: int, split: TensorSplit = NO_SPLIT):
         super().__init__()
         if config.model_type not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"model_type {config.model_type!r} is not supported; supported: "
-                             f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+            raise ValueError(
+                f"model_type {config.model_type!r} is not supported; supported: "
+                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+            )
+        split.check(config)
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.split = split
+        vocab = split.part(config.vocab_size)  # this rank's rows of the vocabulary
+        self.embed_tokens = nn.Embedding(vocab, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, split) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, vocab, bias=False)
         head_dim = self.layers[0].self_attn.head_dim
         self.rotary = RotaryEmbedding(head_dim, max_positions, rope_theta(config))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
-        # One Triton kernel per element-wise part on CUDA, prefill and decode alike (fused_ops.py).
+        # One Triton kernel per element-wise part on CUDA, prefill and decode alike (layers/ops.py).
         ops = fused_ops(input_ids.device)
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
@@ -154,34 +192,6 @@ class DecoderModel(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]], preloaded: set[str] = frozenset()) -> None:
-        """Load Hugging Face tensor names, fusing q/k/v and gate/up as their parts arrive.
-        `preloaded`: parameters already in place (modules read from a pre-quantized checkpoint)."""
-        params = dict(self.named_parameters())
-        pending: dict[str, dict[str, torch.Tensor]] = {}
-        loaded: set[str] = set(preloaded)
-        for name, tensor in tensors:
-            target, part = _map_name(name)
-            if target is None:
-                continue
-            if part is None:
-                self._copy(params, target, tensor)
-                loaded.add(target)
-                continue
-            parts = pending.setdefault(target, {})
-            parts[part] = tensor
-            order = ("q", "k", "v") if "qkv" in target else ("gate", "up")
-            if all(p in parts for p in order):
-                self._copy(params, target, torch.cat([parts[p] for p in order]))
-                loaded.add(target)
-                del pending[target]
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-            loaded.add("lm_head.weight")
-        missing = set(params) - loaded - ({"lm_head.weight"} if self.tie_word_embeddings else set())
-        if missing or pending:
-            raise ValueError(f"checkpoint lacks tensors for: {sorted(missing | set(pending))[:8]}")
-
     @torch.no_grad()
     def init_random_weights(self, std: float = 0.02, seed: int = 0) -> None:
         """Weights of the right shapes without a checkpoint: for timing, where the text does not matter."""
@@ -195,30 +205,3 @@ class DecoderModel(nn.Module):
                 param.normal_(0.0, std, generator=generator)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-
-    @staticmethod
-    def _copy(params, target: str, tensor: torch.Tensor) -> None:
-        param = params[target]
-        if param.shape != tensor.shape:
-            raise ValueError(f"{target}: checkpoint shape {tuple(tensor.shape)} != model {tuple(param.shape)}")
-        with torch.no_grad():
-            param.copy_(tensor)
-
-
-_FUSED = re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|gate|up)_proj\.(weight|bias)$")
-
-
-def _map_name(name: str) -> tuple[str | None, str | None]:
-    """HF name -> (our parameter name, part of a fused parameter or None)."""
-    if "rotary_emb" in name:
-        return None, None
-    fused = _FUSED.match(name)
-    if fused:
-        layer, block, part, kind = fused.groups()
-        target = "self_attn.qkv_proj" if block == "self_attn" else "mlp.gate_up_proj"
-        return f"layers.{layer}.{target}.{kind}", part
-    if name.startswith("model."):
-        return name[len("model."):], None
-    if name.startswith("lm_head."):
-        return name, None
-    return None, None

@@ -277,7 +277,7 @@ FP8_MIN_CAPABILITY = (8, 9)  # Ada/Hopper: fp8 tensor cores for _scaled_mm, and 
 # Up to this many rows of x the weight-only Triton kernel serves fp8, above it
 # torch._scaled_mm. 16 covers the decode batches (the CUDA-graph ladder's 1, 2, 4, 8, 16), where the win
 # is certain: the int8 kernels of the same code took 11.2-11.7 us from 1 to 16 rows at 4608x3584 on H100,
-# Fp8Linear's per-call activation quantization + _scaled_mm 30-38 us (docs/benchmarks.md, "GPU kernels").
+# Fp8Linear's per-call activation quantization + _scaled_mm 30-38 us (benchmarks/kernel_bench.py columns).
 # Prefill stays on _scaled_mm: fp8 tensor cores and the quantization amortized over many rows, where the
 # kernel's GEMM reads and converts the whole weight again for every 64-row tile. The crossover itself is not
 # measured yet (kernel_bench.py's fp8_wo column); int8 at 64 rows (21 us against Fp8Linear's 38 us) hints

@@ -1,13 +1,14 @@
 """Checkpoints that arrive quantized (Qwen's -GPTQ-Int4/-Int8 and -AWQ releases) read into DecoderModel.
 
-The checkpoint stores q/k/v and gate/up as separate packed modules; each is read by
-`quantization.load_quantized_linear` and stacked into our fused projections (exact: every format here
-quantizes per output row). The float rest (embeddings, norms, an unquantized lm_head) loads as usual.
+The checkpoint stores q/k/v and gate/up as separate packed modules; each is read by `load_quantized_linear`
+and stacked into our fused projections by `read_fused_projection` (exact: every format here quantizes per
+output row). Which checkpoint modules make which of ours is the loader's table (models/loader.py), which
+also streams the float rest (embeddings, norms, an unquantized lm_head).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,13 +17,6 @@ from qwen_triton.quantization.awq import read_awq_linear
 from qwen_triton.quantization.formats import concat_out_features
 from qwen_triton.quantization.gptq import read_gptq_linear
 
-# Our fused module -> the checkpoint modules it is made of, per decoder layer.
-FUSED_SOURCES = {
-    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "self_attn.o_proj": ("self_attn.o_proj",),
-    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
-    "mlp.down_proj": ("mlp.down_proj",),
-}
 SUPPORTED_METHODS = ("gptq", "awq")
 
 
@@ -41,28 +35,17 @@ def prequantized_config(hf_config) -> dict | None:
     return config
 
 
-def install_quantized_layers(
-    model: nn.Module, tensors: dict[str, torch.Tensor], quant_config: dict, dtype: torch.dtype
-) -> set[str]:
-    """Replace each layer's linears by the checkpoint's packed ones; consume their tensors from `tensors`.
-
-    Returns the parameter names now loaded, so the float loader does not ask for them again.
-    """
-    loaded: set[str] = set()
-    for i in range(len(model.layers)):
-        for target, sources in FUSED_SOURCES.items():
-            prefixes = [f"model.layers.{i}.{source}" for source in sources]
-            parts = [load_quantized_linear(tensors, prefix, quant_config) for prefix in prefixes]
-            module = parts[0] if len(parts) == 1 else concat_out_features(parts)
-            if isinstance(module, nn.Linear):  # a module the quantizer left in float
-                module = module.to(dtype)
-            parent, _, leaf = f"layers.{i}.{target}".rpartition(".")
-            setattr(model.get_submodule(parent), leaf, module)
-            loaded.update(f"layers.{i}.{target}.{name}" for name, _ in module.named_parameters())
-            for prefix in prefixes:
-                for name in [n for n in tensors if n.startswith(prefix + ".")]:
-                    del tensors[name]
-    return loaded
+def read_fused_projection(
+    tensors: Mapping[str, torch.Tensor], prefixes: Sequence[str], quant_config: Mapping, dtype: torch.dtype
+) -> nn.Module:
+    """The module made of the checkpoint modules at `prefixes` (q, k, v -> qkv_proj; gate, up ->
+    gate_up_proj; or one), stacked along the output rows. `tensors` may read lazily (the loader's view of
+    the checkpoint): only these modules' tensors are asked for, so one projection is in memory at a time."""
+    parts = [load_quantized_linear(tensors, prefix, quant_config) for prefix in prefixes]
+    module = parts[0] if len(parts) == 1 else concat_out_features(parts)
+    if isinstance(module, nn.Linear):  # a module the quantizer left in float
+        module = module.to(dtype)
+    return module
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ PRESETS = {
 }
 
 # Leaf module name -> role, for our DecoderModel (fused qkv_proj / gate_up_proj) and for Hugging Face
-# Llama/Qwen2 modules (separate q/k/v and gate/up), so the same rules apply to both.
+# Llama/Qwen2 modules (separate q/k/v and gate/up), so the same rules apply to both. Which checkpoint modules
+# make which of ours is the loader's table (models/loader.py DECODER_LINEARS); this layer sits below models
+# and cannot import it, so tests/quant/test_streamed_load.py checks that the two agree.
 DEFAULT_MODULE_ROLES: dict[str, str] = {
     "qkv_proj": "attention",
     "q_proj": "attention",

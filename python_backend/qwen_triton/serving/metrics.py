@@ -37,7 +37,15 @@ METRICS = {
     "qwen_prefix_cache_queries_total": ("COUNTER", "KV blocks looked up in the prefix cache", "prefix_cache_queries"),
     "qwen_prefix_cache_hits_total": ("COUNTER", "KV blocks reused from the prefix cache", "prefix_cache_hits"),
     "qwen_preemptions_total": ("COUNTER", "Sequences preempted for lack of KV blocks", "num_preemptions"),
+    "qwen_engine_heartbeat_age_seconds": (
+        "GAUGE",
+        "Seconds since the engine thread last went round its loop (~1 s idle, one step busy; grows when stuck)",
+        None,
+    ),
 }
+# Gauges that describe the engine's load: zeroed when the engine fails, so that the autoscaler and the
+# dashboards never read the last values of a dead engine as current.
+LOAD_GAUGES = ("qwen_num_requests_running", "qwen_num_requests_waiting", "qwen_kv_cache_usage_ratio")
 BUCKETS = {"qwen_time_to_first_token_seconds": TTFT_BUCKETS, "qwen_inter_token_latency_seconds": INTER_TOKEN_BUCKETS}
 
 
@@ -76,6 +84,14 @@ class EngineMetrics:
             used_ratio = (total - stats.kv_blocks_free) / total if total else 0.0
             self._metrics["qwen_kv_cache_usage_ratio"].set(used_ratio)
 
+    def set_heartbeat_age(self, seconds: float) -> None:
+        self._metrics["qwen_engine_heartbeat_age_seconds"].set(seconds)
+
+    def clear_load_gauges(self) -> None:
+        with self._lock:
+            for name in LOAD_GAUGES:
+                self._metrics[name].set(0.0)
+
     def observe_first_token(self, seconds: float) -> None:
         self._metrics["qwen_time_to_first_token_seconds"].observe(seconds)
 
@@ -92,19 +108,36 @@ class EngineMetrics:
 class MetricsReporter(threading.Thread):
     """Calls `update(read_stats())` every `interval` seconds until `stop()`."""
 
-    def __init__(self, metrics: EngineMetrics, read_stats: Callable[[], object], interval: float = 0.5):
+    def __init__(
+        self,
+        metrics: EngineMetrics,
+        read_stats: Callable[[], object],
+        interval: float = 0.5,
+        read_heartbeat_age: Callable[[], float] | None = None,
+    ):
         super().__init__(name="qwen-metrics", daemon=True)
         self._metrics = metrics
         self._read_stats = read_stats
+        self._read_heartbeat_age = read_heartbeat_age
         self._interval = interval
         self._stopped = threading.Event()
+        self._engine_failed = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self._interval):
             try:
-                self._metrics.update(self._read_stats())
+                if not self._engine_failed.is_set():
+                    self._metrics.update(self._read_stats())
+                if self._read_heartbeat_age is not None:
+                    self._metrics.set_heartbeat_age(self._read_heartbeat_age())
             except Exception:  # a metrics hiccup must never take the model down
                 log.exception("updating engine metrics failed")
+
+    def engine_failed(self) -> None:
+        """Stop copying the (now frozen) engine stats and zero the load gauges; the heartbeat age keeps
+        growing, which is what an alert on it wants to see."""
+        self._engine_failed.set()
+        self._metrics.clear_load_gauges()
 
     def stop(self) -> None:
         self._stopped.set()

@@ -4,12 +4,15 @@ Decoding one token at a time breaks multi-byte characters (a Chinese character c
 byte-level tokens) and word-boundary spaces. So each step decodes a short window of recent tokens twice
 (without and with the new ones) and emits the difference, but only once it no longer ends in U+FFFD,
 the tokenizer's mark for incomplete bytes. Text that could still turn into a stop string is held back
-until it cannot; when a stop string appears, the text is cut right before it.
+until it cannot; when a stop string appears, the text is cut right before it (stop_strings.py finds
+both in time linear in the text).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from qwen_triton.tokenizer.stop_strings import StopStringMatcher
 
 REPLACEMENT = "\ufffd"
 
@@ -24,6 +27,10 @@ class IncrementalDetokenizer:
     prefix_offset: int = 0  # window start for decoding context
     read_offset: int = 0  # tokens whose text is already in `text`
     stopped: bool = False
+    _matcher: StopStringMatcher = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._matcher = StopStringMatcher(self.stop)
 
     def add(self, new_token_ids: list[int]) -> None:
         """Append tokens and extend `text`; sets `stopped` when a stop string shows up."""
@@ -34,14 +41,17 @@ class IncrementalDetokenizer:
         full = self._decode(self.token_ids[self.prefix_offset :])
         if full.endswith(REPLACEMENT) or len(full) <= len(prefix):
             return  # incomplete character: wait for the next token
-        search_from = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
-        self.text += full[len(prefix) :]
+        new_text = full[len(prefix) :]
+        self.text += new_text
         self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
-        self._cut_at_stop(search_from)
+        stop_at = self._matcher.feed(new_text)
+        if stop_at is not None:
+            self.text = self.text[:stop_at]
+            self.stopped = True
 
     def take(self, final: bool) -> str:
         """Text that is safe to hand out now (everything, when the sequence is finished)."""
-        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
+        end = len(self.text) if final or self.stopped else len(self.text) - self._matcher.held_back()
         chunk = self.text[self.emitted : end]
         self.emitted = max(self.emitted, end)
         return chunk
@@ -53,19 +63,3 @@ class IncrementalDetokenizer:
         if backend is not None:
             return backend.decode(ids, skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def _cut_at_stop(self, search_from: int) -> None:
-        hits = [i for i in (self.text.find(s, search_from) for s in self.stop) if i >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            self.stopped = True
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of `text` that is a proper prefix of some stop string."""
-        longest = 0
-        for stop in self.stop:
-            for n in range(min(len(stop) - 1, len(self.text)), longest, -1):
-                if self.text.endswith(stop[:n]):
-                    longest = n
-                    break
-        return longest
