@@ -12,11 +12,12 @@ METRICS_PORT ?= 8002
 OPENAI_PORT ?= 9000
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup serve test test-fast lint model bench chart help
+.PHONY: setup serve test test-image test-fast lint model bench chart help
 help:
 	@echo "make serve   start tritonserver with MODEL (default: the offline demo model) on 8000/8001/8002, the OpenAI API on 9000"
 	@echo "make test    install everything, lint, and run every test"
 	@echo "make test-fast  the unit tests only (engine, kernels, quantization, architecture): no server, no chart"
+	@echo "make test-image  build the server image and run it as the chart's pod (podman, as root)"
 	@echo "make lint    ruff lint + format check (one config: pyproject.toml)"
 	@echo "make bench   the engine's offline throughput on MODEL (a table); GPU: benchmarks/gpu_bench.py"
 	@echo "make chart   lint the Helm chart and regenerate k8s/ from it"
@@ -53,8 +54,13 @@ lint: setup
 
 # The system tools (prometheus, podman, helm...) are installed before pytest collects, so that every
 # test this machine can run does run.
+# tests/deploy builds the 2.7 GB server image and runs it as the chart's pod: `make test-image`. It is left
+# out of `make test` because a cold image build plus that run do not fit CI's 40 minutes beside the rest.
 test: lint model k8s-tools
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/deploy
+
+test-image: setup model k8s-tools
+	$(PY) -m pytest -q tests/deploy
 
 test-fast: setup
 	$(PY) -m pytest -q tests/architecture tests/engine tests/kernels tests/quant

@@ -1,5 +1,9 @@
 """OpenAI features that ride on the `qwen` model's newer inputs: tools, logit_bias, top_logprobs, and the
-guided decoding behind response_format and forced tool calls. Real server, real demo model, OpenAI SDK."""
+guided decoding behind response_format. Real server, real demo model, OpenAI SDK.
+
+Forced tool calls are not tested here: the demo model's chat template does not render `tools`, and `qwen`
+refuses tools a template cannot render (400 naming `tools`); the tool-call parser is tested on the real
+token stream in test_openai_tool_calls.py."""
 
 from __future__ import annotations
 
@@ -31,23 +35,6 @@ ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris to
 def client(gateway):
     with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=180) as sdk:
         yield sdk
-
-
-def test_tools_reach_the_chat_template(client):
-    """Offered tools are rendered into the prompt (more prompt tokens than without); whatever the small model
-    answers comes back as content or as parsed tool calls, never as raw <tool_call> markup."""
-    plain = client.chat.completions.create(model=SERVED_MODEL_NAME, messages=ASK_WEATHER, max_tokens=48)
-    reply = client.chat.completions.create(
-        model=SERVED_MODEL_NAME, messages=ASK_WEATHER, tools=[WEATHER_TOOL], temperature=0.0, max_tokens=48
-    )
-    assert reply.usage.prompt_tokens > plain.usage.prompt_tokens + 20
-    message = reply.choices[0].message
-    for call in message.tool_calls or []:
-        assert call.function.name and isinstance(json.loads(call.function.arguments), dict)
-    if message.tool_calls:
-        assert reply.choices[0].finish_reason == "tool_calls"
-    else:
-        assert message.content is not None
 
 
 def test_logit_bias_forces_a_token(client):
@@ -94,28 +81,3 @@ def test_response_format_json_schema(client):
     )
     value = json.loads(reply.choices[0].message.content)
     assert set(value) == {"city", "country"}
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_forced_tool_call_is_parsed_from_the_real_output(client, stream):
-    """tool_choice names the function: a guide makes the demo model write the call, the gateway parses it."""
-    kwargs = dict(
-        model=SERVED_MODEL_NAME,
-        messages=ASK_WEATHER,
-        tools=[WEATHER_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        temperature=0.0,
-        max_tokens=64,
-    )
-    if stream:
-        chunks = list(client.chat.completions.create(stream=True, **kwargs))
-        calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
-        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
-        name, arguments = calls[0].function.name, calls[0].function.arguments
-    else:
-        reply = client.chat.completions.create(**kwargs)
-        call = reply.choices[0].message.tool_calls[0]
-        finish, name, arguments = reply.choices[0].finish_reason, call.function.name, call.function.arguments
-    assert name == "get_weather" and finish == "tool_calls"
-    parsed = json.loads(arguments)
-    assert isinstance(parsed["city"], str) and parsed["unit"] in ("celsius", "fahrenheit")

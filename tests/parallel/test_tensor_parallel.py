@@ -77,9 +77,16 @@ def wait_gone(pids: list[int], timeout_s: float = 15.0) -> bool:
 
 
 def live_workers() -> list[psutil.Process]:
-    """Our child processes that are tensor-parallel ranks (spawn's resource tracker is not one)."""
+    """Our child processes that are tensor-parallel ranks (the session's servers, also our children, are not)."""
     children = psutil.Process().children(recursive=True)
-    return [p for p in children if not gone(p.pid) and "resource_tracker" not in " ".join(p.cmdline())]
+    return [p for p in children if not gone(p.pid) and "qwen_triton.parallel.workers" in " ".join(_cmdline(p))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # ended between the listing and this read
+        return []
 
 
 def test_shard_plan_slices_rebuild_every_tensor(tiny_qwen2_gqa):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -62,10 +63,20 @@ class PrivateServer:
                 self.process.wait(timeout=10)
 
 
-def start_server(tmp_path: Path, params: dict[str, str], drain_timeout: float = 30) -> PrivateServer:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from conftest import free_ports
+def free_ports(count: int) -> list[int]:
+    """Ports the OS just handed out, held open together so they differ. (Not imported from tests/conftest.py:
+    with several test folders collected, the name `conftest` can be another folder's module.)"""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
+
+def start_server(tmp_path: Path, params: dict[str, str], drain_timeout: float = 30) -> PrivateServer:
     http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path / "server.log"
     command = [
