@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from chart_helpers import REPO_ROOT, find, render
+from chart_helpers import REPO_ROOT, api_service, find, render
 from chart_pod import (
     GRPC,
     HTTP,
@@ -188,7 +188,7 @@ def test_the_helm_test_pod_command_passes(pod):
     test_pod = find(pod.objects, "Pod", "-test-generate")
     [container] = test_pod["spec"]["containers"]
     script = container["args"][0]
-    service = f"http://{find(pod.objects, 'Service')['metadata']['name']}:8000"
+    service = f"http://{api_service(pod.objects)['metadata']['name']}:8000"
     assert service in script
     script = script.replace(service, f"http://127.0.0.1:{HTTP}")
     result = subprocess.run(
