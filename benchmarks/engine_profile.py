@@ -1,7 +1,7 @@
 """Where does an engine's time go on the GPU? One phase a run, random weights at real Qwen2.5 shapes.
 
   python benchmarks/engine_profile.py prefill --tokenizer DIR --shape 7b --prompt-tokens 512 [--batch 16]
-  python benchmarks/engine_profile.py step    --tokenizer DIR --shape 7b --batch 1 [--dense-max-rows 0]
+  python benchmarks/engine_profile.py step    --tokenizer DIR --shape 7b --batch 1 [--quantization int8] [--dense-max-rows 0]
   python benchmarks/engine_profile.py load    --tokenizer DIR --shape 7b --concurrency 64 [--cold]
 
 - prefill: wall time of a prefill step against its kernels' GPU time and launch count. Kernels adding up
@@ -100,7 +100,7 @@ def profile_step(args, checkpoint: Path) -> None:
         from qwen_triton.kernels import dense_gemv
 
         dense_gemv.ROUTE_MAX_ROWS = args.dense_max_rows
-    engine = engine_for(checkpoint, max_num_seqs=max(8, args.batch))
+    engine = engine_for(checkpoint, args.quantization, max_num_seqs=max(8, args.batch))
     for i, ids in enumerate(prompt_ids(engine.hf_config.vocab_size, args.batch, 128)):
         engine.add_request(f"r{i}", ids, SamplingParams(max_tokens=10**4 // 8, **GREEDY_FOREVER))
     for _ in range(5):
@@ -118,7 +118,9 @@ def profile_step(args, checkpoint: Path) -> None:
     for _ in range(args.steps):
         engine.step()
     host.disable()
-    print(f"{args.shape} batch {args.batch}: step {step_ms:.3f} ms, graph replay alone {replay_ms:.3f} ms")
+    print(
+        f"{args.shape} {args.quantization} batch {args.batch}: step {step_ms:.3f} ms, graph replay alone {replay_ms:.3f} ms"
+    )
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             graph.replay()
@@ -241,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     step = phases.add_parser("step", parents=[common])
     step.add_argument("--batch", type=int, default=1)
     step.add_argument("--steps", type=int, default=100)
+    step.add_argument("--quantization", default="none", help="weight format: none, int8, int4, fp8, layered")
     step.add_argument(
         "--dense-max-rows", type=int, help="rows up to which dense linears take the Triton GEMV (default: the module's)"
     )

@@ -344,13 +344,20 @@ def bench_shape(
     bw = bounds["copy_bytes_per_s"]
     result = {"shape": shape, "decode": {}, "throughput": {}}
     for fmt in formats:
+        torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
         try:
             engine = engine_for(checkpoint, fmt, max_num_seqs=SEED_CONCURRENCY)
         except Exception as error:  # a format the GPU cannot do is reported, not fatal
             result["decode"][fmt] = {"error": repr(error)}
             log(shape, fmt, "failed:", repr(error))
             continue
+        # Load time counts the streamed load, the KV allocation and the CUDA-graph capture; the peak is
+        # the device's high-water mark over all of it, against the weights plus the KV pool it keeps.
+        load_s = time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated()
         weight_bytes = bytes_read_per_step(engine)
+        kv_pool = engine.kv_cache.spec.bytes_per_block() * engine.kv_cache.num_blocks
         tok_s = decode_batch1(engine)
         bound = bw / weight_bytes
         result["decode"][fmt] = {
@@ -358,8 +365,11 @@ def bench_shape(
             "bound_tok_per_s": bound,
             "fraction": tok_s / bound,
             "weight_bytes": weight_bytes,
+            "load_s": load_s,
+            "peak_bytes": peak,
+            "peak_over_weights_and_kv": peak / (weight_bytes + kv_pool),
         }
-        log(f"{shape} {fmt}: {tok_s:.1f} tok/s, bound {bound:.1f} ({100 * tok_s / bound:.0f} %)")
+        log(f"{shape} {fmt}: {tok_s:.1f} tok/s, bound {bound:.1f} ({100 * tok_s / bound:.0f} %), load {load_s:.1f} s")
         if fmt in SEED_ROWS:
             result["decode"][fmt]["service"] = service_figures(engine, tok_s)
             log(shape, fmt, result["decode"][fmt]["service"])
@@ -413,16 +423,22 @@ def print_tables(report: dict) -> None:
         f"\nDevice: {report['device']}; copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
         f"bf16 matmul {c['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s"
     )
-    log("\n| shape | format | weights GB | decode tok/s (batch 1) | bound tok/s | % of bound | HF eager bf16 |")
-    log("|---|---|---|---|---|---|---|")
+    log(
+        "\n| shape | format | weights GB | decode tok/s (batch 1) | bound tok/s | % of bound | HF eager bf16 | "
+        "load s | peak GB (x weights + KV) |"
+    )
+    log("|---|---|---|---|---|---|---|---|---|")
     for s in report["shapes"]:
+        eager = s.get("hf_eager_bf16_batch1_tok_per_s")
         for fmt, d in s["decode"].items():
             if "error" in d:
-                log(f"| {s['shape']} | {fmt} | - | failed: {d['error'][:60]} | | | |")
+                log(f"| {s['shape']} | {fmt} | - | failed: {d['error'][:100]} | | | | | |")
                 continue
             log(
                 f"| {s['shape']} | {fmt} | {d['weight_bytes'] / 1e9:.2f} | {d['tok_per_s']:.1f} | "
-                f"{d['bound_tok_per_s']:.1f} | {100 * d['fraction']:.0f} % | {s['hf_eager_bf16_batch1_tok_per_s']:.1f} |"
+                f"{d['bound_tok_per_s']:.1f} | {100 * d['fraction']:.0f} % | "
+                f"{'-' if eager is None else f'{eager:.1f}'} | {d['load_s']:.1f} | "
+                f"{d['peak_bytes'] / 1e9:.1f} ({d['peak_over_weights_and_kv']:.3f}x) |"
             )
     log(
         "\n| shape | setup | latency of one 512+256 request s | ms/token (batch 1) | TTFT 512 ms | "
@@ -431,6 +447,9 @@ def print_tables(report: dict) -> None:
     log("|---|---|---|---|---|---|---|")
     for s in report["shapes"]:
         for fmt, label in SEED_ROWS.items():
+            if "error" in s["decode"].get(fmt, {}):  # e.g. 72B in bf16: refused before any allocation
+                log(f"| {s['shape']} | {label} | does not fit one GPU: {s['decode'][fmt]['error'][:100]} | | | | |")
+                continue
             f = s["decode"].get(fmt, {}).get("service")
             if f:
                 log(

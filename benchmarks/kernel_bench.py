@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from qwen_triton.kernels import dense_gemv as dg
+from qwen_triton.kernels import dequantize
 from qwen_triton.kernels import paged_attention as pa
 from qwen_triton.kernels import quant_matmul as qm
 from qwen_triton.layers.kv_cache import quantize_kv
@@ -68,11 +69,29 @@ LINEAR_SHAPES = {  # name: (out_features, in_features)
     "o05 896x896": (896, 896),
     "gate_up05 9728x896": (9728, 896),
     "down05 896x4864": (896, 4864),
+    # Qwen2.5-72B's (--shapes qkv72,o72,gate_up72,down72)
+    "qkv72 10240x8192": (10240, 8192),
+    "o72 8192x8192": (8192, 8192),
+    "gate_up72 59136x8192": (59136, 8192),
+    "down72 8192x29568": (8192, 29568),
 }
 GROUP = 128
 SAVE_PROGRESS = lambda: None  # main() replaces it: write the JSON so far (a killed run keeps its numbers)
 # fp8_wo: the weight-only Triton kernel (qm.fp8_linear); fp8: Fp8Linear's _scaled_mm path (W8A8).
-LINEAR_COLUMNS = ("bf16", "int8", "int8_best", "int4", "int4_best", "fp8_wo", "fp8_wo_best", "fp8", "fp8_mm_only")
+# int8_deq / int4_deq: the many-row path (kernels/dequantize.py into a bf16 scratch weight, then cuBLAS).
+LINEAR_COLUMNS = (
+    "bf16",
+    "int8",
+    "int8_best",
+    "int8_deq",
+    "int4",
+    "int4_best",
+    "int4_deq",
+    "fp8_wo",
+    "fp8_wo_best",
+    "fp8",
+    "fp8_mm_only",
+)
 KERNEL_FORMATS = ("int8", "int4", "fp8_wo")  # the formats our kernels serve: checked, swept
 DEVICE = "cuda"  # a CPU smoke run (tests) sets "cpu" with the Triton interpreter
 FORMATS = set(LINEAR_COLUMNS)  # main() narrows them with --formats
@@ -311,7 +330,7 @@ def make_weights(out_f, in_f):
 
 def stored_form(fmt):
     """The make_weights entry a benchmark format reads: every fp8 variant reads the one Fp8Linear."""
-    return "fp8" if fmt.startswith("fp8") else fmt
+    return "fp8" if fmt.startswith("fp8") else fmt.removesuffix("_deq")
 
 
 def weight_bytes(forms, fmt):
@@ -334,6 +353,12 @@ def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
         return lambda: kernels.int4_linear(
             x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path, split_k=split_k
         )
+    if fmt == "int8_deq":
+        m = forms["int8"]
+        return lambda: F.linear(x, dequantize.dequantize_int8(m.qweight, m.scale, x.dtype))
+    if fmt == "int4_deq":
+        m = forms["int4"]
+        return lambda: F.linear(x, dequantize.dequantize_int4(m.qweight, m.scales, m.zeros, GROUP, x.dtype))
     if fmt == "fp8_wo":
         m = forms["fp8"]
         return lambda: kernels.fp8_linear(x, m.qweight, m.scale, config=config, path=path, split_k=split_k)
@@ -417,7 +442,8 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps, shapes, swee
         for rows in rows_list:
             xs = [torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16) for _ in sets]
             row = dict(shape=name, rows=rows, copies=copies)
-            timed_formats = [f for f in ("bf16", "int8", "int4", "fp8_wo", "fp8", "fp8_mm_only") if f in FORMATS]
+            timed = ("bf16", "int8", "int8_deq", "int4", "int4_deq", "fp8_wo", "fp8", "fp8_mm_only")
+            timed_formats = [f for f in timed if f in FORMATS]
             if BASELINE is not None:
                 timed_formats += [f + "_base" for f in KERNEL_FORMATS if f in FORMATS]
             for fmt in timed_formats:
@@ -483,12 +509,19 @@ GEMV_SWEEP = {
         dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3),
         dict(BLOCK_N=32, BLOCK_K=128, num_warps=4),
         dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4),
+        dict(BLOCK_N=128, BLOCK_K=256, num_warps=8),
+        dict(BLOCK_N=32, BLOCK_K=512, num_warps=8),
     ],
 }
 BYTE_GEMM_SWEEP = [
     dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
     dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
     dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=3),
+    dict(BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
+    dict(BLOCK_N=64, BLOCK_K=256, num_warps=8, num_stages=3),
+    dict(BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
 ]
 GEMM_SWEEP = {
     "int8": BYTE_GEMM_SWEEP,
@@ -533,20 +566,24 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
             return None
 
     for fmt in sweep_formats:
-        configs = GEMV_SWEEP[fmt] if uses_gemv(qm, fmt, rows, name) else GEMM_SWEEP[fmt]
+        gemv = uses_gemv(qm, fmt, rows, name)
+        configs = [(None, c) for c in (GEMV_SWEEP if gemv else GEMM_SWEEP)[fmt]]
+        if fmt == "int4" and rows == 1:  # int4's one-row path depends on the shape: sweep the other one too
+            configs += [("gemm" if gemv else "gemv", c) for c in (GEMM_SWEEP if gemv else GEMV_SWEEP)[fmt]]
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
-        for i, config in enumerate(configs):
+        for i, (path, config) in enumerate(configs):
             if fmt == "int4":  # many configs: other splits for the first (the default) only
                 splits = (None, 1) + EXTRA_SPLITS if i == 0 else (None,)
             else:
                 splits = (None, 1)
             for split_k in splits:
-                us = timed(fmt, config=config, split_k=split_k)
+                us = timed(fmt, config=config, split_k=split_k, path=path)
                 sweeps.append(
                     dict(
                         fmt=fmt,
                         shape=name,
                         rows=rows,
+                        path=path,
                         config=config,
                         split_k=split_k,
                         us=us,

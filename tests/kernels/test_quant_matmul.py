@@ -288,22 +288,57 @@ def test_int4_gemm_group_steps(generator, device, rel_error, config):
         assert rel_error(out, int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)) < 2e-3
 
 
-def test_int4_path_by_measured_shape():
-    """int4 takes its GEMV only at one row of short layers (0.5B qkv / o / gate_up), the GEMM elsewhere."""
+@pytest.mark.parametrize("out_f, in_f", [(24, 8192), (40, 8320)])
+def test_int4_default_launch_on_long_rows(generator, device, rel_error, monkeypatch, out_f, in_f):
+    """The automatic settings at one row of long layers: 8192 inputs take the long-row GEMV (steps of
+    1024), 8320 (= 65 x 128) the GEMM in whole steps of 128; both against the float64 reference. The
+    narrow-layer settings are switched off so that a small (fast to interpret) layer takes the wide path."""
+    from kernel_reference import int4_linear_reference
+
+    from qwen_triton.kernels import int4_linear
     from qwen_triton.kernels import quant_matmul as qm
 
-    for out_f, in_f in ((1152, 896), (896, 896), (9728, 896)):
+    monkeypatch.setitem(qm.INT4_GEMV_NARROW, "max_out_features", 0)
+    monkeypatch.setitem(qm.INT4_NARROW, "max_out_features", 0)
+    monkeypatch.setitem(qm.INT4_GEMV_LONG, "min_out_features", 0)
+
+    x, packed, scales, zeros = int4_case(generator, out_f, in_f, 1, 128, torch.float16)
+    out = int4_linear(x.to(device), packed.to(device), scales.to(device), zeros.to(device), 128)
+    assert rel_error(out, int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)) < 2e-3
+
+
+def test_int8_large_layer_settings_at_many_rows(generator, device, rel_error, monkeypatch):
+    """Above 16 rows large int8 layers take BYTE_GEMM_LARGE_LAYER's wide tiles; its threshold is lowered
+    here so a small (fast to interpret) layer with ragged rows, columns and K steps runs them."""
+    from kernel_reference import int8_linear_reference
+
+    from qwen_triton.kernels import int8_linear
+    from qwen_triton.kernels import quant_matmul as qm
+
+    monkeypatch.setitem(qm.BYTE_GEMM_LARGE_LAYER, "min_weights", 0)
+    x, qweight, scale, bias = int8_case(generator, 136, 200, 20, torch.float16)
+    out = int8_linear(x.to(device), qweight.to(device), scale.to(device), bias.to(device))
+    assert rel_error(out, int8_linear_reference(x, qweight, scale, bias, dtype=torch.float64)) < 2e-3
+
+
+def test_int4_path_by_measured_shape():
+    """int4 takes its GEMV at one row of short layers (0.5B qkv / o / gate_up) and of wide layers with long
+    rows that steps of 1024 divide (72B's gate_up), the GEMM elsewhere (7B, 72B's o and down_proj)."""
+    from qwen_triton.kernels import quant_matmul as qm
+
+    for out_f, in_f in ((1152, 896), (896, 896), (9728, 896), (59136, 8192)):
         assert qm.use_gemv(1, None, "int4", out_f, in_f) and not qm.use_gemv(2, None, "int4", out_f, in_f)
-    for out_f, in_f in ((896, 4864), (4608, 3584), (37888, 3584), (3584, 18944)):
+    for out_f, in_f in ((896, 4864), (4608, 3584), (37888, 3584), (3584, 18944), (8192, 8192), (8192, 29568)):
         assert not qm.use_gemv(1, None, "int4", out_f, in_f)
     assert qm.use_gemv(1, None, "int8", 4608, 3584) and qm.use_gemv(64, "gemv", "int4", 4608, 3584)
 
 
 def test_int4_gemv_steps_divide_k():
-    """The GEMV's K step is halved until it divides the inputs (no masked loads), not below 128."""
+    """A K step is halved until it divides the inputs (no masked loads), not below 128."""
     from qwen_triton.kernels import quant_matmul as qm
 
     assert [qm.whole_steps(k, 512) for k in (3584, 896, 4864, 1088)] == [512, 128, 256, 128]
+    assert [qm.whole_steps(k, 256) for k in (3584, 29568, 18944)] == [256, 128, 256]
 
 
 def test_int4_split_k_choice(monkeypatch):

@@ -30,6 +30,8 @@ _LAZY_ATTRIBUTES = {
     "int8_linear": "quant_matmul",
     "fp8_linear": "quant_matmul",
     "int4_linear": "quant_matmul",
+    "dequantize_int8": "dequantize",
+    "dequantize_int4": "dequantize",
     "dense_linear": "dense_gemv",
     "rms_norm": "elementwise",
     "add_rms_norm": "elementwise",

@@ -53,13 +53,19 @@ from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 # one row only; int4 takes its GEMV only on short layers (INT4_GEMV_MAX_IN_FEATURES). Evidence:
 # benchmarks/kernel_bench.py times both paths per format, shape and row count.
 GEMV_MAX_ROWS = {"int8": 1, "fp8": 1, "int4": 1}
-# int4 at one row: the GEMV (_int4_gemv_kernel) only where K is too short for the GEMM's pipeline to
+# int4 at one row: the GEMV (_int4_gemv_kernel) where K is too short for the GEMM's pipeline to
 # reach a steady state (Qwen2.5-0.5B's 896-input layers); from 3584 inputs on (every 7B layer, 0.5B's
-# down_proj) the GEMM is faster (kernel_bench.py --formats int4 --rows 1 --shapes qkv05,o05,qkv,o,...).
+# down_proj) the GEMM is faster (kernel_bench.py --formats int4 --rows 1 --shapes qkv05,o05,qkv,o,...),
+# except on long rows that whole steps of 1024 inputs divide (INT4_GEMV_LONG).
 INT4_GEMV_MAX_IN_FEATURES = 1024
 # The int4 GEMV on narrow layers (out < 2048): 8 rows a program and one step over all of K (<= 1024
 # inputs), so that a small layer still has programs for every multiprocessor.
 INT4_GEMV_NARROW = dict(max_out_features=2047, BLOCK_N=8, BLOCK_K=1024)
+# The int4 GEMV on wide layers with long rows (out >= 16384, K >= 8192 and a multiple of 1024: Qwen2.5-72B's
+# gate_up): 8 rows a program in steps of 1024, 4 warps. H200, one row: gate_up 59136x8192 126.6 us against
+# the GEMM's 139.5; on narrower 8192-input layers the GEMM stays ahead (o 8192x8192: 25.5 us against 30.8)
+# (kernel_bench.py --rows 1 --formats int4 --sweep int4 --shapes gate_up72,qkv72,o72).
+INT4_GEMV_LONG = dict(min_out_features=16384, min_in_features=8192, BLOCK_N=8, BLOCK_K=1024)
 
 _ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)  # see _packed_cvt_applies
@@ -645,8 +651,9 @@ def _x_tile(x_rows, row_ok, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
 #   for twice the column tiles. BLOCK_K 256 spans two groups of 128, so each weight row is read 128
 #   contiguous bytes at a time; longer steps or deeper pipelines cost shared memory, hence programs a
 #   multiprocessor.
-# - int4 GEMV (one row, K <= 1024): 16 rows a program in steps of 512 inputs, halved until they divide K
-#   (whole_steps), 4 warps; narrow layers INT4_GEMV_NARROW. Longer steps spill registers.
+# - int4 GEMV (one row, K <= 1024): 16 rows a program in steps of 512 inputs, 4 warps; narrow layers
+#   INT4_GEMV_NARROW, long rows INT4_GEMV_LONG. Longer steps spill registers.
+# - int4 K steps but INT4_GEMV_NARROW's are halved (down to 128) until they divide K (whole_steps).
 # - int8 / fp8 GEMV: 8 rows a program in steps of 512. The loop loads no step ahead: that speeds a layer
 #   timed alone, not the engine's decode.
 # SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
@@ -664,6 +671,12 @@ INT4_NARROW = dict(max_out_features=2047, BLOCK_N=32, num_warps=2)
 # Overrides of GEMM_CONFIG above 16 rows (BLOCK_M 32 / 64: tiles of 64 rows run on wgmma and need
 # more registers); int4 keeps its long BLOCK_K 256 there, where the many rows amortize its shared memory.
 GEMM_CONFIG_MANY_ROWS = {"int4": dict(BLOCK_N=64, BLOCK_K=256, num_warps=4)}
+# int8 / fp8 above 16 rows on large layers (>= 32 Mi weights): wide tiles over 8 warps, short K steps four
+# deep, so each program converts and multiplies more of the weight between loads. H200, 64 rows, us:
+# 72B gate_up 252.7 against 314.6, down 133.0 / 165.2, qkv 55.2 / 70.0; 7B gate_up 80.9 / 88.3, down
+# 40.4 / 63.7. Smaller layers keep the narrow tiles, whose programs fill the GPU (7B qkv: 21.1 against
+# 37.6) (kernel_bench.py --rows 64 --formats int8 --sweep int8 --shapes qkv,gate_up,down,qkv72,gate_up72,down72).
+BYTE_GEMM_LARGE_LAYER = dict(min_weights=32 * 2**20, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
 # Split K until about this many programs per multiprocessor, so narrow outputs with long inputs
 # (down_proj: 3584 x 18944) still fill the GPU; but keep the float32 partials (written and read
 # once more) under PARTIAL_BYTES times the weight bytes.
@@ -713,8 +726,17 @@ def use_gemv(rows: int, path: str | None, fmt: str, out_features: int, in_featur
     if path is not None:
         return path == "gemv"
     if fmt == "int4" and in_features > INT4_GEMV_MAX_IN_FEATURES:
-        return False
+        return rows <= GEMV_MAX_ROWS[fmt] and _int4_long_row(out_features, in_features)
     return rows <= GEMV_MAX_ROWS[fmt]
+
+
+def _int4_long_row(out_features: int, in_features: int) -> bool:
+    long = INT4_GEMV_LONG
+    return (
+        out_features >= long["min_out_features"]
+        and in_features >= long["min_in_features"]
+        and in_features % long["BLOCK_K"] == 0
+    )
 
 
 def _as_rows(x: torch.Tensor, in_features: int, name: str) -> torch.Tensor:
@@ -743,11 +765,20 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     cfg = dict((GEMV_CONFIG if gemv else GEMM_CONFIG)[fmt])
     if not gemv and m > 16:
         cfg.update(GEMM_CONFIG_MANY_ROWS.get(fmt, {}))
+        if fmt != "int4" and out_features * in_features >= BYTE_GEMM_LARGE_LAYER["min_weights"]:
+            cfg.update({k: v for k, v in BYTE_GEMM_LARGE_LAYER.items() if k != "min_weights"})
     elif not gemv and fmt == "int4" and out_features <= INT4_NARROW["max_out_features"]:
         cfg.update(BLOCK_N=INT4_NARROW["BLOCK_N"], num_warps=INT4_NARROW["num_warps"])
-    elif gemv and fmt == "int4" and out_features <= INT4_GEMV_NARROW["max_out_features"]:
+    if gemv and fmt == "int4" and out_features <= INT4_GEMV_NARROW["max_out_features"]:
+        # one step over all of K, ragged or not: the layer is too small for more
         cfg.update(BLOCK_N=INT4_GEMV_NARROW["BLOCK_N"], BLOCK_K=INT4_GEMV_NARROW["BLOCK_K"])
-    elif gemv and fmt == "int4":
+    elif fmt == "int4":
+        if gemv and _int4_long_row(out_features, in_features):
+            cfg.update(BLOCK_N=INT4_GEMV_LONG["BLOCK_N"], BLOCK_K=INT4_GEMV_LONG["BLOCK_K"])
+        # int4 steps divide K: a ragged last step masks the loop's loads, which halved the int4 GEMM's
+        # speed on 72B's down_proj (29568 = 231 x 128 inputs: 182 us in steps of 256, 93 us in steps of
+        # 128; H200, one row). The one-byte GEMV is the other way round (the same layer: 98 us in masked
+        # steps of 512, 131 us in steps of 128; 0.5B's 896-input layers 1.8-2.2 us against 3.5-3.8).
         cfg["BLOCK_K"] = whole_steps(in_features, cfg["BLOCK_K"])
     cfg.update(config or {})
     if not gemv:
@@ -816,8 +847,8 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
 
 
 def whole_steps(in_features: int, block_k: int) -> int:
-    """The int4 GEMV's K step: ``block_k``, halved (down to 128) until it divides the inputs, so every
-    step loads without predicates (0.5B: 896 inputs take steps of 128, 4864 of 256)."""
+    """A K step: ``block_k``, halved (down to 128) until it divides the inputs, so every step loads
+    without predicates (0.5B: 896 inputs take steps of 128, 4864 of 256); steps of 128 or less stay."""
     while block_k > 128 and in_features % block_k:
         block_k //= 2
     return block_k

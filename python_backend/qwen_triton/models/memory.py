@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qwen_triton.quantization.formats import DEQUANTIZED_MATMUL_MIN_ROWS
 from qwen_triton.quantization.spec import linear_weight_bytes, parse_spec
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,14 @@ def weight_bytes_as(float_model: nn.Module, spec: str, role_of: Callable[[str], 
     return total
 
 
-def activation_bytes(hf_config, step: StepShape, dtype: torch.dtype, split_world: int = 1) -> int:
+def activation_bytes(
+    hf_config, step: StepShape, dtype: torch.dtype, split_world: int = 1, quantized: bool = False
+) -> int:
     """The largest step's live tensors: per token row the residual stream and its norm, the fused QKV and
     the attention output, gate_up and its SiLU product; per sampled row the float32 logits and the
-    sampler's probabilities. An upper estimate: the layers free their tensors one after another."""
+    sampler's probabilities. With quantized weights and prefill steps of DEQUANTIZED_MATMUL_MIN_ROWS rows
+    or more, also the largest decoder linear dequantized (one at a time). An upper estimate: the layers
+    free their tensors one after another."""
     hidden, inter = hf_config.hidden_size, hf_config.intermediate_size // split_world
     heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
@@ -93,7 +98,10 @@ def activation_bytes(hf_config, step: StepShape, dtype: torch.dtype, split_world
     kv = hf_config.num_key_value_heads * head_dim // split_world
     per_token = (3 * hidden + q + 2 * kv + q + 3 * inter) * dtype.itemsize
     per_sampled_row = 2 * hf_config.vocab_size * 4
-    return step.max_num_batched_tokens * per_token + step.max_num_seqs * per_sampled_row
+    scratch = 0
+    if quantized and step.max_num_batched_tokens >= DEQUANTIZED_MATMUL_MIN_ROWS:
+        scratch = max(2 * inter, q + 2 * kv) * hidden * dtype.itemsize
+    return step.max_num_batched_tokens * per_token + step.max_num_seqs * per_sampled_row + scratch
 
 
 def free_device_bytes(device: torch.device) -> int | None:

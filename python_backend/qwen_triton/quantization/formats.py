@@ -38,6 +38,17 @@ def _gpu_kernels_usable(x: torch.Tensor) -> bool:
     return x.is_cuda and kernels.kernels_usable(x.device)
 
 
+# From this many rows of x on (prefill chunks), a linear dequantizes its weight once on the device and runs
+# cuBLAS on it (kernels/dequantize.py says why); fewer rows (decode, whose CUDA graphs stop at 256) take the
+# format's weight-only kernel, which reads the quantized bytes alone. The memory plan counts the scratch
+# weight (models/memory.py). Evidence: benchmarks/kernel_bench.py's *_deq columns.
+DEQUANTIZED_MATMUL_MIN_ROWS = 512
+
+
+def _rows(x: torch.Tensor, in_features: int) -> int:
+    return x.numel() // in_features
+
+
 def _bias_for(module: QuantizedLinear, x: torch.Tensor):
     return None if module.bias is None else module.bias.to(x.dtype)
 
@@ -59,13 +70,21 @@ class QuantizedLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The format's GPU kernel for CUDA inputs (`kernel_forward`), dequantize-then-matmul elsewhere."""
+        """CUDA inputs: the format's weight-only kernel (`kernel_forward`), or from DEQUANTIZED_MATMUL_MIN_ROWS
+        rows on, its device dequantization and cuBLAS (`dequantized_forward`); elsewhere the reference."""
         if _gpu_kernels_usable(x):
+            if x.is_cuda and _rows(x, self.in_features) >= DEQUANTIZED_MATMUL_MIN_ROWS:
+                return self.dequantized_forward(x)
             return self.kernel_forward(x)
         return self.reference_forward(x)
 
     def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
         """This format's Triton kernel; formats without one dequantize then matmul."""
+        return self.reference_forward(x)
+
+    def dequantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight dequantized by a device kernel into a scratch tensor of x's dtype, then F.linear (the
+        same values as `reference_forward`'s weight); formats without such a kernel take the reference."""
         return self.reference_forward(x)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +148,9 @@ class Int8Linear(PerChannelLinear):
 
     def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.int8_linear(x, self.qweight, self.scale, _bias_for(self, x))
+
+    def dequantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, kernels.dequantize_int8(self.qweight, self.scale, x.dtype), _bias_for(self, x))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,9 +226,17 @@ class GroupwiseLinear(QuantizedLinear):
         g = self.group_size
         if self.bits != 4 or g < 32 or g & (g - 1):  # the kernel tiles K by powers of two that divide the group
             return self.reference_forward(x)
-        if self.in_perm is not None:  # act-order: feed inputs in storage order instead of moving weights
-            x = x.index_select(-1, self.in_perm)
-        return kernels.int4_linear(x, self.qweight, self.scales, self.zeros, g, _bias_for(self, x))
+        return kernels.int4_linear(self._storage_order(x), self.qweight, self.scales, self.zeros, g, _bias_for(self, x))
+
+    def dequantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits != 4:
+            return self.reference_forward(x)
+        w = kernels.dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size, x.dtype)
+        return F.linear(self._storage_order(x), w[:, : self.in_features], _bias_for(self, x))
+
+    def _storage_order(self, x: torch.Tensor) -> torch.Tensor:
+        """act-order: x's inputs in storage order, instead of moving the weight's columns."""
+        return x if self.in_perm is None else x.index_select(-1, self.in_perm)
 
     @classmethod
     def from_float(
