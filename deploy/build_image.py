@@ -2,8 +2,8 @@
 """Build the server image from Debian packages and PyPI wheels, with no network inside the build.
 
 Steps (each skipped when its result is already there):
-  1. base:       `mmdebstrap --variant=minbase bookworm` with Python and curl, `podman import`ed and
-                 tagged by a hash of its package list;
+  1. base:       `mmdebstrap --variant=minbase bookworm` with Python and curl into .tools/rootfs/ (kept,
+                 named by a hash of its package list), `podman import`ed and tagged by that hash;
   2. wheelhouse: `pip download` of torch (CPU or CUDA build, by variant), deploy/image-requirements.txt,
                  the OpenAI gateway's dependencies and the nvidia-pytriton wheel, into .tools/wheelhouse/;
   3. context:    deploy/Dockerfile, the wheelhouse (hard links), wheels of the engine package and the
@@ -29,6 +29,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = REPO_ROOT / ".tools" / "image"
 WHEELHOUSE_ROOT = REPO_ROOT / ".tools" / "wheelhouse"
+ROOTFS_CACHE = REPO_ROOT / ".tools" / "rootfs"
 IMAGE_REPOSITORY = "localhost/qwen-triton"
 IMAGE_VERSION = "0.1.0"  # the chart's appVersion: the chart's default tag
 INPUT_HASH_LABEL = "io.qwen-triton.input-hash"
@@ -116,11 +117,18 @@ def base_image() -> str:
     for tool in ("mmdebstrap", "podman"):
         if not shutil.which(tool):
             sys.exit(f"build_image: {tool} is missing; as root: apt-get install -y mmdebstrap podman runc")
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
-    rootfs = WORK_DIR / f"base-{tag}.tar"
-    run(["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(rootfs)])
+    # The rootfs tarball is kept, named by the same hash: podman's storage can be wiped (or the image
+    # removed) without a second mmdebstrap run.
+    ROOTFS_CACHE.mkdir(parents=True, exist_ok=True)
+    rootfs = ROOTFS_CACHE / f"base-{BASE_SUITE}-{tag}.tar"
+    if not rootfs.exists():
+        partial = rootfs.with_suffix(".partial.tar")
+        run(["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(partial)])
+        partial.replace(rootfs)
+        for stale in ROOTFS_CACHE.glob("base-*.tar"):
+            if stale != rootfs:
+                stale.unlink()
     run(podman("import", "--change", 'CMD ["/bin/bash"]', str(rootfs), ref), stdout=subprocess.DEVNULL)
-    rootfs.unlink()
     return ref
 
 

@@ -7,9 +7,11 @@ What it does, in order:
   2. copies the model repository to a run directory, applying `--model`, `--param key=value` and the
      instance kind (CPU/GPU) to the copied config.pbtxt files, so the sources stay untouched;
   3. starts tritonserver, waits for /v2/health/ready (which, for the `qwen` model, means loaded and warmed),
-     prints how to query it, and forwards SIGINT/SIGTERM to it for a clean stop.
+     prints how to query it, and supervises it (see `supervise`): a failed engine takes the server down,
+     SIGTERM drains the admitted requests before tritonserver is stopped, SIGINT stops it at once.
 
-`make serve` and the test fixture (tests/conftest.py) both run it.
+`make serve` and the test fixture (tests/conftest.py) both run it; the image's entrypoint
+(deploy/entrypoint.py) runs the same supervision through `supervise`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -332,26 +336,12 @@ def probe_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def is_ready(host: str, http_port: int) -> bool:
+def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{probe_host(host)}:{http_port}/v2/health/ready", timeout=2) as reply:
+        with urllib.request.urlopen(url, timeout=2) as reply:
             return reply.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
-
-
-def wait_ready(process: subprocess.Popen, host: str, http_port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(
-                f"serve.py: tritonserver exited with code {process.returncode} before becoming ready (see its log above)"
-            )
-        if is_ready(host, http_port):
-            return
-        time.sleep(0.5)
-    process.terminate()
-    sys.exit(f"serve.py: tritonserver not ready after {timeout:.0f} s (raise --ready-timeout for big checkpoints)")
 
 
 def usage_banner(args) -> str:
@@ -366,28 +356,24 @@ Stop it with Ctrl-C.
 """
 
 
-def forward_signals(process: subprocess.Popen) -> None:
-    def forward(signum, _frame):
-        if process.poll() is None:
-            process.send_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forward)
-
-
 # ---------------------------------------------------------------- supervision: engine health and drain
 #
 # Triton 2.51 cannot tell a dead engine from a live one (a killed stub leaves /v2/health/ready at 200 and
 # in-flight streams hanging), and on SIGTERM it stops delivering responses to streams in flight (measured:
-# 0 of 10 streams complete). So once the server is ready this script supervises it through the control
-# directory that each `qwen` instance's watchdog writes (python_backend/qwen_triton/serving/health.py):
+# 0 of 10 streams complete). So this script does not exec tritonserver: it runs it as a child and
+# supervises it through the control directory that each `qwen` instance's watchdog writes
+# (python_backend/qwen_triton/serving/health.py). `make serve` and the image's entrypoint
+# (deploy/entrypoint.py, PID 1 of the chart's pod) both go through `supervise` below:
 #   - an engine reported failed, a stub pid gone or a heartbeat file gone stale: kill tritonserver at once
 #     (clients in flight get a connection error instead of a hang) and exit with ENGINE_FAILED_EXIT_CODE,
 #     so that the pod (or whoever started this) restarts it;
-#   - SIGTERM: drain first. Create the drain file (the engines refuse new requests with 503 / UNAVAILABLE
-#     and finish the admitted ones, queued ones included), wait until every instance reports none in
-#     flight or --drain-timeout passes, and only then pass SIGTERM on to tritonserver, which then has
-#     nothing left to cut. A second SIGTERM, or SIGINT, passes on at once.
+#   - SIGTERM once ready: drain first. Create the drain file (the engines refuse new requests with 503 /
+#     UNAVAILABLE and finish the admitted ones, queued ones included), wait until every instance reports
+#     none in flight or the drain timeout passes, and only then pass SIGTERM on to tritonserver, which then
+#     has nothing left to cut. A second SIGTERM, or SIGINT, passes on at once; so does SIGTERM before ready;
+#   - with a health port (the chart's probes): GET /ready answers 200 only while tritonserver is ready, no
+#     drain was asked and no engine failed, so readiness drops at the SIGTERM and at an engine failure;
+#     GET /live answers 200 while tritonserver's own /v2/health/live does.
 
 CONTROL_DIR_ENV = "QWEN_TRITON_CONTROL_DIR"  # read by qwen_triton.serving.health
 DRAIN_FILE = "drain"
@@ -441,13 +427,17 @@ def engine_failure(control_dir: Path) -> str | None:
 
 
 class Supervisor:
-    """Runs after readiness: watches engine health, turns SIGTERM into drain-then-stop."""
+    """Owns the tritonserver child: waits for readiness, watches engine health, turns SIGTERM into
+    drain-then-stop, and answers the health port's probes."""
 
-    def __init__(self, process: subprocess.Popen, control_dir: Path, drain_timeout: float):
+    def __init__(self, process: subprocess.Popen, control_dir: Path, drain_timeout: float, server_url: str):
         self.process = process
         self.control_dir = control_dir
         self.drain_timeout = drain_timeout
+        self.server_url = server_url  # tritonserver's HTTP endpoint, e.g. http://127.0.0.1:8000
+        self.ready = False
         self.drain_started: float | None = None
+        self.failure: str | None = None
         self.stopping = False  # SIGTERM passed on to tritonserver
 
     def install_signal_handlers(self) -> None:
@@ -455,8 +445,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, lambda _signum, _frame: self.stop_server())
 
     def request_drain(self) -> None:
-        if self.drain_started is not None:
-            self.stop_server()  # asked twice: stop now
+        if self.drain_started is not None or not self.ready:
+            self.stop_server()  # asked twice, or nothing admitted yet: stop now
             return
         self.drain_started = time.monotonic()
         (self.control_dir / DRAIN_FILE).touch()
@@ -466,6 +456,40 @@ class Supervisor:
         if not self.stopping and self.process.poll() is None:
             self.stopping = True
             self.process.send_signal(signal.SIGTERM)
+
+    def readiness(self) -> tuple[bool, str]:
+        """What the health port's /ready answers: (ready, why)."""
+        if self.drain_started is not None or self.stopping:
+            return False, "draining: the server is shutting down"
+        failure = self.failure or engine_failure(self.control_dir)
+        if failure is not None:
+            return False, f"engine failed: {failure}"
+        if self.process.poll() is not None or not http_ok(self.server_url + "/v2/health/ready"):
+            return False, "tritonserver is not ready"
+        return True, "ready"
+
+    def liveness(self) -> tuple[bool, str]:
+        if self.process.poll() is None and http_ok(self.server_url + "/v2/health/live"):
+            return True, "live"
+        return False, "tritonserver is not live"
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                why = "was stopped" if self.stopping else "exited"
+                sys.exit(
+                    f"serve.py: tritonserver {why} (code {self.process.returncode}) before becoming ready "
+                    "(see its log above)"
+                )
+            if http_ok(self.server_url + "/v2/health/ready"):
+                self.ready = True
+                return
+            time.sleep(0.5)
+        self.stop_server()
+        sys.exit(
+            f"serve.py: tritonserver not ready after {timeout:.0f} s (raise the ready timeout for big checkpoints)"
+        )
 
     def run(self) -> int:
         while (code := self.process.poll()) is None:
@@ -481,12 +505,13 @@ class Supervisor:
 
     def _drained(self) -> bool:
         if time.monotonic() - self.drain_started > self.drain_timeout:
-            print("serve.py: --drain-timeout passed with requests still in flight", flush=True)
+            print("serve.py: the drain timeout passed with requests still in flight", flush=True)
             return True
         states = read_instance_states(self.control_dir).values()
         return all(state.get("draining") and state.get("in_flight") == 0 for state in states)
 
     def _take_down(self, failure: str) -> int:
+        self.failure = failure
         print(f"serve.py: engine failed ({failure}); killing tritonserver so that it is restarted", flush=True)
         for state in read_instance_states(self.control_dir).values():
             if pid_alive(int(state["pid"])):
@@ -494,6 +519,62 @@ class Supervisor:
         self.process.kill()
         self.process.wait()
         return ENGINE_FAILED_EXIT_CODE
+
+
+def serve_health(supervisor: Supervisor, address: str, port: int) -> ThreadingHTTPServer:
+    """The probes' endpoint (a daemon thread): GET /ready and GET /live, 200 or 503 with the reason."""
+
+    class Probe(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            checks = {"/ready": supervisor.readiness, "/live": supervisor.liveness}
+            check = checks.get(self.path.split("?", 1)[0])
+            ok, why = check() if check else (False, f"unknown path {self.path}; known: /ready, /live")
+            body = (why + "\n").encode()
+            self.send_response(200 if ok else (503 if check else 404))
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args) -> None:  # probes every few seconds: keep the log for the server
+            pass
+
+    server = ThreadingHTTPServer((address, port), Probe)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
+def supervise(
+    command: list[str],
+    env: dict[str, str],
+    control_dir: Path,
+    *,
+    server_url: str,
+    ready_timeout: float,
+    drain_timeout: float,
+    health: tuple[str, int] | None = None,
+    on_ready=None,
+    detach: bool = False,
+) -> int:
+    """Start tritonserver (`command`) and supervise it until it exits; return the exit code to pass on.
+
+    `health`: (address, port) of the probes' endpoint, or None. `on_ready(process)` runs once ready.
+    `detach`: return 0 once ready, leaving tritonserver running unsupervised.
+    """
+    shutil.rmtree(control_dir, ignore_errors=True)  # a reused run dir: no drain request or report of old
+    control_dir.mkdir(parents=True)
+    process = subprocess.Popen(command, env={**env, CONTROL_DIR_ENV: str(control_dir)}, preexec_fn=raise_stack_limit)
+    supervisor = Supervisor(process, control_dir, drain_timeout, server_url)
+    supervisor.install_signal_handlers()
+    if health is not None:
+        serve_health(supervisor, *health)
+    supervisor.wait_ready(ready_timeout)
+    if on_ready is not None:
+        on_ready(process)
+    if detach:
+        return 0
+    return supervisor.run()
 
 
 def parse_args(argv: list[str] | None = None):
@@ -533,6 +614,13 @@ def parse_args(argv: list[str] | None = None):
         default=30.0,
         help="on SIGTERM, seconds to let admitted requests finish before stopping tritonserver (default: %(default)s)",
     )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=0,
+        help="serve GET /ready and /live (the supervisor's view: not ready while draining or on an engine "
+        "failure) on this port (default: off)",
+    )
     parser.add_argument("--detach", action="store_true", help="return once ready, leaving the server running")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--print-env", action="store_true", help="print the environment to run tritonserver and exit")
@@ -565,21 +653,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = server_command(root, backend_dir, repository, args)
     print("serve.py: " + " ".join(redact(command)), flush=True)
-    control_dir = run_dir / "control"
-    shutil.rmtree(control_dir, ignore_errors=True)  # a reused run dir: no drain request or report of old
-    control_dir.mkdir(parents=True)
-    env = {**server_env(root), CONTROL_DIR_ENV: str(control_dir)}
-    process = subprocess.Popen(command, env=env, preexec_fn=raise_stack_limit)
-    forward_signals(process)
-    wait_ready(process, args.host, args.http_port, args.ready_timeout)
-    print(usage_banner(args), flush=True)
-    print(f"serve.py: READY pid={process.pid}", flush=True)
-    if args.detach:
-        return 0
-    supervisor = Supervisor(process, control_dir, args.drain_timeout)
-    supervisor.install_signal_handlers()
-    code = supervisor.run()
-    if args.run_dir is None:
+
+    def announce(process: subprocess.Popen) -> None:
+        print(usage_banner(args), flush=True)
+        print(f"serve.py: READY pid={process.pid}", flush=True)
+
+    code = supervise(
+        command,
+        server_env(root),
+        run_dir / "control",
+        server_url=f"http://{probe_host(args.host)}:{args.http_port}",
+        ready_timeout=args.ready_timeout,
+        drain_timeout=args.drain_timeout,
+        health=(args.host, args.health_port) if args.health_port else None,
+        on_ready=announce,
+        detach=args.detach,
+    )
+    if args.run_dir is None and not args.detach:
         shutil.rmtree(run_dir, ignore_errors=True)
     return code
 

@@ -38,6 +38,8 @@ def test_helm_lint_strict_passes(tools, set_flags):
         ({"autoscaling": {"kind": "vpa"}}, "autoscaling.kind"),
         ({"autoscaling": {"metric": {"window": "one minute"}}}, "autoscaling.metric.window"),
         ({"gpu": {"migProfile": "big"}}, "gpu.migProfile"),
+        ({"triton": {"healthPort": 8000}}, "triton.healthPort"),  # taken by tritonserver's HTTP
+        ({"networkPolicy": {"httpsEgressExcept": ["10.0.0.0"]}}, "networkPolicy.httpsEgressExcept"),
         ({"triton": {"restrictedApis": {"apis": ["everything"]}}}, "triton.restrictedApis.apis"),
         ({"engnie": {}}, "engnie"),
     ],
@@ -52,6 +54,10 @@ def test_schema_rejects_bad_values_naming_the_field(tools, values, field):
         ({"model": {"source": "pvc"}}, "model.source=pvc needs model.pvc.claimName"),
         ({"model": {"source": "hostPath"}}, "model.source=hostPath needs model.hostPath.path"),
         ({"terminationGracePeriodSeconds": 60}, "terminationGracePeriodSeconds (60) must be at least"),
+        (
+            {"triton": {"drainTimeoutSeconds": 300}},
+            "terminationGracePeriodSeconds (150) must be at least preStopSleepSeconds + triton.drainTimeoutSeconds",
+        ),
         ({"gpu": {"sharing": "none"}}, "set engine.device=cpu"),
         (
             {"autoscaling": {"minReplicas": 4, "maxReplicas": 2}},

@@ -285,23 +285,32 @@ def test_api_and_metrics_have_services_of_their_own(default_objects):
     assert metrics["spec"]["type"] == "ClusterIP"
 
 
-def test_probes_allow_a_72b_load_and_use_triton_health(default_objects):
+def test_probes_allow_a_72b_load_and_ask_the_supervisor(default_objects):
+    """The probes go to the entrypoint's health port, which sees a drain and a dead engine (Triton's own
+    /v2/health/ready does not), on the port the entrypoint is told to serve."""
     container = server_container(default_objects)
     startup = container["startupProbe"]
-    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["httpGet"] == {"path": "/ready", "port": "health"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "health"}
+    health = next(p for p in container["ports"] if p["name"] == "health")
+    own, _ = entrypoint_args(default_objects)
+    assert int(flag(own, "health-port")) == health["containerPort"]
+    for service in (api_service(default_objects), metrics_service(default_objects)):
+        assert "health" not in {p.get("targetPort") for p in service["spec"]["ports"]}, "probes are for the kubelet"
 
 
 def test_termination_drains_in_flight_requests(default_objects):
     pod = find(default_objects, "Deployment")["spec"]["template"]["spec"]
     container = server_container(default_objects)
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    _, server = entrypoint_args(default_objects)
+    own, server = entrypoint_args(default_objects)
+    drain_timeout = float(flag(own, "drain-timeout"))
     exit_timeout = int(flag(server, "exit-timeout-secs"))
-    assert pre_stop > 0 and exit_timeout > 0
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + exit_timeout
+    assert pre_stop > 0 and drain_timeout > 0 and exit_timeout > 0
+    # preStop, then the supervisor's drain, then tritonserver's own exit: all inside the grace period.
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain_timeout + exit_timeout
     assert find(default_objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     strategy = find(default_objects, "Deployment")["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
@@ -357,13 +366,48 @@ def test_network_policy_admits_named_clients_and_monitoring_only(default_objects
     ]
 
 
+def egress_rules(objects) -> tuple[list[dict], list[dict]]:
+    """The server pods' egress: (DNS rules, HTTPS rules); nothing else may be there."""
+    rules = find(objects, "NetworkPolicy", "qwen-triton")["spec"]["egress"]
+    dns = [r for r in rules if {p["port"] for p in r["ports"]} == {53}]
+    https = [r for r in rules if [p["port"] for p in r["ports"]] == [443]]
+    assert len(dns) == 1 and len(dns) + len(https) == len(rules), rules
+    return dns, https
+
+
 def test_https_egress_goes_to_the_named_hosts_only(tools):
     proxy = [{"ipBlock": {"cidr": "10.0.0.8/32"}}]
     objects = render(tools, merge(case("exclusive", "hpa", "hub"), {"networkPolicy": {"httpsEgressTo": proxy}}))
-    [https] = [
-        r for r in find(objects, "NetworkPolicy", "qwen-triton")["spec"]["egress"] if r["ports"][0]["port"] == 443
-    ]
+    _, [https] = egress_rules(objects)
     assert https["to"] == proxy
+
+
+def test_https_egress_without_named_hosts_reaches_public_addresses_only(default_objects):
+    """The default (a hub download, nothing named): 443 to the internet, not to the cluster's own ranges
+    (its services, the API server on 443) nor to the cloud's metadata address."""
+    _, [https] = egress_rules(default_objects)
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"].get("except", [])) for peer in https["to"]}
+    assert set(blocks) == {"0.0.0.0/0", "::/0"}
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= blocks["0.0.0.0/0"]
+    assert {"fc00::/7", "fe80::/10"} <= blocks["::/0"]
+
+
+@pytest.mark.parametrize("source", ["pvc", "hostPath"])
+def test_no_egress_but_dns_without_a_download(tools, source):
+    _, https = egress_rules(render(tools, case("exclusive", "hpa", source)))
+    assert https == []
+
+
+def test_init_container_download_opens_https_and_never_closes_it(tools):
+    """The download of model.source=initContainer needs 443; a NetworkPolicy cannot close it afterwards."""
+    _, [https] = egress_rules(render(tools, case("exclusive", "hpa", "initContainer")))
+    assert https["to"]
+    _, never = egress_rules(
+        render(
+            tools, merge(case("exclusive", "hpa", "initContainer"), {"networkPolicy": {"allowHttpsEgress": "never"}})
+        )
+    )
+    assert never == []
 
 
 def test_service_monitor_scrapes_the_metrics_service(default_objects):

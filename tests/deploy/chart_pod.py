@@ -18,8 +18,8 @@ from chart_helpers import find
 
 # crun, podman's default runtime, fails on this kind of machine's cgroups; runc works.
 PODMAN = ["podman", "--runtime", "runc"]
-# Container ports of the chart's server container.
-HTTP, GRPC, METRICS = 8000, 8001, 8002
+# Container ports of the chart's server container (HEALTH: the entrypoint's probe endpoint).
+HTTP, GRPC, METRICS, HEALTH = 8000, 8001, 8002, 8003
 
 
 def podman_unusable_reason() -> str | None:
@@ -44,7 +44,7 @@ class PodSpec:
     writable_mounts: list[str]  # emptyDir mount paths
     shm_size: str
     checkpoint_mount: str
-    probes: dict[str, str]  # startup / readiness / liveness -> HTTP path
+    probes: dict[str, tuple[int, str]]  # startup / readiness / liveness -> (container port, HTTP path)
     pre_stop: list[str]
     grace_seconds: int
 
@@ -55,6 +55,12 @@ class PodSpec:
         volumes = {v["name"]: v for v in pod["volumes"]}
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         empty_dirs = [m["mountPath"] for n, m in mounts.items() if "emptyDir" in volumes[n] and n != "shm"]
+        port_numbers = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+        def probe(kind: str) -> tuple[int, str]:
+            target = container[f"{kind}Probe"]["httpGet"]
+            return port_numbers.get(target["port"], target["port"]), target["path"]
+
         return cls(
             command=container["command"],
             args=container["args"],
@@ -64,9 +70,7 @@ class PodSpec:
             writable_mounts=empty_dirs,
             shm_size=volumes["shm"]["emptyDir"]["sizeLimit"],
             checkpoint_mount=mounts["checkpoint"]["mountPath"],
-            probes={
-                kind: container[f"{kind}Probe"]["httpGet"]["path"] for kind in ("startup", "readiness", "liveness")
-            },
+            probes={kind: probe(kind) for kind in ("startup", "readiness", "liveness")},
             pre_stop=container["lifecycle"]["preStop"]["exec"]["command"],
             grace_seconds=pod["terminationGracePeriodSeconds"],
         )

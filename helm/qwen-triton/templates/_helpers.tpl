@@ -159,9 +159,9 @@ app.kubernetes.io/component: metrics
 {{- if and (eq $v.model.source "hub") (not $v.model.hub.id) }}
 {{- fail "model.source=hub needs model.hub.id, e.g. Qwen/Qwen2.5-7B-Instruct" }}
 {{- end }}
-{{- $drain := add $v.preStopSleepSeconds $v.triton.exitTimeoutSeconds }}
+{{- $drain := add $v.preStopSleepSeconds $v.triton.drainTimeoutSeconds $v.triton.exitTimeoutSeconds }}
 {{- if lt (int $v.terminationGracePeriodSeconds) (int $drain) }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + triton.exitTimeoutSeconds (%v), or in-flight requests are killed mid-generation" $v.terminationGracePeriodSeconds $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + triton.drainTimeoutSeconds + triton.exitTimeoutSeconds (%v), or in-flight requests are killed mid-generation" $v.terminationGracePeriodSeconds $drain) }}
 {{- end }}
 {{- if and (eq $v.gpu.sharing "none") (eq $v.engine.device "cuda") }}
 {{- fail "gpu.sharing=none gives the pod no GPU: set engine.device=cpu, or pick a gpu.sharing mode" }}
