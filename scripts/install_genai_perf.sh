@@ -5,7 +5,8 @@
 # virtualenv (.venv/bin; PyPI's perf-analyzer is an empty placeholder); it links libb64 (Debian libb64-0d,
 # installed here when root) and libcudart.so.12 (the nvidia-cuda-runtime-cu12 wheel, into the tool venv,
 # even on machines without a GPU). Writes .tools/genai-perf-venv/bin/genai-perf-run, which runs genai-perf
-# with that PATH and LD_LIBRARY_PATH, and prints its path on stdout. Idempotent.
+# with that PATH and LD_LIBRARY_PATH (and refuses a warm-up perf_analyzer 2.51 never ends), and prints its
+# path on stdout. Idempotent.
 set -euo pipefail
 
 GENAI_PERF_VERSION="${GENAI_PERF_VERSION:-0.0.16}"
@@ -37,13 +38,28 @@ install_libb64() {
 write_runner() {
   local cudart
   cudart="$(dirname "$(find "$venv" -name 'libcudart.so.12*' | head -1)")"
-  cat >"$runner" <<RUNNER
-#!/usr/bin/env bash
-# genai-perf with the engine virtualenv's perf_analyzer (written by scripts/install_genai_perf.sh).
-export PATH="$repo_root/.venv/bin:\$PATH"
-export LD_LIBRARY_PATH="$cudart\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-exec "$venv/bin/genai-perf" "\$@"
-RUNNER
+  {
+    echo '#!/usr/bin/env bash'
+    echo '# genai-perf with the engine virtualenv'"'"'s perf_analyzer (written by scripts/install_genai_perf.sh).'
+    printf 'export PATH=%q"${PATH:+:$PATH}"\n' "$repo_root/.venv/bin"
+    printf 'export LD_LIBRARY_PATH=%q"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\n' "$cudart"
+    cat <<'GUARD'
+# perf_analyzer 2.51 (the tritonclient wheel's) never ends a warm-up of fewer requests than the concurrency:
+# it keeps every slot busy and sends requests until killed. Later perf_analyzer releases clamp the warm-up
+# concurrency; with this one, refuse the combination instead of hanging.
+warmup=0 concurrency=1 previous=""
+for arg in "$@"; do
+  case "$previous" in --warmup-request-count | --num-warmup-requests) warmup="$arg" ;; --concurrency) concurrency="$arg" ;; esac
+  case "$arg" in --warmup-request-count=* | --num-warmup-requests=*) warmup="${arg#*=}" ;; --concurrency=*) concurrency="${arg#*=}" ;; esac
+  previous="$arg"
+done
+if [[ "$warmup" =~ ^[0-9]+$ && "$concurrency" =~ ^[0-9]+$ ]] && ((warmup > 0 && warmup < concurrency)); then
+  echo "genai-perf-run: --warmup-request-count $warmup below --concurrency $concurrency: perf_analyzer 2.51's warm-up never ends; use 0 or >= $concurrency" >&2
+  exit 2
+fi
+GUARD
+    printf 'exec %q "$@"\n' "$venv/bin/genai-perf"
+  } >"$runner"
   chmod +x "$runner"
 }
 

@@ -71,6 +71,14 @@ def test_vllm_dialect_bad_sampling_parameters_are_400(triton_server, sampling, f
     assert reply.json()["error"].startswith(f"{field}: ")
 
 
+def test_vllm_structured_outputs_choice_answers_one_of_the_choices(triton_server):
+    choices = ["Paris", "London", "not sure"]
+    sampling = {"max_tokens": 8, "temperature": 0, "structured_outputs": {"choice": choices}}
+    reply = vllm_generate(triton_server, sampling, exclude_input_in_output=True, return_finish_reason=True)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["text_output"] in choices and reply.json()["finish_reason"] == "stop", reply.text
+
+
 @pytest.mark.parametrize(
     "body, field",
     [

@@ -114,3 +114,12 @@ def test_numbers_written_as_strings_are_read_like_the_vllm_backend_does():
     qwen = translate_request(request({"max_tokens": "8", "temperature": "0.5", "ignore_eos": "true"})).qwen_inputs
     assert qwen["max_tokens"][0, 0] == 8 and qwen["temperature"][0, 0] == pytest.approx(0.5)
     assert qwen["ignore_eos"][0, 0]
+
+
+def test_structured_outputs_choice_becomes_the_regex_the_engine_compiles_it_to():
+    qwen = translate_request(request({"structured_outputs": {"choice": ["yes", "no", "a.b"]}})).qwen_inputs
+    assert qwen["guided_decoding_guide_type"].tolist() == [[b"regex"]]
+    assert qwen["guided_decoding_guide"].tolist() == [[b"(yes|no|a\\.b)"]]
+    with pytest.raises(InvalidRequestError) as caught:
+        translate_request(request({"structured_outputs": {"choice": []}}))
+    assert caught.value.field == "sampling_parameters.structured_outputs.choice"

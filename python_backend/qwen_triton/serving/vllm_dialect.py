@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.structured.guide import GuidedDecoding
+from qwen_triton.structured.guide import GuidedDecoding, choice_regex
 from qwen_triton.tokenizer.prompt import parse_json_field
 
 RETURN_FLAGS = (
@@ -49,12 +49,14 @@ SCALAR_KEYS = {
 LIST_KEYS = {"stop": "stop", "bad_words": "bad_words"}
 OTHER_KEYS = ("logprobs", "logit_bias", "stop_token_ids", "structured_outputs")
 SAMPLING_KEYS = (*SCALAR_KEYS, *LIST_KEYS, *OTHER_KEYS)
-# Our guide kinds -> the TensorRT-LLM guide types `qwen` reads (guided_decoding_guide_type).
+# Our guide kinds -> the TensorRT-LLM guide types `qwen` reads (guided_decoding_guide_type). TensorRT-LLM has
+# no choice type: a choice list travels as the regex the engine compiles it to (structured/guide.py).
 GUIDE_TYPE_OF_KIND = {
     "json_schema": "json_schema",
     "json_object": "json",
     "regex": "regex",
     "ebnf_grammar": "ebnf_grammar",
+    "choice": "regex",
 }
 INT_RANGES = {np.int32: (-(2**31), 2**31 - 1), np.int64: (-(2**63), 2**63 - 1)}
 
@@ -207,18 +209,17 @@ def _logprobs_count(value) -> int:
 
 
 def _guide_inputs(value) -> dict[str, np.ndarray]:
-    guide = GuidedDecoding.from_vllm(value, field="sampling_parameters.structured_outputs")
+    field = "sampling_parameters.structured_outputs"
+    guide = GuidedDecoding.from_vllm(value, field=field)
     if guide is None:
         return {}
-    guide_type = GUIDE_TYPE_OF_KIND.get(guide.kind)
-    if guide_type is None:
-        raise InvalidRequestError(
-            "sampling_parameters.structured_outputs",
-            f"{guide.kind!r} is not served through qwen_vllm yet; use json, json_object, regex or grammar",
-        )
+    text = guide.guide
+    if guide.kind == "choice":
+        # Checked here, under the client's field name, before it becomes `qwen`'s guided_decoding_guide.
+        text = GuidedDecoding("regex", choice_regex(guide.choices), f"{field}.choice").guide
     return {
-        "guided_decoding_guide_type": np.array([[guide_type.encode()]], dtype=np.object_),
-        "guided_decoding_guide": np.array([[guide.guide.encode()]], dtype=np.object_),
+        "guided_decoding_guide_type": np.array([[GUIDE_TYPE_OF_KIND[guide.kind].encode()]], dtype=np.object_),
+        "guided_decoding_guide": np.array([[text.encode()]], dtype=np.object_),
     }
 
 

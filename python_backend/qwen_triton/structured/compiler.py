@@ -15,7 +15,7 @@ from collections import OrderedDict
 import xgrammar
 
 from qwen_triton.errors import InvalidRequestError
-from qwen_triton.structured.guide import GuidedDecoding
+from qwen_triton.structured.guide import GuidedDecoding, choice_regex
 
 DEFAULT_CACHE_SIZE = 256
 # Compact JSON (no free whitespace): a model, above all a small one, that may emit whitespace between
@@ -23,7 +23,6 @@ DEFAULT_CACHE_SIZE = 256
 JSON_SEPARATORS = (",", ":")
 # The library prefixes its messages with a time and a C++ source location; the client needs the rest.
 _LOCATION_PREFIX = re.compile(r"^\s*\[[\d:]+\]\s+\S+:\d+:\s*")
-_REGEX_SPECIAL = set(r"\.^$|?*+()[]{}/")
 
 
 class GrammarCompiler:
@@ -79,8 +78,3 @@ class GrammarCompiler:
         if guided.kind == "choice":
             return self._compiler.compile_regex(choice_regex(guided.choices))
         raise AssertionError(f"GuidedDecoding validated an unknown kind {guided.kind!r}")
-
-
-def choice_regex(choices: list[str]) -> str:
-    """A regex matching exactly one of `choices`, each taken literally."""
-    return "(" + "|".join("".join("\\" + c if c in _REGEX_SPECIAL else c for c in item) for item in choices) + ")"

@@ -29,6 +29,7 @@ VLLM_KEYS = {"json": "json_schema", "json_object": "json_object", "regex": "rege
 VLLM_KEYS_CHOICE = "choice"
 
 MAX_GUIDE_CHARS = 64 * 1024  # a guide is compiled on the engine's thread: bound the work one request can ask
+_REGEX_SPECIAL = set(r"\.^$|?*+()[]{}/")
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,8 @@ def _parse_schema(text: str, field: str) -> None:
 def _check_choices(value, field: str) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
         raise InvalidRequestError(field, "choice must be a non-empty list of non-empty strings")
+
+
+def choice_regex(choices: list[str]) -> str:
+    """A regex matching exactly one of `choices`, each taken literally (how a choice guide is compiled)."""
+    return "(" + "|".join("".join("\\" + c if c in _REGEX_SPECIAL else c for c in item) for item in choices) + ")"
