@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from server_process import free_ports
 from serving_helpers import GrpcStream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,19 +61,6 @@ class PrivateServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)  # serve.py leads its own session
                 self.process.wait(timeout=10)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS just handed out, held open together so they differ. (Not imported from tests/conftest.py:
-    with several test folders collected, the name `conftest` can be another folder's module.)"""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def start_server(tmp_path: Path, params: dict[str, str], drain_timeout: float = 30) -> PrivateServer:
