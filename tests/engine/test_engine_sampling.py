@@ -222,7 +222,8 @@ def test_bad_new_parameters_name_the_field(engine, ids, params, field):
 
 # -- chat prompts with tools ------------------------------------------------------------------------
 
-# A small template of our own that renders tools and tool calls the way Qwen2.5's does in spirit.
+# A small template of our own that renders tools and tool calls the way Qwen2.5's does in spirit (the demo
+# model's own, models/demo_template.py, is tested against the server in tests/server/test_dialects.py).
 TOOL_TEMPLATE = (
     "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>{% endif %}"
     "{% for m in messages %}<{{ m.role }}>{{ m.content or '' }}"
@@ -253,14 +254,26 @@ def test_tools_and_tool_call_turns_are_rendered_by_the_template(tool_template):
     assert info.value.field == "tools"
 
 
-def test_a_template_without_tools_or_null_content_is_a_client_error(engine):
+# A template that knows neither tools nor null contents (SmolLM2's GGUF one is of this kind).
+PLAIN_TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content + '' }}{% endfor %}"
+
+
+@pytest.fixture
+def plain_template(engine):
+    tokenizer = engine.tokenizer.tokenizer
+    original, tokenizer.chat_template = tokenizer.chat_template, PLAIN_TEMPLATE
+    yield engine.tokenizer
+    tokenizer.chat_template = original
+
+
+def test_a_template_without_tools_or_null_content_is_a_client_error(engine, plain_template):
     question = [{"role": "user", "content": "Weather in Paris?"}]
     with pytest.raises(InvalidRequestError) as info:
-        engine.tokenizer.encode(messages=question, tools=[WEATHER_TOOL])  # SmolLM2's template has no tools
+        plain_template.encode(messages=question, tools=[WEATHER_TOOL])
     assert info.value.field == "tools" and "does not render tools" in str(info.value)
     call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
     with pytest.raises(InvalidRequestError) as info:
-        engine.tokenizer.encode(messages=[*question, call])
+        plain_template.encode(messages=[*question, call])
     assert info.value.field == "messages" and "cannot render" in str(info.value)
     with pytest.raises(InvalidRequestError, match="nested deeper"):
         engine.tokenizer.encode(messages="[" * 200_000 + "]" * 200_000)

@@ -1,12 +1,14 @@
 """OpenAI features that ride on the `qwen` model's newer inputs: tools, logit_bias, top_logprobs, and the
 guided decoding behind response_format. Real server, real demo model, OpenAI SDK.
 
-Forced tool calls are not tested here: the demo model's chat template does not render `tools`, and `qwen`
-refuses tools a template cannot render (400 naming `tools`); the tool-call parser is tested on the real
-token stream in test_openai_tool_calls.py."""
+The demo model's chat template renders `tools` as Qwen2.5's does (models/demo_template.py), and a forced
+tool (`tool_choice` naming one) constrains the output to that tool's call object, so even the 135M demo
+model answers with a parsed call; free-choice (`auto`) parsing is tested on the real token stream in
+test_openai_tool_calls.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -81,3 +83,69 @@ def test_response_format_json_schema(client):
     )
     value = json.loads(reply.choices[0].message.content)
     assert set(value) == {"city", "country"}
+
+
+FORCE_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def assert_weather_call(call) -> None:
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    assert isinstance(arguments["city"], str)
+
+
+def test_forced_tool_call_sync(client):
+    reply = client.chat.completions.create(
+        model=SERVED_MODEL_NAME,
+        messages=ASK_WEATHER,
+        tools=[WEATHER_TOOL],
+        tool_choice=FORCE_WEATHER,
+        temperature=0.0,
+        max_tokens=64,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    assert_weather_call(choice.message.tool_calls[0])
+    assert reply.usage.prompt_tokens > 60 and reply.usage.completion_tokens > 0  # the tool list is in the prompt
+
+
+def test_forced_tool_call_async(gateway):
+    async def ask():
+        async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=180) as sdk:
+            return await sdk.chat.completions.create(
+                model=SERVED_MODEL_NAME,
+                messages=ASK_WEATHER,
+                tools=[WEATHER_TOOL],
+                tool_choice=FORCE_WEATHER,
+                temperature=0.0,
+                max_tokens=64,
+            )
+
+    reply = asyncio.run(ask())
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert_weather_call(reply.choices[0].message.tool_calls[0])
+
+
+def test_forced_tool_call_streams_as_deltas(client):
+    stream = client.chat.completions.create(
+        model=SERVED_MODEL_NAME,
+        messages=ASK_WEATHER,
+        tools=[WEATHER_TOOL],
+        tool_choice=FORCE_WEATHER,
+        temperature=0.0,
+        max_tokens=64,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    name, arguments, finish, usage = None, "", None, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or []:
+                name = call.function.name or name
+                arguments += call.function.arguments or ""
+    assert finish == "tool_calls" and name == "get_weather" and usage is not None
+    parsed = json.loads(arguments)
+    assert set(parsed) == {"city", "unit"}

