@@ -170,7 +170,8 @@ def test_freezing_start_up_objects_takes_them_out_of_full_collections(engine):
 
     try:
         frozen = freeze_startup_objects()
-        assert frozen > 10_000 and gc.get_freeze_count() == frozen
+        # Frozen objects that other threads (the engine's, earlier tests') free meanwhile leave the count.
+        assert frozen > 10_000 and frozen - 1_000 <= gc.get_freeze_count() <= frozen
         assert len(gc.get_objects()) < frozen / 10  # what a full collection still walks
     finally:
         gc.unfreeze()

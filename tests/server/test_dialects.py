@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,15 @@ def prefix_cache_hits(server) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
+def prefix_cache_hits_reaching(server, wanted: float, timeout_s: float = 10.0) -> float:
+    """The counter once it reaches `wanted` (or the last value read at the timeout): the model publishes its
+    metrics every half second, so a read right after a request may predate it."""
+    deadline = time.monotonic() + timeout_s
+    while (hits := prefix_cache_hits(server)) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return hits
+
+
 def test_num_return_sequences_streams_labelled_choices_sharing_the_prompt(triton_server):
     hits_before = prefix_cache_hits(triton_server)
     stream = GrpcStream(triton_server)
@@ -188,4 +198,4 @@ def test_num_return_sequences_streams_labelled_choices_sharing_the_prompt(triton
     finally:
         stream.close()
     assert tokens_by_choice == {0: 4, 1: 4, 2: 4}
-    assert prefix_cache_hits(triton_server) >= hits_before + 2  # choices 1 and 2 reused the prompt's blocks
+    assert prefix_cache_hits_reaching(triton_server, hits_before + 2) >= hits_before + 2  # choices 1, 2 reused it
