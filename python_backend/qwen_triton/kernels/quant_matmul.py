@@ -879,23 +879,7 @@ def int8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k
     Keyword-only overrides, for benchmarks: ``config`` (tiles, warps), ``path`` ("gemv" / "gemm"),
     ``split_k`` (programs along the input dimension).
     """
-    out_features, in_features = _check_per_channel(qweight, scale, torch.int8, "int8")
-    # Kernels read the int8 bytes as uint8: the float conversion trick works on unsigned bytes.
-    return _launch(
-        x,
-        qweight.view(torch.uint8),
-        scale,
-        None,
-        bias,
-        fmt="int8",
-        group_size=1,
-        out_features=out_features,
-        in_features=in_features,
-        name="int8_linear",
-        config=config,
-        path=path,
-        split_k=split_k,
-    )
+    return _per_channel_linear("int8", torch.int8, x, qweight, scale, bias, config, path, split_k)
 
 
 def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=None):
@@ -903,19 +887,24 @@ def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=
     x [..., in] -> y [..., out] in x's dtype, x never quantized. On CUDA: compute capability >= 8.9.
     Overrides as for `int8_linear`.
     """
-    out_features, in_features = _check_per_channel(qweight, scale, torch.float8_e4m3fn, "float8_e4m3fn")
-    # Passed as uint8 and bitcast in the kernel, so int8 and fp8 share the byte loads.
+    return _per_channel_linear("fp8", torch.float8_e4m3fn, x, qweight, scale, bias, config, path, split_k)
+
+
+def _per_channel_linear(fmt, dtype, x, qweight, scale, bias, config, path, split_k):
+    """int8 and fp8 share every kernel line but the byte -> float conversion: both weights go in as uint8
+    (the int8 conversion trick works on unsigned bytes; fp8 is bitcast back in the kernel)."""
+    out_features, in_features = _check_per_channel(qweight, scale, dtype, str(dtype).removeprefix("torch."))
     return _launch(
         x,
         qweight.view(torch.uint8),
         scale,
         None,
         bias,
-        fmt="fp8",
+        fmt=fmt,
         group_size=1,
         out_features=out_features,
         in_features=in_features,
-        name="fp8_linear",
+        name=f"{fmt}_linear",
         config=config,
         path=path,
         split_k=split_k,
