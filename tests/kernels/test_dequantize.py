@@ -80,3 +80,20 @@ def test_bad_inputs_name_the_field(device):
         kernels.dequantize_int4(packed, torch.ones(4, 3, device=device), None, 64, torch.float16)
     with pytest.raises(ValueError, match="group_size"):
         kernels.dequantize_int4(packed, torch.ones(4, 1, device=device), None, 127, torch.float16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the many-row path serves CUDA inputs only (CI has no GPU)")
+@pytest.mark.parametrize("factory", [Int8Linear.from_float, GroupwiseLinear.from_float])
+def test_prefill_rows_take_the_dequantized_path_on_cuda(generator, factory, monkeypatch):
+    """forward() with DEQUANTIZED_MATMUL_MIN_ROWS rows or more dequantizes on the device: the same bits as
+    the reference (same weight values, same cuBLAS call); fewer rows keep the weight-only kernel."""
+    from qwen_triton.quantization import formats
+
+    module = factory(float_weight(generator, 256, 512)).cuda()
+    rows = formats.DEQUANTIZED_MATMUL_MIN_ROWS
+    x = torch.randn(rows, 512, generator=generator).to(torch.bfloat16).cuda()
+    assert torch.equal(module(x), module.reference_forward(x))
+    called = []
+    monkeypatch.setattr(type(module), "dequantized_forward", lambda self, x: called.append(x) or x)
+    module(x[: rows - 1])
+    assert not called
