@@ -231,10 +231,7 @@ class LLMEngine:
         kv_heads = hf.num_key_value_heads // self.config.tensor_parallel_size  # this rank's share
         spec = KVCacheSpec(hf.num_hidden_layers, kv_heads, head_dim, self.config.block_size, dtype, quantized)
         step = StepShape(self.config.max_num_batched_tokens, self.config.max_num_seqs)
-        # quantized here, or a GPTQ / AWQ checkpoint (its config says so)
-        weights_quantized = self.config.quantization not in ("", "none") or bool(
-            getattr(hf, "quantization_config", None)
-        )
+        weights_quantized = self.config.quantization not in ("", "none") or prequantized_config(hf) is not None
         return int(spec.bytes_per_token() * self.max_model_len), activation_bytes(
             hf, step, self.dtype, quantized=weights_quantized
         )

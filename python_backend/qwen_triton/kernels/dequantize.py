@@ -54,17 +54,14 @@ def _dequantize_int4_kernel(
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     half = tl.program_id(1) * HALF + tl.arange(0, HALF)  # packed byte j holds inputs 2j and 2j + 1
     row_ok = (rows < N)[:, None]
-    packed = tl.load(
-        packed_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :],
-        mask=row_ok & (2 * half < K)[None, :],
-        other=0,
-    ).to(tl.int32)
+    in_bytes = row_ok & (2 * half < K)[None, :]
+    packed = tl.load(packed_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :], mask=in_bytes, other=0)
+    packed = packed.to(tl.int32)
     group = (2 * half) // GROUP  # both inputs of a byte share its group: GROUP is even
-    meta_mask = row_ok & (2 * half < K)[None, :]
-    scale = tl.load(scales_ptr + rows[:, None] * stride_sn + group[None, :], mask=meta_mask, other=0.0)
+    scale = tl.load(scales_ptr + rows[:, None] * stride_sn + group[None, :], mask=in_bytes, other=0.0)
     scale = scale.to(tl.float32)
     if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + rows[:, None] * stride_zn + group[None, :], mask=meta_mask, other=0)
+        zero = tl.load(zeros_ptr + rows[:, None] * stride_zn + group[None, :], mask=in_bytes, other=0)
         zero = zero.to(tl.float32)
     else:
         zero = tl.full(scale.shape, 8.0, tl.float32)

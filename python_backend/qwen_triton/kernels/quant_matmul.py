@@ -862,10 +862,11 @@ def _as_int32_pairs(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     return rows, rows.stride(0)
 
 
-def _check_per_channel(qweight, scale, dtype, dtype_name):
+def _check_per_channel(qweight, scale, dtype):
     if qweight.dtype != dtype or qweight.dim() != 2 or qweight.stride(1) != 1:
+        expected = str(dtype).removeprefix("torch.")
         raise ValueError(
-            f"qweight: expected a row-contiguous {dtype_name} [out, in], got {qweight.dtype} {tuple(qweight.shape)}"
+            f"qweight: expected a row-contiguous {expected} [out, in], got {qweight.dtype} {tuple(qweight.shape)}"
         )
     out_features, in_features = qweight.shape
     if tuple(scale.shape) != (out_features,):
@@ -893,7 +894,7 @@ def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=
 def _per_channel_linear(fmt, dtype, x, qweight, scale, bias, config, path, split_k):
     """int8 and fp8 share every kernel line but the byte -> float conversion: both weights go in as uint8
     (the int8 conversion trick works on unsigned bytes; fp8 is bitcast back in the kernel)."""
-    out_features, in_features = _check_per_channel(qweight, scale, dtype, str(dtype).removeprefix("torch."))
+    out_features, in_features = _check_per_channel(qweight, scale, dtype)
     return _launch(
         x,
         qweight.view(torch.uint8),
