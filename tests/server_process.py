@@ -77,18 +77,24 @@ class ServeProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_serve(run_dir: Path, extra_args: list[str] = ()) -> ServeProcess:
-    """serve.py as a user runs it, with the test engine limits and ``extra_args``; returns once it is ready
-    (raises with the log's end, the server stopped, when it exits or is not ready in READY_TIMEOUT_S)."""
+def start_serve(
+    run_dir: Path,
+    extra_args: list[str] = (),
+    params: dict[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> ServeProcess:
+    """serve.py as a user runs it, with the test engine limits (``params`` override or add to them) and
+    ``extra_args``; returns once it is ready (raises with the log's end, the server stopped, when it exits
+    or is not ready within ``ready_timeout_s``)."""
     if not (DEMO_MODEL / "config.json").exists():
         raise RuntimeError(f"demo model missing at {DEMO_MODEL}: run `make model`")
     http_port, grpc_port, metrics_port = free_ports(3)
     log_path = run_dir / "server.log"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "serve.py"), "--model", str(DEMO_MODEL)]
     command += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
-    command += ["--instance-kind", "cpu", "--run-dir", str(run_dir), "--ready-timeout", str(READY_TIMEOUT_S)]
+    command += ["--instance-kind", "cpu", "--run-dir", str(run_dir), "--ready-timeout", str(ready_timeout_s)]
     command += list(extra_args)
-    for key, value in TEST_ENGINE_PARAMS.items():
+    for key, value in {**TEST_ENGINE_PARAMS, **(params or {})}.items():
         command += ["--param", f"{key}={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "wb") as log:
@@ -97,13 +103,13 @@ def start_serve(run_dir: Path, extra_args: list[str] = ()) -> ServeProcess:
         )
     served = ServeProcess(process, http_port, grpc_port, metrics_port, log_path)
     try:
-        ready = wait_for_ready_line(process, log_path, READY_TIMEOUT_S)
+        ready = wait_for_ready_line(process, log_path, ready_timeout_s)
     except RuntimeError:
         stop_serve(process)
         raise
     if not ready:
         stop_serve(process)
-        raise RuntimeError(f"tritonserver not ready after {READY_TIMEOUT_S} s:\n{served.log_tail(100)}")
+        raise RuntimeError(f"tritonserver not ready after {ready_timeout_s} s:\n{served.log_tail(100)}")
     return served
 
 

@@ -86,6 +86,14 @@ def test_response_format_json_schema(client):
 
 
 FORCE_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+FORCED_CALL = dict(
+    model=SERVED_MODEL_NAME,
+    messages=ASK_WEATHER,
+    tools=[WEATHER_TOOL],
+    tool_choice=FORCE_WEATHER,
+    temperature=0.0,
+    max_tokens=64,
+)
 
 
 def assert_weather_call(call) -> None:
@@ -96,14 +104,7 @@ def assert_weather_call(call) -> None:
 
 
 def test_forced_tool_call_sync(client):
-    reply = client.chat.completions.create(
-        model=SERVED_MODEL_NAME,
-        messages=ASK_WEATHER,
-        tools=[WEATHER_TOOL],
-        tool_choice=FORCE_WEATHER,
-        temperature=0.0,
-        max_tokens=64,
-    )
+    reply = client.chat.completions.create(**FORCED_CALL)
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
     assert_weather_call(choice.message.tool_calls[0])
@@ -113,14 +114,7 @@ def test_forced_tool_call_sync(client):
 def test_forced_tool_call_async(gateway):
     async def ask():
         async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=180) as sdk:
-            return await sdk.chat.completions.create(
-                model=SERVED_MODEL_NAME,
-                messages=ASK_WEATHER,
-                tools=[WEATHER_TOOL],
-                tool_choice=FORCE_WEATHER,
-                temperature=0.0,
-                max_tokens=64,
-            )
+            return await sdk.chat.completions.create(**FORCED_CALL)
 
     reply = asyncio.run(ask())
     assert reply.choices[0].finish_reason == "tool_calls"
@@ -128,16 +122,7 @@ def test_forced_tool_call_async(gateway):
 
 
 def test_forced_tool_call_streams_as_deltas(client):
-    stream = client.chat.completions.create(
-        model=SERVED_MODEL_NAME,
-        messages=ASK_WEATHER,
-        tools=[WEATHER_TOOL],
-        tool_choice=FORCE_WEATHER,
-        temperature=0.0,
-        max_tokens=64,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    stream = client.chat.completions.create(**FORCED_CALL, stream=True, stream_options={"include_usage": True})
     name, arguments, finish, usage = None, "", None, None
     for chunk in stream:
         usage = chunk.usage or usage

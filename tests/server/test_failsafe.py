@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -18,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from server_process import free_ports
+from server_process import start_serve
 from serving_helpers import GrpcStream
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_MODEL = REPO_ROOT / "models" / "smollm2-135m-instruct"
 READY_TIMEOUT_S = 1200  # a loaded 2-core CI machine took 10 min to load the demo model
-BASE_PARAMS = {"max_model_len": "1024", "dtype": "float32", "device": "cpu"}
+BASE_PARAMS = {"max_model_len": "1024"}  # the rest: server_process.TEST_ENGINE_PARAMS
 # Each test here may start a server of its own (the drain test then streams 3,000 tokens): on a loaded
 # 2-core machine a start alone took 10 minutes, beyond the suite's 900 s per-test default.
 pytestmark = pytest.mark.timeout(2400)
@@ -64,42 +61,15 @@ class PrivateServer:
 
 
 def start_server(tmp_path: Path, params: dict[str, str], drain_timeout: float = 30) -> PrivateServer:
-    http_port, grpc_port, metrics_port = free_ports(3)
-    log_path = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "scripts" / "serve.py"),
-        f"--model={DEMO_MODEL}",
-        f"--http-port={http_port}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-port={metrics_port}",
-        "--instance-kind=cpu",
-        f"--run-dir={tmp_path}",
-        f"--ready-timeout={READY_TIMEOUT_S}",
-        f"--drain-timeout={drain_timeout}",
-    ]
-    for key, value in {**BASE_PARAMS, **params}.items():
-        command.append(f"--param={key}={value}")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True
-        )
-    server = PrivateServer(
-        process,
-        f"http://127.0.0.1:{http_port}",
-        f"127.0.0.1:{grpc_port}",
-        f"http://127.0.0.1:{metrics_port}/metrics",
+    served = start_serve(
         tmp_path,
-        log_path,
+        [f"--drain-timeout={drain_timeout}"],
+        params={**BASE_PARAMS, **params},
+        ready_timeout_s=READY_TIMEOUT_S,
     )
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while "serve.py: READY" not in log_path.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"private server did not start:\n{server.log_tail()}")
-        time.sleep(0.5)
-    return server
+    return PrivateServer(
+        served.process, served.http_url, served.grpc_url, served.metrics_url, tmp_path, served.log_path
+    )
 
 
 def wait_for(condition, timeout: float = 60.0) -> bool:
