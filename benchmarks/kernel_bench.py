@@ -486,11 +486,18 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps, shapes, swee
         SAVE_PROGRESS()
 
 
+# int8 / fp8 GEMV (dense_gemv's kernel on bytes), its default first: BLOCK_N weight rows a program, BLOCK_K
+# bytes of each a step (1024 = two 16-byte loads a thread with one row a warp).
 BYTE_GEMV_SWEEP = [
-    dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-    dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+    None,
+    dict(BLOCK_N=4, BLOCK_K=2048, num_warps=4),
     dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8),
-    dict(BLOCK_N=16, BLOCK_K=512, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_K=2048, num_warps=8),
+    dict(BLOCK_N=16, BLOCK_K=1024, num_warps=8),
+    dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+    dict(BLOCK_N=2, BLOCK_K=2048, num_warps=2),
+    dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4, num_stages=2),
 ]
 GEMV_SWEEP = {
     "int8": BYTE_GEMV_SWEEP,
@@ -572,10 +579,10 @@ def sweep_linear(name, rows, sets, xs, base, bandwidth, sweeps, sweep_formats):
             configs += [("gemm" if gemv else "gemv", c) for c in (GEMM_SWEEP if gemv else GEMV_SWEEP)[fmt]]
         moved = weight_bytes(base, fmt) + rows * (sum(LINEAR_SHAPES[name])) * 2
         for i, (path, config) in enumerate(configs):
-            if fmt == "int4":  # many configs: other splits for the first (the default) only
-                splits = (None, 1) + EXTRA_SPLITS if i == 0 else (None,)
+            if i == 0:  # the default: other splits too
+                splits = (None, 1) + EXTRA_SPLITS
             else:
-                splits = (None, 1)
+                splits = (None,) if fmt == "int4" else (None, 1)
             for split_k in splits:
                 us = timed(fmt, config=config, split_k=split_k, path=path)
                 sweeps.append(

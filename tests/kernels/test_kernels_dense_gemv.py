@@ -1,5 +1,5 @@
-"""The dense few-row linears (kernels/dense_gemv.py) against float64 references: plain x @ W^T (+ bias)
-and the gate_up GEMV that forms SiLU(gate) * up in its epilogue."""
+"""The few-row linears (kernels/dense_gemv.py) against float64 references: plain x @ W^T (+ bias) and the
+gate_up GEMV that forms SiLU(gate) * up in its epilogue, for float weights and one-byte (int8 / fp8) ones."""
 
 import pytest
 import torch
@@ -136,7 +136,7 @@ class Routing:
         from qwen_triton.layers import ops as fused_ops
 
         self.calls = []
-        for name in ("dense_linear", "dense_gate_up_silu"):
+        for name in ("dense_linear", "dense_gate_up_silu", "byte_gate_up_silu"):
             original = getattr(dense_gemv, name)
             monkeypatch.setattr(dense_gemv, name, self.counted(name, original))
         self.ops = fused_ops.kernel_ops()
@@ -177,8 +177,8 @@ def test_mlp_routes_plain_bf16_linears_at_few_rows(device, rel_error, monkeypatc
 
 
 def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error, monkeypatch):
-    """A quantized down_proj reads the GEMV's SiLU*up and runs its own forward; a quantized gate_up runs
-    its own forward, then the SiLU*up kernel; a float32 model never routes."""
+    """A quantized down_proj reads the GEMV's SiLU*up and runs its own forward; an int8 gate_up takes
+    byte_gate_up_silu on CUDA (its own forward and the SiLU*up kernel elsewhere); a float32 model never routes."""
     from qwen_triton.layers import ops as fused_ops
     from qwen_triton.quantization.formats import Int8Linear
 
@@ -199,7 +199,8 @@ def test_mlp_keeps_quantized_and_float32_linears_off_the_gemv(device, rel_error,
     module.down_proj = Int8Linear.from_float(dense.weight).to(device)
     assert routed_calls() == ["dense_gate_up_silu"]  # gate_up only
     module.down_proj, module.gate_up_proj = dense, Int8Linear.from_float(module.gate_up_proj.weight).to(device)
-    assert routed_calls() == ["dense_linear"]  # down only
+    # an int8 gate_up on CUDA takes the one-byte GEMV's fused form; elsewhere its own forward
+    assert routed_calls() == (["byte_gate_up_silu"] if device.type == "cuda" else []) + ["dense_linear"]
     routing.calls.clear()
     with torch.inference_mode():
         mlp(torch.float32, device)(x.float(), routing.ops)
@@ -265,3 +266,95 @@ def test_split_rule_at_7b_shapes(monkeypatch):
     assert dense_gemv.choose_split(224, 18944, 512, gpu) == 4  # max(ceil(528 / 224), ceil(18944 / 5120))
     assert dense_gemv.choose_split(100, 4096, 512, gpu) == 4  # 528 / 100 -> 6, capped at 4096 / (512 * 2)
     assert dense_gemv.choose_split(896, 18944, 512, torch.device("cpu")) == 1
+
+
+# -- one-byte weights (int8, fp8) --------------------------------------------------------------------------
+
+
+def byte_case(generator, rows, fmt, out_f=OUT, in_f=IN):
+    """x (bf16), the quantized module of a random weight, and the float64 weight it stands for."""
+    from qwen_triton.quantization.formats import Fp8Linear, Int8Linear
+
+    x = torch.randn(rows, in_f, generator=generator).bfloat16()
+    weight = torch.randn(out_f, in_f, generator=generator) * in_f**-0.5
+    bias = torch.randn(out_f, generator=generator).bfloat16()
+    module = (Int8Linear if fmt == "int8" else Fp8Linear).from_float(weight)
+    return x, module, module.dequantize_weight(torch.float64), bias
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("in_f", [IN, 1024])  # a ragged last K tile, and whole tiles only
+def test_byte_linear(generator, device, rel_error, poisoned_outputs, fmt, rows, with_bias, in_f):
+    """x @ (q * scale)^T (+ bias) from the bytes, the scale applied per output channel."""
+    from qwen_triton.kernels.dense_gemv import byte_linear
+
+    x, module, weight, bias = byte_case(generator, rows, fmt, in_f=in_f)
+    bias = bias if with_bias else None
+    module = module.to(device)
+    out = byte_linear(x.to(device), module.qweight, module.scale, None if bias is None else bias.to(device))
+    assert out.shape == (rows, OUT) and out.dtype == torch.bfloat16
+    expected = F.linear(x.double(), weight, None if bias is None else bias.double())
+    assert rel_error(out, expected) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("rows, split_k", [(1, 3), (2, 2)])
+def test_byte_linear_split_k(generator, device, rel_error, poisoned_outputs, fmt, rows, split_k):
+    """Split partials are unscaled sums: the last program of a tile scales their total once (and adds bias)."""
+    from qwen_triton.kernels.dense_gemv import byte_linear
+
+    x, module, weight, bias = byte_case(generator, rows, fmt)
+    module = module.to(device)
+    config = dict(BLOCK_N=8, BLOCK_K=128, num_warps=4)
+    out = byte_linear(x.to(device), module.qweight, module.scale, bias.to(device), config=config, split_k=split_k)
+    assert rel_error(out, F.linear(x.double(), weight, bias.double())) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("in_f", [IN, 1024])
+def test_byte_gate_up_silu(generator, device, rel_error, poisoned_outputs, fmt, in_f):
+    """The fused form against the quantized module's own output then silu_and_mul."""
+    from qwen_triton.kernels.dense_gemv import byte_gate_up_silu
+    from qwen_triton.layers.ops import silu_and_mul
+
+    x, module, weight, _ = byte_case(generator, 1, fmt, out_f=2 * 150, in_f=in_f)
+    module = module.to(device)
+    out = byte_gate_up_silu(x.to(device), module.qweight, module.scale)
+    assert out.shape == (1, 150) and out.dtype == torch.bfloat16
+    assert rel_error(out, silu_and_mul(F.linear(x.double(), weight))) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "bad, name",
+    [
+        (dict(qweight_dtype=torch.float16), "qweight"),
+        (dict(scale_len=OUT - 1), "scale"),
+        (dict(width=IN - 1), "x"),
+    ],
+)
+def test_byte_linear_names_the_bad_argument(device, bad, name):
+    from qwen_triton.kernels.dense_gemv import byte_linear
+
+    x = torch.randn(1, bad.get("width", IN)).bfloat16().to(device)
+    qweight = torch.zeros(OUT, IN, dtype=bad.get("qweight_dtype", torch.int8), device=device)
+    scale = torch.ones(bad.get("scale_len", OUT), device=device)
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        byte_linear(x, qweight, scale)
+
+
+def test_byte_rules_at_7b_and_72b_shapes(monkeypatch):
+    """byte_config_for on a 132-SM GPU: small layers 4 rows x 1024 bytes, large ones 8 x 512, long rows
+    (down_proj) unsplit in steps of 1024, 8 rows a program only where that still fills the GPU."""
+    from qwen_triton.kernels import dense_gemv
+
+    monkeypatch.setattr(dense_gemv, "multiprocessor_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    small, large = (dense_gemv.BYTE_SMALL, None), (dense_gemv.BYTE_LARGE, None)
+    assert dense_gemv.byte_config_for(1, 4608, 3584, gpu) == small  # 7B qkv
+    assert dense_gemv.byte_config_for(1, 37888, 3584, gpu) == large  # 7B gate_up
+    assert dense_gemv.byte_config_for(1, 10240, 8192, gpu) == large  # 72B qkv
+    assert dense_gemv.byte_config_for(1, 3584, 18944, gpu) == (dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4), 1)
+    assert dense_gemv.byte_config_for(1, 8192, 29568, gpu) == (dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4), 1)
+    assert dense_gemv.byte_config_for(2, 8192, 29568, gpu) == (dense_gemv.BYTE_FEW_ROWS, None)

@@ -1,5 +1,5 @@
 """What the kernel modules share (Triton language and host side): float32 -> 16-bit rounding as torch
-rounds, argument checks, and split-K bookkeeping (K slices, per-tile counters, the separate sum kernel).
+rounds, int8 bytes -> float32, argument checks, and split-K bookkeeping (K slices, per-tile counters, the separate sum kernel).
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ def round_to_dtype(x, dtype: tl.constexpr):
         return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+@triton.jit
+def int8_bytes_to_float(w_u8):
+    """uint8 view of int8 weights -> float32 values -128..127 by the "magic number" trick: u ^ 0x80 is
+    q + 128; OR-ing it under the exponent of 2**23 gives the float 2**23 + q + 128, so one logic op and
+    one add replace a conversion instruction."""
+    bits = w_u8.to(tl.int32) ^ 0x4B000080
+    return bits.to(tl.float32, bitcast=True) - 8388736.0
 
 
 def check_bias(bias, out_features: int):

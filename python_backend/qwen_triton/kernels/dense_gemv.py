@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
-from .common import check_bias, k_slices, round_to_dtype, split_counters, sum_splits
+from .common import check_bias, int8_bytes_to_float, k_slices, round_to_dtype, split_counters, sum_splits
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
@@ -65,6 +65,25 @@ MAX_K_PER_SPLIT = 5120
 # gate_up with SiLU*up formed in its epilogue (dense_gate_up_silu): gate rows j..j+BLOCK_N and the
 # matching up rows in one program, so 2 x BLOCK_N weight rows a program, the 4 of CONFIG[1].
 GATED_CONFIG = dict(BLOCK_N=2, BLOCK_K=512, num_warps=4)
+# One-byte weights (int8, fp8: byte_linear, byte_gate_up_silu) at one row, by the layer's size and shape, the
+# fastest of kernel_bench.py --rows 1 --sweep int8 on the H200 (us, against the kernel this one replaced):
+# - small layers (under BYTE_LARGE_LAYER weights: 7B qkv / o, all of 0.5B): 4 rows a program in steps of
+#   1024 bytes, split as the float weights are (7B qkv 8.9 against 10.1, o 6.8 / 7.2);
+# - larger layers: 8 rows in steps of 512 (7B gate_up 38.4 / 41.0, 72B gate_up 123.6 / 130.2, o 20.4 /
+#   21.7, qkv 28.7 / 30.8);
+# - long rows (BYTE_LONG_ROW inputs or more: down_proj) in steps of 1024 and never split: each program
+#   streams whole rows, with 8 rows a program where that still gives BYTE_LONG_ROW_PROGRAMS_PER_SM programs a
+#   multiprocessor, else 4 (72B down 68.8 / 99.1, 7B down 21.9 / 23.8).
+# Two to four rows (a forced path="gemv"; the GEMM is faster there) keep a tile of 2048 bytes per row of x.
+BYTE_LARGE_LAYER = 32 * 2**20
+BYTE_LONG_ROW = 16384
+BYTE_LONG_ROW_PROGRAMS_PER_SM = 6
+BYTE_SMALL = dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4)
+BYTE_LARGE = dict(BLOCK_N=8, BLOCK_K=512, num_warps=4)
+BYTE_FEW_ROWS = dict(BLOCK_N=4, BLOCK_K=512, num_warps=4)
+BYTE_GATED_CONFIG = dict(BLOCK_N=4, BLOCK_K=512, num_warps=4)
+# The weight kinds of the kernels' WEIGHT constexpr, by the dtype of a one-byte weight.
+BYTE_WEIGHTS = {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}
 
 
 @triton.jit
@@ -83,6 +102,23 @@ def _silu_times_up(gate, up, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
     rounded to ``dtype`` as the eager silu_and_mul rounds them."""
     silu = _to_dtype(gate / (1.0 + tl.exp(-gate)), dtype, INTERPRETED).to(tl.float32)
     return _to_dtype(silu * up, dtype, INTERPRETED)
+
+
+@triton.jit
+def _weights(w_rows, k, k_ok, MASKED: tl.constexpr, WEIGHT: tl.constexpr):
+    """A weight tile as float32: "float" weights as they are; "int8" and "fp8" come in as bytes (uint8
+    views), int8 through common.int8_bytes_to_float, fp8 bitcast to e4m3 and converted by the hardware.
+    The per-channel scale is applied to the row sums (_write_row), not here."""
+    if MASKED:
+        w = tl.load(w_rows + k, mask=k_ok, other=0)
+    else:
+        w = tl.load(w_rows + k)
+    if WEIGHT == "int8":
+        return int8_bytes_to_float(w)
+    elif WEIGHT == "fp8":
+        return w.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # masked-off bytes are 0x00: +0.0
+    else:
+        return w.to(tl.float32)
 
 
 @triton.jit
@@ -110,6 +146,7 @@ def _step(
     K,
     ROWS: tl.constexpr,
     MASKED: tl.constexpr,
+    WEIGHT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -117,11 +154,7 @@ def _step(
     last, ragged tile is MASKED: full tiles load without predicates."""
     k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
     k_ok = k < K
-    if MASKED:
-        w = tl.load(w_rows + k, mask=k_ok, other=0.0)
-    else:
-        w = tl.load(w_rows + k)
-    w = w.to(tl.float32)
+    w = _weights(w_rows, k, k_ok, MASKED, WEIGHT)
     acc0 += w * _x_values(x_ptr, k, k_ok, MASKED)
     if ROWS > 1:
         acc1 += w * _x_values(x_ptr + stride_xm, k, k_ok, MASKED)
@@ -139,26 +172,43 @@ def _row_result(
     cols,
     col_ok,
     N,
+    scale_ptr,
     bias_ptr,
     y_ptr,
     part_ptr,
     stride_ym,
     ROWS: tl.constexpr,
+    WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):
-    """One row's [BLOCK_N] sums: to y (+ bias), or to this split's float32 partial [splits, ROWS, N]."""
+    """One row's [BLOCK_N] sums: to y (scaled, + bias), or to this split's float32 partial [splits, ROWS, N]."""
     y = tl.sum(acc, axis=1)
     if SPLIT:
         offset = (tl.program_id(1) * ROWS + row) * N  # splits x rows x N: far below 2**31
         tl.store(part_ptr + offset + cols, y, mask=col_ok)
     else:
-        _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS, INTERPRETED)
+        _write_row(y, row, cols, col_ok, scale_ptr, bias_ptr, y_ptr, stride_ym, WEIGHT, HAS_BIAS, INTERPRETED)
 
 
 @triton.jit
-def _write_row(y, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr):
+def _write_row(
+    y,
+    row,
+    cols,
+    col_ok,
+    scale_ptr,
+    bias_ptr,
+    y_ptr,
+    stride_ym,
+    WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):
+    """y = sums * scale (one-byte weights: per output channel) + bias, in y's dtype."""
+    if WEIGHT != "float":
+        y = y * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + cols, _to_dtype(y, y_ptr.dtype.element_ty, INTERPRETED), mask=col_ok)
@@ -173,8 +223,10 @@ def _finish_splits(
     cols,
     col_ok,
     N,
+    scale_ptr,
     stride_ym,
     ROWS: tl.constexpr,
+    WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):
@@ -189,7 +241,7 @@ def _finish_splits(
                 total += tl.load(
                     part_ptr + (split * ROWS + row) * N + cols, mask=col_ok, other=0.0, cache_modifier=".cg"
                 )
-            _write_row(total, row, cols, col_ok, bias_ptr, y_ptr, stride_ym, HAS_BIAS, INTERPRETED)
+            _write_row(total, row, cols, col_ok, scale_ptr, bias_ptr, y_ptr, stride_ym, WEIGHT, HAS_BIAS, INTERPRETED)
         tl.store(counter, 0)  # zero again for the next launch (or graph replay)
 
 
@@ -197,6 +249,7 @@ def _finish_splits(
 def _dense_gemv_kernel(
     x_ptr,
     w_ptr,
+    scale_ptr,
     bias_ptr,
     y_ptr,
     part_ptr,
@@ -208,6 +261,7 @@ def _dense_gemv_kernel(
     stride_wn,
     stride_ym,
     ROWS: tl.constexpr,
+    WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -234,7 +288,7 @@ def _dense_gemv_kernel(
     for k0 in range(k_start, k_full, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
         acc0, acc1, acc2, acc3 = _step(
-            acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, False, BLOCK_N, BLOCK_K
+            acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, False, WEIGHT, BLOCK_N, BLOCK_K
         )
     if not EVEN_K:
         if k_full < tl.minimum(k_start + k_per_split, K):  # the ragged tile, in the last split
@@ -250,18 +304,97 @@ def _dense_gemv_kernel(
                 K,
                 ROWS,
                 True,
+                WEIGHT,
                 BLOCK_N,
                 BLOCK_K,
             )
-    _row_result(acc0, 0, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
+    _row_result(
+        acc0,
+        0,
+        cols,
+        col_ok,
+        N,
+        scale_ptr,
+        bias_ptr,
+        y_ptr,
+        part_ptr,
+        stride_ym,
+        ROWS,
+        WEIGHT,
+        HAS_BIAS,
+        SPLIT,
+        INTERPRETED,
+    )
     if ROWS > 1:
-        _row_result(acc1, 1, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
+        _row_result(
+            acc1,
+            1,
+            cols,
+            col_ok,
+            N,
+            scale_ptr,
+            bias_ptr,
+            y_ptr,
+            part_ptr,
+            stride_ym,
+            ROWS,
+            WEIGHT,
+            HAS_BIAS,
+            SPLIT,
+            INTERPRETED,
+        )
     if ROWS > 2:
-        _row_result(acc2, 2, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
+        _row_result(
+            acc2,
+            2,
+            cols,
+            col_ok,
+            N,
+            scale_ptr,
+            bias_ptr,
+            y_ptr,
+            part_ptr,
+            stride_ym,
+            ROWS,
+            WEIGHT,
+            HAS_BIAS,
+            SPLIT,
+            INTERPRETED,
+        )
     if ROWS > 3:
-        _row_result(acc3, 3, cols, col_ok, N, bias_ptr, y_ptr, part_ptr, stride_ym, ROWS, HAS_BIAS, SPLIT, INTERPRETED)
+        _row_result(
+            acc3,
+            3,
+            cols,
+            col_ok,
+            N,
+            scale_ptr,
+            bias_ptr,
+            y_ptr,
+            part_ptr,
+            stride_ym,
+            ROWS,
+            WEIGHT,
+            HAS_BIAS,
+            SPLIT,
+            INTERPRETED,
+        )
     if SERIAL:
-        _finish_splits(count_ptr, part_ptr, bias_ptr, y_ptr, cols, col_ok, N, stride_ym, ROWS, HAS_BIAS, INTERPRETED)
+        _finish_splits(
+            count_ptr,
+            part_ptr,
+            bias_ptr,
+            y_ptr,
+            cols,
+            col_ok,
+            N,
+            scale_ptr,
+            stride_ym,
+            ROWS,
+            WEIGHT,
+            HAS_BIAS,
+            INTERPRETED,
+        )
 
 
 @triton.jit
@@ -274,6 +407,7 @@ def _gated_step(
     k0,
     K,
     MASKED: tl.constexpr,
+    WEIGHT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -281,25 +415,23 @@ def _gated_step(
     k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
     k_ok = k < K
     x = _x_values(x_row, k, k_ok, MASKED)
-    if MASKED:
-        gate = tl.load(gate_rows + k, mask=k_ok, other=0.0)
-        up = tl.load(up_rows + k, mask=k_ok, other=0.0)
-    else:
-        gate = tl.load(gate_rows + k)
-        up = tl.load(up_rows + k)
-    return acc_gate + gate.to(tl.float32) * x, acc_up + up.to(tl.float32) * x
+    gate = _weights(gate_rows, k, k_ok, MASKED, WEIGHT)
+    up = _weights(up_rows, k, k_ok, MASKED, WEIGHT)
+    return acc_gate + gate * x, acc_up + up * x
 
 
 @triton.jit
 def _gate_up_silu_kernel(
     x_ptr,
     w_ptr,
+    scale_ptr,
     y_ptr,
     I,  # noqa: E741 - the intermediate size, as in the kernel docstring
     K,
     stride_xm,
     stride_wn,
     stride_ym,
+    WEIGHT: tl.constexpr,
     EVEN_K: tl.constexpr,
     INTERPRETED: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -320,12 +452,21 @@ def _gate_up_silu_kernel(
     k_full = K // BLOCK_K * BLOCK_K
     for k0 in range(0, k_full, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, BLOCK_N, BLOCK_K)
+        acc_gate, acc_up = _gated_step(
+            acc_gate, acc_up, gate_rows, up_rows, x_row, k0, K, False, WEIGHT, BLOCK_N, BLOCK_K
+        )
     if not EVEN_K:
-        acc_gate, acc_up = _gated_step(acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, BLOCK_N, BLOCK_K)
+        acc_gate, acc_up = _gated_step(
+            acc_gate, acc_up, gate_rows, up_rows, x_row, k_full, K, True, WEIGHT, BLOCK_N, BLOCK_K
+        )
+    gate = tl.sum(acc_gate, axis=1)
+    up = tl.sum(acc_up, axis=1)
+    if WEIGHT != "float":  # per-channel scales of the gate rows and of the matching up rows
+        gate = gate * tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        up = up * tl.load(scale_ptr + I + cols, mask=col_ok, other=0.0).to(tl.float32)
     dtype = y_ptr.dtype.element_ty
-    gate = _to_dtype(tl.sum(acc_gate, axis=1), dtype, INTERPRETED).to(tl.float32)
-    up = _to_dtype(tl.sum(acc_up, axis=1), dtype, INTERPRETED).to(tl.float32)
+    gate = _to_dtype(gate, dtype, INTERPRETED).to(tl.float32)
+    up = _to_dtype(up, dtype, INTERPRETED).to(tl.float32)
     tl.store(y_ptr + tl.program_id(1) * stride_ym + cols, _silu_times_up(gate, up, dtype, INTERPRETED), mask=col_ok)
 
 
@@ -333,8 +474,21 @@ def _gate_up_silu_kernel(
 
 
 def config_for(rows: int) -> dict:
-    """The launch settings for a launch of ``rows`` (1..MAX_ROWS) rows."""
+    """The launch settings for a launch of ``rows`` (1..MAX_ROWS) rows of a float weight."""
     return dict(CONFIG[min(r for r in CONFIG if r >= rows)])
+
+
+def byte_config_for(rows: int, out_features: int, in_features: int, device: torch.device) -> tuple[dict, int | None]:
+    """(launch settings, K split or None for choose_split's) of a one-byte weight, by the rules of BYTE_SMALL."""
+    if rows > 1:
+        return dict(BYTE_FEW_ROWS), None
+    if in_features >= BYTE_LONG_ROW:
+        sms = multiprocessor_count(device.index or 0) if device.type == "cuda" else 1
+        wide = out_features // 8 >= BYTE_LONG_ROW_PROGRAMS_PER_SM * sms
+        return dict(BLOCK_N=8 if wide else 4, BLOCK_K=1024, num_warps=4), 1
+    if out_features * in_features < BYTE_LARGE_LAYER:
+        return dict(BYTE_SMALL), None
+    return dict(BYTE_LARGE), None
 
 
 def choose_split(tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
@@ -369,15 +523,21 @@ def _check_input(name: str, x: torch.Tensor, width: int) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def _launch(rows, weight, bias, y, *, config, split_k):
-    """One launch for up to MAX_ROWS rows (rows and y are matching row slices)."""
+def _launch(rows, weight, scale, bias, y, *, weight_kind, config, split_k):
+    """One launch for up to MAX_ROWS rows (rows and y are matching row slices); ``weight`` float, or the
+    bytes (uint8 view) of a one-byte weight with its per-channel ``scale``."""
     m = rows.shape[0]
     out_features, in_features = weight.shape
-    cfg = {**config_for(m), **(config or {})}
+    if weight_kind == "float":
+        cfg, rule_split = config_for(m), None
+    else:
+        cfg, rule_split = byte_config_for(m, out_features, in_features, rows.device)
+    if config:  # a benchmark's settings: the split rule of the float weights unless it names one
+        cfg, rule_split = {**cfg, **config}, None
     block_n, block_k = cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(out_features, block_n)
     if split_k is None:
-        split_k = choose_split(tiles, in_features, block_k, rows.device)
+        split_k = rule_split or choose_split(tiles, in_features, block_k, rows.device)
     k_per_split, split_k = k_slices(in_features, split_k, block_k)
     part = counters = None
     if split_k > 1:
@@ -388,6 +548,7 @@ def _launch(rows, weight, bias, y, *, config, split_k):
     _dense_gemv_kernel[(tiles, split_k)](
         rows,
         weight,
+        scale if scale is not None else weight,
         bias_arg,
         y,
         part if part is not None else y,
@@ -399,6 +560,7 @@ def _launch(rows, weight, bias, y, *, config, split_k):
         weight.stride(0),
         y.stride(0),
         ROWS=m,
+        WEIGHT=weight_kind,
         HAS_BIAS=bias is not None,
         EVEN_K=in_features % block_k == 0,
         SPLIT=split_k > 1,
@@ -412,13 +574,22 @@ def _launch(rows, weight, bias, y, *, config, split_k):
         sum_splits(part, bias, y)
 
 
-def _run(rows, weight, bias, leading_shape, *, config, split_k):
+def _run(rows, weight, scale, bias, leading_shape, *, weight_kind, config, split_k):
     out_features = weight.shape[0]
     check_bias(bias, out_features)
     y = torch.empty(rows.shape[0], out_features, dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], MAX_ROWS):
         stop = start + MAX_ROWS
-        _launch(rows[start:stop], weight, bias, y[start:stop], config=config, split_k=split_k)
+        _launch(
+            rows[start:stop],
+            weight,
+            scale,
+            bias,
+            y[start:stop],
+            weight_kind=weight_kind,
+            config=config,
+            split_k=split_k,
+        )
     return y.view(*leading_shape, out_features)
 
 
@@ -436,7 +607,37 @@ def dense_linear(
     """
     rows = _check_input("x", x, weight.shape[-1])
     _check_weight(weight, x.dtype)
-    return _run(rows, weight, bias, x.shape[:-1], config=config, split_k=split_k)
+    return _run(rows, weight, None, bias, x.shape[:-1], weight_kind="float", config=config, split_k=split_k)
+
+
+def byte_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    config: dict | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:
+    """x @ (qweight * scale[:, None])^T (+ bias) for a few rows, qweight int8 or float8_e4m3fn [out, in] with
+    one float scale per output channel (quantization/formats.py's int8 and fp8): x [..., in] -> [..., out]
+    in x's dtype, x never quantized. Overrides as for `dense_linear`."""
+    rows = _check_input("x", x, qweight.shape[-1])
+    kind = _check_byte_weight(qweight, scale)
+    return _run(
+        rows, qweight.view(torch.uint8), scale, bias, x.shape[:-1], weight_kind=kind, config=config, split_k=split_k
+    )
+
+
+def _check_byte_weight(qweight: torch.Tensor, scale: torch.Tensor) -> str:
+    if qweight.dtype not in BYTE_WEIGHTS:
+        raise ValueError(f"qweight: dtype {qweight.dtype} is not a one-byte weight; use int8 or float8_e4m3fn")
+    _check_weight(qweight, qweight.dtype)
+    if tuple(scale.shape) != (qweight.shape[0],) or scale.stride(0) != 1:
+        raise ValueError(
+            f"scale: expected a contiguous [{qweight.shape[0]}] (one per output), got {tuple(scale.shape)}"
+        )
+    return BYTE_WEIGHTS[qweight.dtype]
 
 
 def dense_gate_up_silu(x: torch.Tensor, weight: torch.Tensor, *, config: dict | None = None) -> torch.Tensor:
@@ -446,26 +647,42 @@ def dense_gate_up_silu(x: torch.Tensor, weight: torch.Tensor, *, config: dict | 
     GATED_CONFIG, for benchmarks."""
     rows = _check_input("x", x, weight.shape[-1])
     _check_weight(weight, x.dtype)
+    return _gated(rows, weight, None, x.shape[:-1], "float", {**GATED_CONFIG, **(config or {})})
+
+
+def byte_gate_up_silu(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, *, config: dict | None = None
+) -> torch.Tensor:
+    """`dense_gate_up_silu` of a one-byte weight (as `byte_linear`'s): the gate and up sums scaled per channel,
+    then rounded to x's dtype as the quantized linear's output is. ``config`` overrides BYTE_GATED_CONFIG."""
+    rows = _check_input("x", x, qweight.shape[-1])
+    kind = _check_byte_weight(qweight, scale)
+    cfg = {**BYTE_GATED_CONFIG, **(config or {})}
+    return _gated(rows, qweight.view(torch.uint8), scale, x.shape[:-1], kind, cfg)
+
+
+def _gated(rows, weight, scale, leading_shape, weight_kind, cfg):
     if weight.shape[0] % 2:
         raise ValueError(f"weight: {weight.shape[0]} rows; gate_up needs an even count (gate then up)")
     inter, in_features = weight.shape[0] // 2, weight.shape[1]
-    cfg = {**GATED_CONFIG, **(config or {})}
-    y = torch.empty(rows.shape[0], inter, dtype=x.dtype, device=x.device)
+    y = torch.empty(rows.shape[0], inter, dtype=rows.dtype, device=rows.device)
     if rows.shape[0]:
         pdl = pdl_enabled(rows.device)
         _gate_up_silu_kernel[(triton.cdiv(inter, cfg["BLOCK_N"]), rows.shape[0])](
             rows,
             weight,
+            scale if scale is not None else weight,
             y,
             inter,
             in_features,
             rows.stride(0),
             weight.stride(0),
             y.stride(0),
+            WEIGHT=weight_kind,
             EVEN_K=in_features % cfg["BLOCK_K"] == 0,
             INTERPRETED=not rows.is_cuda,
             PDL=pdl,
             **cfg,
             **launch_options(pdl),
         )
-    return y.view(*x.shape[:-1], inter)
+    return y.view(*leading_shape, inter)

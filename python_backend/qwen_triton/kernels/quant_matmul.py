@@ -13,13 +13,12 @@ Formats (those of quantization/formats.py, which owns them):
 
 Two kernel shapes per format:
 - GEMV (few rows of x, decode at small batch; int8 and fp8 at 1 row, int4 at 1 row of short layers,
-  INT4_GEMV_MAX_IN_FEATURES): bound by reading the weight once. Each program owns BLOCK_N output
-  rows and streams their weight bytes with wide loads, multiply-adding into a 2-D float32
-  accumulator that is reduced once at the end. int8 -> float uses the float32 "magic number" trick
-  (OR the integer into the mantissa of 2**23, subtract 2**23): one logic op and one add instead of a
-  conversion instruction; fp8 the hardware e4m3 conversion. int4 has a GEMV of its own
-  (_int4_gemv_kernel): 16-byte chunks of packed weights, one a thread, x loaded in the same shape,
-  each nibble made the float32 128 + q by one PRMT and the zero point taken off per chunk.
+  INT4_GEMV_MAX_IN_FEATURES): bound by reading the weight once. int8 and fp8 take dense_gemv's kernel
+  (dense_gemv.byte_linear), the float weights' GEMV reading bytes: int8 -> float by the float32 "magic
+  number" trick (common.int8_bytes_to_float), fp8 by the hardware e4m3 conversion, the per-channel scale
+  on the row sums. int4 has a GEMV of its own (_int4_gemv_kernel): 16-byte chunks of packed weights,
+  one a thread, x loaded in the same shape, each nibble made the float32 128 + q by one PRMT and the
+  zero point taken off per chunk.
 - GEMM (more rows, and int4 on longer layers, padded to 16): tensor-core dots on weights
   converted to the activations' dtype (int8, int4 q - zero and e4m3 values are all exact in
   bf16/fp16); scales are applied to the dot's float32 result. int4 on CUDA converts two nibbles per
@@ -30,7 +29,7 @@ Two kernel shapes per format:
   The CPU interpreter (and float32 x, and float zero points) take a pure-Triton conversion.
 
 Narrow outputs split K across programs. int4 adds the float32 partials up in the last program of
-each output tile (SERIAL: an atomic count per tile); int8 and fp8 launch common.sum_splits.
+each output tile (SERIAL: an atomic count per tile); the int8 and fp8 GEMMs launch common.sum_splits.
 
 int8 and fp8 share every kernel line but the byte -> float conversion (the ``FMT`` constexpr picks
 it); quantization.Fp8Linear sends small batches here and prefill to torch._scaled_mm.
@@ -44,8 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import multiprocessor_count
-from .common import check_bias, k_slices, split_counters, sum_splits
+from . import dense_gemv, multiprocessor_count
+from .common import check_bias, int8_bytes_to_float, k_slices, split_counters, sum_splits
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
@@ -72,17 +71,6 @@ _PACKED_CVT_DTYPES = (torch.float16, torch.bfloat16)  # see _packed_cvt_applies
 
 
 @triton.jit
-def _int8_to_float(w_u8, FAST_CVT: tl.constexpr):
-    """uint8 view of int8 weights -> float32 values -128..127."""
-    if FAST_CVT:
-        # u ^ 0x80 is q + 128; OR-ing it under the exponent of 2**23 gives 2**23 + q + 128.
-        bits = w_u8.to(tl.int32) ^ 0x4B000080
-        return bits.to(tl.float32, bitcast=True) - 8388736.0
-    else:
-        return w_u8.to(tl.int8, bitcast=True).to(tl.float32)
-
-
-@triton.jit
 def _byte_tile(
     w_ptr,
     cols,
@@ -92,7 +80,6 @@ def _byte_tile(
     stride_wn,
     FMT: tl.constexpr,
     EVEN_K: tl.constexpr,
-    FAST_CVT: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """One-byte weights [BLOCK_N, BLOCK_K] of rows ``cols``, inputs k0..: int8 as float32 integers,
@@ -105,7 +92,7 @@ def _byte_tile(
     if FMT == "fp8":
         return w.to(tl.float8e4nv, bitcast=True)  # masked-off bytes are 0x00, which is +0.0
     else:
-        return _int8_to_float(w, FAST_CVT)
+        return int8_bytes_to_float(w)
 
 
 # Inline PTX for the int4 -> bf16 / fp16 conversion, the inner loop's cost: four packed bytes per
@@ -450,81 +437,6 @@ def _int4_gemv_kernel(
 
 
 @triton.jit
-def _gemv_kernel(
-    x_ptr,
-    w_ptr,
-    scale_ptr,
-    zeros_ptr,
-    bias_ptr,
-    y_ptr,
-    part_ptr,
-    count_ptr,
-    M,
-    N,
-    K,
-    k_per_split,
-    stride_xm,
-    stride_wn,
-    stride_sn,
-    stride_zn,
-    stride_ym,
-    FMT: tl.constexpr,
-    GROUP: tl.constexpr,
-    HAS_ZEROS: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    SPLIT: tl.constexpr,
-    SERIAL: tl.constexpr,
-    FAST_CVT: tl.constexpr,
-    PACKED_CVT: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    """One row of x per program column: multiply-add into a [BLOCK_N, BLOCK_K] accumulator,
-    reduce once at the end (no per-iteration cross-thread reduction)."""
-    wait_for_previous_kernel(PDL)
-    pid_n = tl.program_id(0)
-    row = tl.program_id(1)
-    split = tl.program_id(2)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    ks = tl.arange(0, BLOCK_K)
-    x_row = x_ptr + row * stride_xm
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    k_start = split * k_per_split
-    for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
-        k0 = tl.multiple_of(k0, BLOCK_K)  # splits start on tile boundaries: wide, aligned loads
-        if EVEN_K:
-            x = tl.load(x_row + k0 + ks)
-        else:
-            x = tl.load(x_row + k0 + ks, mask=k0 + ks < K, other=0.0)
-        w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    y = tl.sum(acc, axis=1)[None, :]
-    rows = row + tl.arange(0, 1)
-    _store_output(
-        y,
-        rows,
-        cols,
-        rows < M,
-        col_ok,
-        M,
-        N,
-        scale_ptr,
-        bias_ptr,
-        y_ptr,
-        part_ptr,
-        count_ptr,
-        stride_ym,
-        FMT,
-        HAS_BIAS,
-        SPLIT,
-        SERIAL,
-    )
-
-
-@triton.jit
 def _gemm_kernel(
     x_ptr,
     w_ptr,
@@ -550,7 +462,6 @@ def _gemm_kernel(
     EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,
     SERIAL: tl.constexpr,
-    FAST_CVT: tl.constexpr,
     PACKED_CVT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -607,7 +518,7 @@ def _gemm_kernel(
                 )
         else:
             x = _x_tile(x_rows, row_ok, k0, K, EVEN_K, BLOCK_K)
-            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, FAST_CVT, BLOCK_K)
+            w = _byte_tile(w_ptr, cols, col_ok, k0, K, stride_wn, FMT, EVEN_K, BLOCK_K)
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
     _store_output(
         acc,
@@ -654,14 +565,9 @@ def _x_tile(x_rows, row_ok, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
 # - int4 GEMV (one row, K <= 1024): 16 rows a program in steps of 512 inputs, 4 warps; narrow layers
 #   INT4_GEMV_NARROW, long rows INT4_GEMV_LONG. Longer steps spill registers.
 # - int4 K steps but INT4_GEMV_NARROW's are halved (down to 128) until they divide K (whole_steps).
-# - int8 / fp8 GEMV: 8 rows a program in steps of 512. The loop loads no step ahead: that speeds a layer
-#   timed alone, not the engine's decode.
+# - int8 / fp8 GEMV: dense_gemv's kernel, with its own settings (dense_gemv.BYTE_CONFIG).
 # SERIAL: split-K partials are added up by the last program of each tile (see _store_output).
-GEMV_CONFIG = {
-    "int8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-    "int4": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, SERIAL=True),
-    "fp8": dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-}
+GEMV_CONFIG = {"int4": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, SERIAL=True)}
 GEMM_CONFIG = {
     "int8": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3),
     "int4": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3, SERIAL=True),
@@ -810,9 +716,9 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
         cfg.setdefault("PACKED_CVT", x.is_cuda)
         cfg.update(X_PAIRS=x_arg is not rows, X_BF16=rows.dtype == torch.bfloat16)
     else:
-        kernel, x_arg, stride_xm = _gemv_kernel if gemv else _gemm_kernel, rows, rows.stride(0)
+        kernel, x_arg, stride_xm = _gemm_kernel, rows, rows.stride(0)
         cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
-        cfg.update(FMT=fmt, FAST_CVT=True)
+        cfg.update(FMT=fmt)
     pdl = pdl_enabled(x.device)
     kernel[(grid_n, grid_m, split_k)](
         x_arg,
@@ -893,8 +799,11 @@ def fp8_linear(x, qweight, scale, bias=None, *, config=None, path=None, split_k=
 
 def _per_channel_linear(fmt, dtype, x, qweight, scale, bias, config, path, split_k):
     """int8 and fp8 share every kernel line but the byte -> float conversion: both weights go in as uint8
-    (the int8 conversion trick works on unsigned bytes; fp8 is bitcast back in the kernel)."""
+    (the int8 conversion trick works on unsigned bytes; fp8 is bitcast back in the kernel). Few rows take
+    dense_gemv's GEMV, the float weights' kernel reading bytes."""
     out_features, in_features = _check_per_channel(qweight, scale, dtype)
+    if use_gemv(x.numel() // max(in_features, 1), path, fmt, out_features, in_features):
+        return dense_gemv.byte_linear(x, qweight, scale, bias, config=config, split_k=split_k)
     return _launch(
         x,
         qweight.view(torch.uint8),

@@ -17,8 +17,9 @@ The linears: ``linear(module, x)`` is ``module(x)`` and ``gate_up_silu(module, x
 ``silu_and_mul(module(x))`` (the MLP's fused gate_up projection). On CUDA, a plain bf16 / fp16
 ``nn.Linear`` with at most ``dense_gemv.ROUTE_MAX_ROWS`` rows of input runs
 ``kernels/dense_gemv.py`` instead of cuBLAS (gate_up with SiLU*up in the GEMV's epilogue, so the
-down projection reads a ready input); quantized linears (quantization/formats.py), float32 weights and more
-rows keep ``module(x)`` (then the SiLU*up kernel). Those kernels add up in another order than cuBLAS,
+down projection reads a ready input); an int8 / fp8 gate_up at the rows its one-byte GEMV serves takes that
+kernel's fused form too (``byte_gate_up_silu``); other quantized linears (quantization/formats.py), float32
+weights and more rows keep ``module(x)`` (then the SiLU*up kernel). Those kernels add up in another order than cuBLAS,
 so their outputs can differ in the last bit.
 
 The kernels round to the model dtype exactly where these functions do; what they cannot repeat is the
@@ -42,6 +43,7 @@ from torch import nn
 
 from qwen_triton import kernels
 from qwen_triton.layers.attention import write_kv
+from qwen_triton.quantization.formats import PerChannelLinear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -165,6 +167,8 @@ def kernel_ops() -> FusedOps:
     def kernel_gate_up_silu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if gemv_applies(module, x) and module.bias is None:
             return dense_gemv.dense_gate_up_silu(x, module.weight)
+        if isinstance(module, PerChannelLinear) and module.bias is None and x.dim() == 2 and module.takes_gemv(x):
+            return dense_gemv.byte_gate_up_silu(x, module.qweight, module.scale)
         return elementwise.silu_and_mul(kernel_linear(module, x))
 
     return FusedOps(

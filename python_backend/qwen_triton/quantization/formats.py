@@ -134,6 +134,21 @@ class PerChannelLinear(QuantizedLinear):
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.float() * self.scale[:, None]).to(dtype)
 
+    def takes_gemv(self, x: torch.Tensor) -> bool:
+        """Whether forward(x) reads this weight with the one-byte GEMV (kernels/dense_gemv.py's byte_linear):
+        there, the MLP's gate_up may take byte_gate_up_silu, the same sums with SiLU*up in the epilogue."""
+        return (
+            _gpu_kernels_usable(x)
+            and self._kernel_serves(x)
+            and kernels.use_gemv(
+                _rows(x, self.in_features), None, self.format_name, self.out_features, self.in_features
+            )
+        )
+
+    def _kernel_serves(self, x: torch.Tensor) -> bool:
+        """Whether forward(x) on CUDA runs kernel_forward (the Triton kernels) at all."""
+        return _rows(x, self.in_features) < DEQUANTIZED_MATMUL_MIN_ROWS
+
 
 class Int8Linear(PerChannelLinear):
     """weight = qweight[o, i] * scale[o]; qweight in [-127, 127]."""
@@ -348,6 +363,9 @@ class Fp8Linear(PerChannelLinear):
         if torch.cuda.get_device_capability(x.device) < FP8_MIN_CAPABILITY:  # Triton has no e4m3 type there
             return self.reference_forward(x)
         return kernels.fp8_linear(x, self.qweight, self.scale, _bias_for(self, x))
+
+    def _kernel_serves(self, x: torch.Tensor) -> bool:
+        return torch.cuda.get_device_capability(x.device) >= FP8_MIN_CAPABILITY and self.cuda_path(x) == "kernel"
 
     def cuda_path(self, x: torch.Tensor) -> str:
         """Which path serves a CUDA input x: "kernel", "scaled_mm" or "reference" (see the class doc)."""
