@@ -1,7 +1,9 @@
-"""The FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.
+"""The FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics, and Triton's
+generate extension (/v2/models/<model>/generate[_stream], generate_front.py).
 
 Each answer is one or more gRPC streams to tritonserver (see triton_backend). Two rules hold everywhere:
-- every error is OpenAI's error shape with its real HTTP status; for a stream, the status is decided by the
+- every error is OpenAI's error shape (on /v2/*, the generate extension's `{"error": "..."}`) with its real
+  HTTP status; for a stream, the status is decided by the
   first chunk (bad input fails before any token), so only a failure after that travels inside the stream;
 - when the HTTP client goes away, its Triton requests are cancelled (the engine frees their KV blocks):
   streaming answers through Starlette cancelling the body, whole answers through a disconnect watch.
@@ -9,14 +11,13 @@ Each answer is one or more gRPC streams to tritonserver (see triton_backend). Tw
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pydantic
 from fastapi import FastAPI, Request
@@ -25,6 +26,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .choices import ChatChoice, CompletionChoice, Usage, merged_chunks
+from .client_connection import until_disconnected
+from .generate_front import add_generate_routes, generate_endpoint
 from .metrics import GatewayMetrics
 from .protocol import (
     ChatCompletionRequest,
@@ -41,8 +44,6 @@ from .request_mapping import chat_inputs, completion_inputs
 from .triton_backend import TritonBackend
 
 log = logging.getLogger("qwen_openai")
-DISCONNECT_POLL_S = 0.25
-T = TypeVar("T")
 
 
 @dataclass
@@ -134,7 +135,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await answer.stream(request, lambda i, c: choices[i].add(c), include_usage)
-        usage = await _until_disconnected(request, answer.collect(lambda i, c: choices[i].add(c)), metrics, "chat")
+        usage = await until_disconnected(request, answer.collect(lambda i, c: choices[i].add(c)), metrics, "chat")
         return _answer(metrics, "chat", answer.whole([choice.message() for choice in choices], usage))
 
     @app.post("/v1/completions")
@@ -150,11 +151,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await answer.stream(request, lambda i, c: [choices[i].add(c)], include_usage)
-        usage = await _until_disconnected(
+        usage = await until_disconnected(
             request, answer.collect(lambda i, c: choices[i].add(c)), metrics, "completions"
         )
         return _answer(metrics, "completions", answer.whole([choice.whole() for choice in choices], usage))
 
+    add_generate_routes(app, backend, metrics, check_access)
     return app
 
 
@@ -202,7 +204,7 @@ class _Answer:
     async def stream(self, request: Request, deltas_for, include_usage: bool) -> Response:
         chunks = merged_chunks(self.backend, self.choices_inputs)
         # The first chunk decides the status: a request the model refuses is a plain 400, not a broken stream.
-        first = await _until_disconnected(request, anext(chunks), self.metrics, self.endpoint, on_cancel=chunks)
+        first = await until_disconnected(request, anext(chunks), self.metrics, self.endpoint, on_cancel=chunks)
         self.metrics.answered(self.endpoint, 200)
         return StreamingResponse(
             self._events(first, chunks, deltas_for, include_usage),
@@ -252,27 +254,6 @@ def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _until_disconnected(
-    request: Request, awaitable: Awaitable[T], metrics: GatewayMetrics, endpoint: str, on_cancel=None
-) -> T:
-    """`await awaitable`, cancelled (with its Triton requests) if the HTTP client disconnects meanwhile."""
-    work = asyncio.ensure_future(awaitable)
-    try:
-        while True:
-            done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return work.result()
-            if await request.is_disconnected():
-                metrics.cancelled.labels(endpoint).inc()
-                raise OpenAIError(499, "the client closed the connection", code="cancelled")
-    finally:
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            if on_cancel is not None:
-                await on_cancel.aclose()
-
-
 async def _ensure_config(backend: TritonBackend) -> None:
     if not backend.inputs:
         await backend.load_model_config()
@@ -295,6 +276,9 @@ def _answer(metrics: GatewayMetrics, endpoint: str, payload: dict[str, Any]) -> 
 
 def _endpoint_of(request: Request) -> str:
     path = request.url.path
+    generate = generate_endpoint(path)
+    if generate is not None:
+        return generate
     for prefix, name in (("/v1/chat", "chat"), ("/v1/completions", "completions"), ("/v1/models", "models")):
         if path.startswith(prefix):
             return name
@@ -304,7 +288,9 @@ def _endpoint_of(request: Request) -> str:
 def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     def reply(request: Request, error: OpenAIError) -> JSONResponse:
         metrics.answered(_endpoint_of(request), error.status)
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+        # Triton's own paths answer in Triton's error shape, which its clients parse.
+        body = {"error": error.message} if request.url.path.startswith("/v2/") else error.body()
+        return JSONResponse(body, status_code=error.status, headers=error.headers())
 
     @app.exception_handler(OpenAIError)
     async def openai_error(request: Request, error: OpenAIError):

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import openai
 import pytest
 import requests
-from openai_gateway_process import SERVED_MODEL_NAME, start_gateway, stop_gateway
+from openai_gateway_process import SERVED_MODEL_NAME, metric_value, start_gateway, stop_gateway
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
@@ -24,16 +23,6 @@ GREEDY = {"temperature": 0.0, "max_tokens": 24}
 def client(gateway):
     with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=120) as sdk:
         yield sdk
-
-
-def metric_value(text: str, name: str, **labels) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and all(f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 # ---------------------------------------------------------------- answers
