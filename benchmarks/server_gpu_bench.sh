@@ -6,13 +6,15 @@
 #   .carry/pytriton_min.tgz   the wheel's tritonserver, Python backend, 3.12 stub, libs and tritonclient
 #   .carry/tokenizer/         tokenizer.json (+ config) for the random-weight checkpoint
 #   .carry/wheels/            python-rapidjson (tritonclient.grpc) and numpy 1.26 for cp312: the 2.51 stub
-#                             reads BYTES tensors wrongly under numpy 2, so the server gets numpy 1.x first
+#                             reads BYTES tensors wrongly under numpy 2, so the server gets numpy 1.x first;
+#                             and the engine's xgrammar with its dependencies (docs/benchmarks.md lists them)
 #   bash benchmarks/server_gpu_bench.sh OUT_DIR
 set -euo pipefail
 out=${1:?output directory}
 site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 python3 -m pip install -q --no-deps --no-index .carry/wheels/python_rapidjson-*.whl
-python3 -m pip install -q --no-deps --no-index --target /tmp/numpy1 .carry/wheels/numpy-1.*.whl
+# Everything the server's interpreter lacks goes to one directory that model.py adds (QWEN_TRITON_SITE_DIRS).
+python3 -m pip install -q --no-deps --no-index --target /tmp/numpy1 .carry/wheels/*.whl
 # The device's scikit-learn/scipy are built for numpy 2, and transformers imports sklearn whenever it is
 # installed (generation utilities); hide it from the server's interpreter (a .pth line runs at addsitedir).
 echo 'import sys; sys.modules.setdefault("sklearn", None)' > /tmp/numpy1/zz_hide_sklearn.pth
