@@ -1,10 +1,16 @@
-"""Dense (bf16 / fp16 / float32) linears for a few rows of x (Triton language): decode at small batch.
+"""Linears for a few rows of x (Triton language), decode at small batch: float (bf16 / fp16 / float32)
+weights, and one-byte weights (int8, fp8 e4m3) with a scale per output channel.
 
-    dense_linear(x, weight, bias=None)           y = x @ weight^T (+ bias)
-    dense_gate_up_silu(x, gate_up_weight)        y = silu(gate) * up of x @ gate_up_weight^T
+    dense_linear(x, weight, bias=None)                 y = x @ weight^T (+ bias)
+    dense_gate_up_silu(x, gate_up_weight)              y = silu(gate) * up of x @ gate_up_weight^T
+    byte_linear(x, qweight, scale, bias=None)          y = x @ (qweight * scale[:, None])^T (+ bias)
+    byte_gate_up_silu(x, qweight, scale)               the same gated form on a one-byte weight
 
-``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype; float32
-accumulation, y in x's dtype. The model's MLP at decode rows takes ``dense_gate_up_silu`` (SiLU*up in
+One kernel per form: the WEIGHT constexpr says how a loaded tile becomes float32 ("float"; "int8" by
+common.int8_bytes_to_float; "fp8" by the hardware conversion), and the scale multiplies the row sums.
+
+``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype (any of the three for
+a one-byte weight); float32 accumulation, y in x's dtype. The model's MLP at decode rows takes ``dense_gate_up_silu`` (SiLU*up in
 the gate_up GEMV's epilogue) and then ``dense_linear`` for down_proj.
 
 Why not cuBLAS: at one row a linear only streams its weight once, so the rule is to read it at the
