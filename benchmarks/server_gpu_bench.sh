@@ -14,17 +14,17 @@ out=${1:?output directory}
 site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 python3 -m pip install -q --no-deps --no-index .carry/wheels/python_rapidjson-*.whl
 # Everything the server's interpreter lacks goes to one directory that model.py adds (QWEN_TRITON_SITE_DIRS).
-python3 -m pip install -q --no-deps --no-index --target /tmp/numpy1 .carry/wheels/*.whl
+python3 -m pip install -q --no-deps --no-index --target /tmp/server_site .carry/wheels/*.whl
 # The device's scikit-learn/scipy are built for numpy 2, and transformers imports sklearn whenever it is
 # installed (generation utilities); hide it from the server's interpreter (a .pth line runs at addsitedir).
-echo 'import sys; sys.modules.setdefault("sklearn", None)' > /tmp/numpy1/zz_hide_sklearn.pth
+echo 'import sys; sys.modules.setdefault("sklearn", None)' > /tmp/server_site/zz_hide_sklearn.pth
 tar xf .carry/pytriton_min.tgz -C /tmp   # gzip or xz
 cp -r /tmp/pytriton_min/pytriton /tmp/pytriton_min/nvidia_pytriton.libs /tmp/pytriton_min/tritonclient "$site/"
 printf '%s\n%s\n' "$PWD/python_backend" "$PWD/client" > "$site/qwen_triton_dev.pth"
 checkpoint=$(python3 -c "
 import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
 from gpu_bench import make_checkpoint; print(make_checkpoint('7b', Path('.carry/tokenizer'), Path('/tmp/ckpt')))")
-QWEN_TRITON_SITE_DIRS=/tmp/numpy1 python3 scripts/serve.py --model "$checkpoint" --instance-kind gpu --detach --ready-timeout 400 --run-dir /tmp/run \
+QWEN_TRITON_SITE_DIRS=/tmp/server_site python3 scripts/serve.py --model "$checkpoint" --instance-kind gpu --detach --ready-timeout 400 --run-dir /tmp/run \
   --param load_format=random --param dtype=bfloat16 --param max_model_len=2048 --param max_num_seqs=256 \
   --param max_num_batched_tokens=8192 --param kv_cache_bytes=25769803776 --param enable_prefix_caching=false \
   > "$out/serve.log" 2>&1 || { tail -50 "$out/serve.log"; exit 1; }

@@ -1,5 +1,6 @@
 """What the kernel modules share (Triton language and host side): float32 -> 16-bit rounding as torch
-rounds, int8 bytes -> float32, argument checks, and split-K bookkeeping (K slices, per-tile counters, the separate sum kernel).
+rounds, int8 bytes -> float32, argument checks, and split-K bookkeeping (K slices, per-tile counters, the
+separate sum kernel).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ One kernel per form: the WEIGHT constexpr says how a loaded tile becomes float32
 common.int8_bytes_to_float; "fp8" by the hardware conversion), and the scale multiplies the row sums.
 
 ``weight`` is nn.Linear's [out, in] (row-major), x [..., in] of the weight's dtype (any of the three for
-a one-byte weight); float32 accumulation, y in x's dtype. The model's MLP at decode rows takes ``dense_gate_up_silu`` (SiLU*up in
-the gate_up GEMV's epilogue) and then ``dense_linear`` for down_proj.
+a one-byte weight); float32 accumulation, y in x's dtype. The model's MLP at decode rows takes
+``dense_gate_up_silu`` (SiLU*up in the gate_up GEMV's epilogue; ``byte_gate_up_silu`` for int8 / fp8) and
+then ``dense_linear`` (``byte_linear``) for down_proj.
 
 Why not cuBLAS: at one row a linear only streams its weight once, so the rule is to read it at the
 memory's bandwidth with no extra launch. cuBLAS's decode kernels read below that ceiling, and a narrow
