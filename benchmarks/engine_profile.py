@@ -2,7 +2,7 @@
 
   python benchmarks/engine_profile.py prefill --tokenizer DIR --shape 7b --prompt-tokens 512 [--batch 16]
   python benchmarks/engine_profile.py step    --tokenizer DIR --shape 7b --batch 1 [--quantization int8] [--dense-max-rows 0]
-  python benchmarks/engine_profile.py load    --tokenizer DIR --shape 7b --concurrency 64 [--cold]
+  python benchmarks/engine_profile.py load    --tokenizer DIR --shape 7b --concurrency 64 [--cold] [--prefill-cap 512]
 
 - prefill: wall time of a prefill step against its kernels' GPU time and launch count. Kernels adding up
   to much less than the wall time mean the step is bound by the host launching them; about the wall
@@ -211,14 +211,19 @@ def summarize_load(steps) -> None:
 
 
 def profile_load(args, checkpoint: Path) -> None:
-    engine = engine_for(checkpoint, max_num_batched_tokens=args.max_num_batched_tokens)
+    engine = engine_for(
+        checkpoint,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_prefill_tokens_while_decoding=args.prefill_cap,
+    )
     vocab = engine.hf_config.vocab_size
     run_requests(engine, prompt_ids(vocab, 1 if args.cold else args.concurrency, args.prompt_tokens), 4)
     prompts = prompt_ids(vocab, args.concurrency, args.prompt_tokens)
     steps, _ = timed_load(engine, prompts, args.max_tokens)
     print(
         f"{args.shape}, {args.concurrency} x ({args.prompt_tokens} + {args.max_tokens}), "
-        f"max_num_batched_tokens {args.max_num_batched_tokens}{', cold' if args.cold else ''}:"
+        f"max_num_batched_tokens {args.max_num_batched_tokens}, prefill cap {args.prefill_cap or 'none'}"
+        f"{', cold' if args.cold else ''}:"
     )
     summarize_load(steps)
     _, table = timed_load(engine, prompts, 8, args.profile_decode_rows)
@@ -252,6 +257,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--prompt-tokens", type=int, default=512)
     load.add_argument("--max-tokens", type=int, default=256)
     load.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    load.add_argument(
+        "--prefill-cap", type=int, default=0, help="max_prefill_tokens_while_decoding (0: no cap, the default)"
+    )
     load.add_argument(
         "--profile-decode-rows",
         type=int,
