@@ -498,10 +498,6 @@ BYTE_GEMV_SWEEP = [
     dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
     dict(BLOCK_N=2, BLOCK_K=2048, num_warps=2),
     dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4, num_stages=2),
-    # PREFETCH: the next tile's loads issued before this tile's multiply (the default tiles otherwise)
-    dict(PREFETCH=True),
-    dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4, PREFETCH=True),
-    dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4, PREFETCH=True),
 ]
 GEMV_SWEEP = {
     "int8": BYTE_GEMV_SWEEP,
@@ -523,14 +519,6 @@ GEMV_SWEEP = {
         dict(BLOCK_N=64, BLOCK_K=256, num_warps=4),
         dict(BLOCK_N=128, BLOCK_K=256, num_warps=8),
         dict(BLOCK_N=32, BLOCK_K=512, num_warps=8),
-        # PREFETCH: the next step's bytes loaded before this step's are converted
-        dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, PREFETCH=True),
-        dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, PREFETCH=True),
-        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, PREFETCH=True),
-        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, PREFETCH=True),
-        dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, PREFETCH=True),  # 128 divides 72B's 29568
-        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, PREFETCH=True),
-        dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4, PREFETCH=True),  # INT4_GEMV_LONG's tiles
     ],
 }
 BYTE_GEMM_SWEEP = [
@@ -650,9 +638,6 @@ DENSE_SWEEP = {
         dict(BLOCK_N=16, BLOCK_K=512, num_warps=8),
         dict(BLOCK_N=8, BLOCK_K=256, num_warps=4),
         dict(BLOCK_N=16, BLOCK_K=256, num_warps=4),
-        dict(PREFETCH=True),
-        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4, PREFETCH=True),
-        dict(BLOCK_N=8, BLOCK_K=512, num_warps=4, PREFETCH=True),
     ],
     2: [
         None,

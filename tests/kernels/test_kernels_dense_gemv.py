@@ -64,25 +64,6 @@ def test_dense_linear_split_k(generator, device, rel_error, poisoned_outputs, ro
     assert rel_error(out, expected) < TOLERANCE[torch.float16]
 
 
-@pytest.mark.parametrize("rows, split_k", [(1, None), (1, 3), (4, 2)])
-@pytest.mark.parametrize("in_f", [IN, 1024, 100])  # ragged last tile; whole tiles; no full tile
-def test_dense_linear_prefetch(generator, device, rel_error, poisoned_outputs, rows, split_k, in_f):
-    """PREFETCH loads the next full tile before this one is multiplied, clamped to the last full tile:
-    splits without a full tile load one they do not use; the ragged tile is added after the loop. Rows
-    shorter than a tile (100 inputs) take the plain loop."""
-    from qwen_triton.kernels import dense_linear
-
-    x, weight, bias = case(generator, rows, torch.float16, in_f=in_f)
-    out = dense_linear(
-        x.to(device),
-        weight.to(device),
-        bias.to(device),
-        split_k=split_k,
-        config=dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, PREFETCH=True),
-    )
-    assert rel_error(out, F.linear(x.double(), weight.double(), bias.double())) < TOLERANCE[torch.float16]
-
-
 def test_leading_shape_and_strided_rows(generator, device, rel_error):
     """[batch, seq, in] keeps its leading shape; rows with a stride (a column slice) are read in place."""
     from qwen_triton.kernels import dense_linear
@@ -327,19 +308,6 @@ def test_byte_linear_split_k(generator, device, rel_error, poisoned_outputs, fmt
     x, module, weight, bias = byte_case(generator, rows, fmt)
     module = module.to(device)
     config = dict(BLOCK_N=8, BLOCK_K=128, num_warps=4)
-    out = byte_linear(x.to(device), module.qweight, module.scale, bias.to(device), config=config, split_k=split_k)
-    assert rel_error(out, F.linear(x.double(), weight, bias.double())) < TOLERANCE[torch.bfloat16]
-
-
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_byte_linear_prefetch(generator, device, rel_error, poisoned_outputs, fmt, split_k):
-    """The one-byte weights through the prefetching loop: bytes loaded a tile ahead, converted after."""
-    from qwen_triton.kernels.dense_gemv import byte_linear
-
-    x, module, weight, bias = byte_case(generator, 1, fmt)
-    module = module.to(device)
-    config = dict(BLOCK_N=8, BLOCK_K=128, num_warps=4, PREFETCH=True)
     out = byte_linear(x.to(device), module.qweight, module.scale, bias.to(device), config=config, split_k=split_k)
     assert rel_error(out, F.linear(x.double(), weight, bias.double())) < TOLERANCE[torch.bfloat16]
 

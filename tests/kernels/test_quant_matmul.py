@@ -391,24 +391,6 @@ def test_int4_gemv_activation_dtypes(
     assert rel_error(out, expected) < tolerance
 
 
-@pytest.mark.parametrize("split_k", [None, 1, 3])
-@pytest.mark.parametrize("in_f, block_k", [(1024, 128), (1536, 512), (1088, 512)])
-def test_int4_gemv_prefetch(generator, device, rel_error, poisoned_outputs, split_k, in_f, block_k):
-    """PREFETCH loads each split's next step before converting this one (the last step loads its own
-    again): every split ends on whole steps, so 3 splits of 1024 (384, 384, 256) stay in bounds. 1088
-    inputs in steps of 512 leave a ragged step: prefetching is switched off there, same answer."""
-    from kernel_reference import int4_linear_reference
-
-    from qwen_triton.kernels import int4_linear
-
-    x, packed, scales, zeros = int4_case(generator, 37, in_f, 1, 128, torch.bfloat16)
-    config = dict(BLOCK_N=16, BLOCK_K=block_k, num_warps=4, PREFETCH=True)
-    on_device = (t.to(device) for t in (x, packed, scales, zeros))
-    out = int4_linear(*on_device, 128, path="gemv", split_k=split_k, config=config)
-    expected = int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)
-    assert rel_error(out, expected) < 6e-3
-
-
 def test_int4_gemv_reads_x_at_an_odd_offset(generator, device, rel_error):
     """A row of x that starts on an odd element cannot be viewed as int32 pairs: the GEMV then reads
     it value by value."""

@@ -113,19 +113,13 @@ def _silu_times_up(gate, up, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
 
 @triton.jit
 def _weights(w_rows, k, k_ok, MASKED: tl.constexpr, WEIGHT: tl.constexpr):
-    """A weight tile as float32 (see _as_float)."""
+    """A weight tile as float32: "float" weights as they are; "int8" and "fp8" come in as bytes (uint8
+    views), int8 through common.int8_bytes_to_float, fp8 bitcast to e4m3 and converted by the hardware.
+    The per-channel scale is applied to the row sums (_write_row), not here."""
     if MASKED:
         w = tl.load(w_rows + k, mask=k_ok, other=0)
     else:
         w = tl.load(w_rows + k)
-    return _as_float(w, WEIGHT)
-
-
-@triton.jit
-def _as_float(w, WEIGHT: tl.constexpr):
-    """A loaded weight tile as float32: "float" weights as they are; "int8" and "fp8" come in as bytes (uint8
-    views), int8 through common.int8_bytes_to_float, fp8 bitcast to e4m3 and converted by the hardware.
-    The per-channel scale is applied to the row sums (_write_row), not here."""
     if WEIGHT == "int8":
         return int8_bytes_to_float(w)
     elif WEIGHT == "fp8":
@@ -165,22 +159,9 @@ def _step(
 ):
     """Inputs k0..k0+BLOCK_K: one weight tile, multiply-added into each row's accumulator. Only the
     last, ragged tile is MASKED: full tiles load without predicates."""
-    k = _tile_inputs(k0, BLOCK_N, BLOCK_K)
+    k = tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
     k_ok = k < K
-    return _multiply_add(
-        acc0, acc1, acc2, acc3, _weights(w_rows, k, k_ok, MASKED, WEIGHT), x_ptr, stride_xm, k, k_ok, ROWS, MASKED
-    )
-
-
-@triton.jit
-def _tile_inputs(k0, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The input index of every element of a [BLOCK_N, BLOCK_K] tile starting at k0."""
-    return tl.broadcast_to((k0 + tl.arange(0, BLOCK_K))[None, :], [BLOCK_N, BLOCK_K])
-
-
-@triton.jit
-def _multiply_add(acc0, acc1, acc2, acc3, w, x_ptr, stride_xm, k, k_ok, ROWS: tl.constexpr, MASKED: tl.constexpr):
-    """Each row's accumulator += the float32 weight tile w times that row's inputs k."""
+    w = _weights(w_rows, k, k_ok, MASKED, WEIGHT)
     acc0 += w * _x_values(x_ptr, k, k_ok, MASKED)
     if ROWS > 1:
         acc1 += w * _x_values(x_ptr + stride_xm, k, k_ok, MASKED)
@@ -295,7 +276,6 @@ def _dense_gemv_kernel(
     INTERPRETED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program (i, s): outputs i*BLOCK_N.. for ROWS rows of x, over the s-th slice of K."""
@@ -312,26 +292,11 @@ def _dense_gemv_kernel(
     acc3 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     k_start = tl.program_id(1) * k_per_split  # a multiple of BLOCK_K: aligned vector loads
     k_full = tl.minimum(k_start + k_per_split, K // BLOCK_K * BLOCK_K)
-    if PREFETCH:
-        # The next full tile's weights are loaded before this one's are used: two tiles of loads in
-        # flight a thread. Every load stays inside the full tiles (K >= BLOCK_K, see _launch): the last
-        # step loads its own tile again, and a split without full tiles loads one it does not use.
-        last = tl.maximum(k_full - BLOCK_K, 0)
-        w_next = tl.load(w_rows + _tile_inputs(tl.minimum(k_start, last), BLOCK_N, BLOCK_K))
-        for k0 in range(k_start, k_full, BLOCK_K):
-            k0 = tl.multiple_of(k0, BLOCK_K)
-            w = w_next
-            w_next = tl.load(w_rows + _tile_inputs(tl.minimum(k0 + BLOCK_K, last), BLOCK_N, BLOCK_K))
-            k = _tile_inputs(k0, BLOCK_N, BLOCK_K)
-            acc0, acc1, acc2, acc3 = _multiply_add(
-                acc0, acc1, acc2, acc3, _as_float(w, WEIGHT), x_ptr, stride_xm, k, k < K, ROWS, False
-            )
-    else:
-        for k0 in range(k_start, k_full, BLOCK_K):
-            k0 = tl.multiple_of(k0, BLOCK_K)
-            acc0, acc1, acc2, acc3 = _step(
-                acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, False, WEIGHT, BLOCK_N, BLOCK_K
-            )
+    for k0 in range(k_start, k_full, BLOCK_K):
+        k0 = tl.multiple_of(k0, BLOCK_K)
+        acc0, acc1, acc2, acc3 = _step(
+            acc0, acc1, acc2, acc3, w_rows, x_ptr, stride_xm, k0, K, ROWS, False, WEIGHT, BLOCK_N, BLOCK_K
+        )
     if not EVEN_K:
         if k_full < tl.minimum(k_start + k_per_split, K):  # the ragged tile, in the last split
             acc0, acc1, acc2, acc3 = _step(
@@ -576,8 +541,6 @@ def _launch(rows, weight, scale, bias, y, *, weight_kind, config, split_k):
         cfg, rule_split = byte_config_for(m, out_features, in_features, rows.device)
     if config:  # a benchmark's settings: the split rule of the float weights unless it names one
         cfg, rule_split = {**cfg, **config}, None
-    # prefetching loads whole tiles without a mask: the row must hold one
-    cfg["PREFETCH"] = cfg.get("PREFETCH", False) and in_features >= cfg["BLOCK_K"]
     block_n, block_k = cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(out_features, block_n)
     if split_k is None:

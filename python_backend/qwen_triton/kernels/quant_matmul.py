@@ -379,7 +379,6 @@ def _int4_gemv_kernel(
     X_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """int4 at one row of x per program column. A step covers BLOCK_N weight rows by BLOCK_K inputs,
@@ -402,19 +401,10 @@ def _int4_gemv_kernel(
     acc = tl.zeros([BLOCK_N, CHUNKS], tl.float32)
     k_start = split * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    # PREFETCH (whole steps only, EVEN_K): the next step's bytes are loaded before this step's are used,
-    # so each thread keeps two steps of weight loads in flight. The last step loads its own bytes again.
-    if PREFETCH:
-        packed_next = _int4_step_bytes(w_rows, k_start // 2 + in_step, col_ok, k_end, EVEN_K)
     for k0 in range(k_start, k_end, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
         half = tl.multiple_of(k0 // 2, BLOCK_K // 2) + in_step
-        if PREFETCH:
-            packed = packed_next
-            ahead = tl.minimum(k0 + BLOCK_K, k_end - BLOCK_K) // 2
-            packed_next = _int4_step_bytes(w_rows, ahead + in_step, col_ok, k_end, EVEN_K)
-        else:
-            packed = _int4_step_bytes(w_rows, half, col_ok, k_end, EVEN_K)
+        packed = _int4_step_bytes(w_rows, half, col_ok, k_end, EVEN_K)
         x_even, x_odd = _x_even_odd(x_row, half, K, EVEN_K, X_PAIRS, X_BF16)
         scale, zero = _int4_groups(
             scale_ptr, zeros_ptr, cols, col_ok, k0, K, stride_sn, stride_zn, GROUP, HAS_ZEROS, 32, CHUNKS
@@ -725,8 +715,6 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
         kernel, x_arg, stride_xm = _int4_gemv_kernel, *_as_int32_pairs(rows)
         cfg.setdefault("PACKED_CVT", x.is_cuda)
         cfg.update(X_PAIRS=x_arg is not rows, X_BF16=rows.dtype == torch.bfloat16)
-        # prefetching needs whole steps in every split (it loads one step ahead without a mask)
-        cfg["PREFETCH"] = cfg.get("PREFETCH", False) and in_features % block_k == 0
     else:
         kernel, x_arg, stride_xm = _gemm_kernel, rows, rows.stride(0)
         cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
