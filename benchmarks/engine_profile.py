@@ -1,7 +1,7 @@
 """Where does an engine's time go on the GPU? One phase a run, random weights at real Qwen2.5 shapes.
 
   python benchmarks/engine_profile.py prefill --tokenizer DIR --shape 7b --prompt-tokens 512 [--batch 16]
-  python benchmarks/engine_profile.py step    --tokenizer DIR --shape 7b --batch 1 [--quantization int8] [--dense-max-rows 0]
+  python benchmarks/engine_profile.py step    --tokenizer DIR --shape 7b --batch 1 [--quantization int8] [--prompt-tokens 640]
   python benchmarks/engine_profile.py load    --tokenizer DIR --shape 7b --concurrency 64 [--cold] [--prefill-cap 512]
 
 - prefill: wall time of a prefill step against its kernels' GPU time and launch count. Kernels adding up
@@ -101,7 +101,7 @@ def profile_step(args, checkpoint: Path) -> None:
 
         dense_gemv.ROUTE_MAX_ROWS = args.dense_max_rows
     engine = engine_for(checkpoint, args.quantization, max_num_seqs=max(8, args.batch))
-    for i, ids in enumerate(prompt_ids(engine.hf_config.vocab_size, args.batch, 128)):
+    for i, ids in enumerate(prompt_ids(engine.hf_config.vocab_size, args.batch, args.prompt_tokens)):
         engine.add_request(f"r{i}", ids, SamplingParams(max_tokens=10**4 // 8, **GREEDY_FOREVER))
     for _ in range(5):
         engine.step()
@@ -158,20 +158,20 @@ def timed_load(engine, prompts: list[list[int]], max_tokens: int, profile_decode
     """Run the load step by step: [(decode rows, prompt tokens, seconds)] per engine.step() call, each
     labelled with the step it completed (with overlapped steps, the call also queues the next one: its time
     is the wait for the step it completes). With `profile_decode_rows`, overlap is switched off for the
-    run and the result also holds the kernel table of the first step that carries prompt tokens and at
-    least that many decode rows."""
+    run and the result also holds the kernel tables of the first two steps that carry prompt tokens and
+    at least that many decode rows (a prompt's first chunk and a continuing one, under a prefill cap)."""
     log = record_schedules(engine)
     overlap = engine.config.overlap_steps
     engine.config.overlap_steps = overlap and not profile_decode_rows
     params = SamplingParams(max_tokens=max_tokens, **GREEDY_FOREVER)
     for i, ids in enumerate(prompts):
         engine.add_request(f"load-{i}", ids, params)
-    steps, table = [], None
+    steps, tables = [], []
     while engine.has_unfinished():
         start = time.perf_counter()
         mixed_next = (
             profile_decode_rows
-            and table is None
+            and len(tables) < 2
             and len(engine.scheduler.running) >= profile_decode_rows
             and engine.scheduler.waiting
         )
@@ -184,7 +184,7 @@ def timed_load(engine, prompts: list[list[int]], max_tokens: int, profile_decode
         elapsed = time.perf_counter() - start
         decode, prompt = log[len(steps)] if len(steps) < len(log) else (None, None)
         if mixed_next and decode >= profile_decode_rows and prompt:
-            table = (
+            tables.append(
                 f"step of {decode} decode rows and {prompt} prompt tokens, {1e3 * elapsed:.1f} ms wall\n"
                 + kernel_table(prof, rows=14)
                 + kernel_table(prof, sort_by="cpu_time_total", rows=14)
@@ -192,7 +192,7 @@ def timed_load(engine, prompts: list[list[int]], max_tokens: int, profile_decode
         steps.append((decode, prompt, elapsed))
     engine.config.overlap_steps = overlap
     del engine.scheduler.schedule  # the wrapper above: back to the class's method
-    return steps, table
+    return steps, "\n".join(tables)
 
 
 def summarize_load(steps) -> None:
@@ -215,6 +215,7 @@ def profile_load(args, checkpoint: Path) -> None:
         checkpoint,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_prefill_tokens_while_decoding=args.prefill_cap,
+        mixed_graph_max_tokens=args.mixed_graph_max_tokens,
     )
     vocab = engine.hf_config.vocab_size
     run_requests(engine, prompt_ids(vocab, 1 if args.cold else args.concurrency, args.prompt_tokens), 4)
@@ -222,7 +223,8 @@ def profile_load(args, checkpoint: Path) -> None:
     steps, _ = timed_load(engine, prompts, args.max_tokens)
     print(
         f"{args.shape}, {args.concurrency} x ({args.prompt_tokens} + {args.max_tokens}), "
-        f"max_num_batched_tokens {args.max_num_batched_tokens}, prefill cap {args.prefill_cap or 'none'}"
+        f"max_num_batched_tokens {args.max_num_batched_tokens}, prefill cap {args.prefill_cap or 'none'}, "
+        f"mixed graphs up to {args.mixed_graph_max_tokens} tokens"
         f"{', cold' if args.cold else ''}:"
     )
     summarize_load(steps)
@@ -248,6 +250,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     step = phases.add_parser("step", parents=[common])
     step.add_argument("--batch", type=int, default=1)
     step.add_argument("--steps", type=int, default=100)
+    step.add_argument(
+        "--prompt-tokens", type=int, default=128, help="context of every row (gpu_bench's loads decode at 512-768)"
+    )
     step.add_argument("--quantization", default="none", help="weight format: none, int8, int4, fp8, layered")
     step.add_argument(
         "--dense-max-rows", type=int, help="rows up to which dense linears take the Triton GEMV (default: the module's)"
@@ -259,6 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--max-num-batched-tokens", type=int, default=8192)
     load.add_argument(
         "--prefill-cap", type=int, default=0, help="max_prefill_tokens_while_decoding (0: no cap, the default)"
+    )
+    load.add_argument(
+        "--mixed-graph-max-tokens", type=int, default=1024, help="mixed_graph_max_tokens (0: mixed steps eager)"
     )
     load.add_argument(
         "--profile-decode-rows",

@@ -340,6 +340,7 @@ def bench_shape(
     concurrency: list[int],
     prefill_cap: int = 0,
     throughput_format: str = "none",
+    mixed_graph_max_tokens: int = EngineConfig.mixed_graph_max_tokens,
 ) -> dict:
     bw = bounds["copy_bytes_per_s"]
     result = {"shape": shape, "decode": {}, "throughput": {}}
@@ -377,8 +378,14 @@ def bench_shape(
         release()
     if not concurrency:
         return result
-    engine = engine_for(checkpoint, throughput_format, max_prefill_tokens_while_decoding=prefill_cap)
+    engine = engine_for(
+        checkpoint,
+        throughput_format,
+        max_prefill_tokens_while_decoding=prefill_cap,
+        mixed_graph_max_tokens=mixed_graph_max_tokens,
+    )
     result["max_prefill_tokens_while_decoding"] = prefill_cap
+    result["mixed_graph_max_tokens"] = mixed_graph_max_tokens
     result["throughput_format"] = throughput_format
     weight_bytes = bytes_read_per_step(engine)
     kv_token = engine.kv_cache.spec.bytes_per_token()
@@ -484,6 +491,12 @@ def main() -> int:
         "--prefill-cap", type=int, default=0, help="max_prefill_tokens_while_decoding of the concurrency runs"
     )
     parser.add_argument(
+        "--mixed-graph-max-tokens",
+        type=int,
+        default=EngineConfig.mixed_graph_max_tokens,
+        help="mixed_graph_max_tokens of the concurrency runs (0: mixed steps eager)",
+    )
+    parser.add_argument(
         "--throughput-format", default="none", help="weight format of the concurrency runs (72b: int8 or int4)"
     )
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
@@ -510,6 +523,7 @@ def main() -> int:
                 [int(n) for n in filter(None, args.concurrency.split(","))],
                 args.prefill_cap,
                 args.throughput_format,
+                args.mixed_graph_max_tokens,
             )
         )
         args.out.write_text(json.dumps(report, indent=1))

@@ -222,6 +222,18 @@ def sdpa_baseline(q, k_cache, v_cache, tables, context):
     return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, enable_gqa=True).squeeze(2)
 
 
+# Launch settings of the decode-attention sweep: (block_n, num_warps, num_stages, splits; None = the
+# kernel's own choice, a float = that multiple of it).
+ATTENTION_SWEEP = [
+    (block_n, warps, stages, splits)
+    for block_n in (32, 64, 128)
+    for warps in (4, 8)
+    for stages in (2, 3, 4)
+    for splits in (None, 2.0)
+    if block_n * 128 * 2 * stages <= 96 * 1024
+]
+
+
 def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, sweeps):
     for batch in batches:
         for context in contexts:
@@ -269,12 +281,7 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
             )
             if (batch, context) in sweep_shapes:
                 k, v = caches["bf16"][:2]
-                for block_n, warps, stages, split_choice in (
-                    (64, 4, 3, None),
-                    (128, 4, 2, None),
-                    (64, 4, 2, splits * 2),
-                    (32, 4, 2, splits * 4),
-                ):
+                for block_n, warps, stages, split_choice in ATTENTION_SWEEP:
                     calls = [
                         lambda t=t: pa.paged_decode_attention(
                             q,
@@ -286,7 +293,7 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
                             block_n=block_n,
                             num_warps=warps,
                             num_stages=stages,
-                            num_splits=split_choice,
+                            num_splits=None if split_choice is None else int(split_choice * splits),
                         )
                         for t in tables
                     ]
@@ -302,7 +309,7 @@ def bench_attention(batches, contexts, bandwidth, l2_bytes, sweep_shapes, rows, 
                             block_n=block_n,
                             num_warps=warps,
                             num_stages=stages,
-                            num_splits=split_choice or splits,
+                            num_splits=int((split_choice or 1) * splits),
                             us=us,
                             pct_of_bound=None if us is None else 100 * kv_bytes["bf16"] / bandwidth * 1e6 / us,
                         )
@@ -902,6 +909,11 @@ def main(argv=None):
     parser.add_argument(
         "--shapes", default="qkv,o,up,gate_up,down", help="linear shapes by name: " + ", ".join(LINEAR_SHAPES)
     )
+    parser.add_argument(
+        "--attention-sweep",
+        default="1:4096,16:4096,256:4096",
+        help="batch:context pairs whose decode-attention launch settings to sweep",
+    )
     parser.add_argument("--baseline", help="a saved quant_matmul.py to time beside the current kernels")
     parser.add_argument("--sweep", help="kernel formats whose launch settings to sweep (default: those timed)")
     parser.add_argument("--check", help="kernel formats to check against the reference (default: those timed)")
@@ -980,7 +992,9 @@ def main(argv=None):
             section("check_dense", check_dense, report["checks"])
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
-    sweep_shapes = set() if "sweeps" in skip else {(1, 4096), (16, 4096), (256, 4096)}
+    sweep_shapes = (
+        set() if "sweeps" in skip else {tuple(map(int, s.split(":"))) for s in args.attention_sweep.split(",") if s}
+    )
     if "attention" not in skip:
         section(
             "attention",

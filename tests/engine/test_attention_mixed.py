@@ -106,3 +106,27 @@ def test_mixed_step_matches_per_sequence_reference(device, dtype, step):
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     error = ((out.float() - expected).norm() / expected.norm()).item()
     assert error < tolerance, f"relative error {error:.2e} on {device}"
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.float16)] + DEVICES[1:])
+def test_mixed_step_through_the_graph_kernel_matches_reference(device, dtype, step):
+    """The same steps as a captured mixed graph runs them: metadata with work items, one kernel launch
+    (kernels.chunked_attention; on CPU through the Triton interpreter, whose dots want fp16, not bf16)."""
+    import numpy as np
+
+    from qwen_triton.kernels.chunked_attention import tokens_per_item, work_items
+
+    generator = torch.Generator().manual_seed(7)
+    sequences = STEPS[step]
+    q, k, v, cache_layer, meta, full_k, full_v = build_step(sequences, device, dtype, generator)
+    write_kv(k, v, cache_layer, meta.slot_mapping)
+    query_lens = [n for _, n in sequences]
+    meta.query_start = torch.tensor(np.cumsum([0, *query_lens]), dtype=torch.int32, device=device)
+    meta.work_items = torch.from_numpy(work_items(query_lens, tokens_per_item(HEADS, KV_HEADS))).to(device)
+    scale = HEAD_DIM**-0.5
+    out = paged_attention(q, k, v, cache_layer, meta, scale)
+    assert meta._plan is None, "the host-side plan of the eager path is not built"
+    expected = reference(sequences, q, full_k, full_v, scale)
+    error = ((out.float() - expected).norm() / expected.norm()).item()
+    assert error < 2e-2, f"relative error {error:.2e} on {device}"

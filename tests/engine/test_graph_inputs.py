@@ -1,8 +1,8 @@
-"""GraphInputs: a decode graph's five static inputs as typed views of one buffer, filled by one copy."""
+"""GraphInputs and MixedGraphInputs: a graph's static inputs as typed views of one buffer, filled by one copy."""
 
 import torch
 
-from qwen_triton.engine.graph_inputs import GraphInputs
+from qwen_triton.engine.graph_inputs import GraphInputs, MixedGraphInputs
 
 
 def test_views_hold_the_step_and_padding_rows():
@@ -37,3 +37,23 @@ def test_views_start_on_16_byte_boundaries():
         inputs.meta.block_tables,
     ):
         assert (view.data_ptr() - base) % 16 == 0
+
+
+def test_mixed_inputs_hold_tokens_sequences_and_work_items():
+    inputs = MixedGraphInputs(
+        tokens=8, max_seqs=4, max_blocks=3, block_size=16, scratch_block=5, device=torch.device("cpu"), block_q=2
+    )
+    # a decode row, then a 3-token chunk after 10 cached tokens; then a smaller step over one sequence
+    inputs.upload([7, 1, 2, 3], [20, 10, 11, 12], [99, 40, 41, 42], [1, 3], [21, 13], [[1, 2], [4]])
+    assert inputs.input_ids.tolist() == [7, 1, 2, 3, 0, 0, 0, 0]
+    assert inputs.meta.slot_mapping.tolist() == [99, 40, 41, 42] + [5 * 16] * 4
+    assert inputs.meta.query_start.tolist() == [0, 1, 4, 4, 4]
+    assert inputs.meta.context_lens.tolist() == [21, 13, 1, 1]
+    assert inputs.meta.block_tables.tolist() == [[1, 2, 5], [4, 5, 5], [5] * 3, [5] * 3]
+    items = inputs.meta.work_items.tolist()
+    assert items[:3] == [[0, 0], [1, 0], [1, 2]] and all(seq == -1 for seq, _ in items[3:])
+    assert len(items) == 8 // 2 + 4 and not inputs.meta.is_decode
+    inputs.upload([9], [3], [50], [1], [4], [[3]])
+    assert inputs.meta.query_start.tolist() == [0, 1, 1, 1, 1]
+    assert inputs.meta.work_items.tolist()[:2] == [[0, 0], [-1, 0]]
+    assert inputs.fits(8, 4) and not inputs.fits(9, 1) and not inputs.fits(2, 5)

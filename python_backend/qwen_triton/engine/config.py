@@ -37,6 +37,7 @@ class EngineConfig:
     attention_window: int = 0  # 0 = full attention; W = keep the last W tokens ...
     attention_sinks: int = 4  # ... plus the first S tokens (StreamingLLM)
     cuda_graphs: bool = True  # capture decode steps on CUDA
+    mixed_graph_max_tokens: int = 1024  # CUDA: mixed steps up to this many tokens replay graphs (0 = eager)
     overlap_steps: bool = True  # launch decode step n+1 before reading step n's tokens
     seed: int = 0  # for requests without a seed
     # Fail-safe limits (async_engine): refuse, retryably, a request that would wait behind this many (0 =
@@ -69,6 +70,7 @@ class EngineConfig:
             "attention_window",
             "attention_sinks",
             "max_prefill_tokens_while_decoding",
+            "mixed_graph_max_tokens",
             "max_waiting_requests",
             "queue_timeout_s",
             "stall_timeout_s",

@@ -137,6 +137,7 @@ class LLMEngine:
             window=config.attention_window,
             sinks=config.attention_sinks,
             cuda_graphs=config.cuda_graphs,
+            mixed_graph_max_tokens=config.mixed_graph_max_tokens,
             max_num_batched_tokens=config.max_num_batched_tokens,
             group=self.tp,
             send_step=None if self.workers is None else self.workers.send_step,

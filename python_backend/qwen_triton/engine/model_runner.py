@@ -2,7 +2,12 @@
 
 On CUDA, pure-decode steps replay CUDA graphs captured for a ladder of batch sizes (a batch is padded
 up to the next captured size); padding rows write their K/V into a reserved scratch block, so they never
-touch a real sequence's cache. Graphs need the in-place paged decode kernel: without it (CPU, or no
+touch a real sequence's cache. Mixed steps (prompt chunks beside decode rows) of up to
+`mixed_graph_max_tokens` tokens replay graphs captured for a ladder of token counts
+(MIXED_GRAPH_TOKENS), their attention one kernels.chunked_attention launch: eagerly, such a step costs
+the host ~15 ms on a 7B model whatever its tokens, so a small prompt chunk per step (the prefill cap
+that keeps decode flowing) would cost a large step. Larger mixed steps, windowed attention and
+quantized KV caches run eagerly. Graphs need the in-place paged decode kernel: without it (CPU, or no
 triton package) every step runs eagerly.
 
 A step is first written down as host lists (`HostStep`), then run (`execute`). With tensor parallelism
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qwen_triton.engine.graph_inputs import GraphInputs
+from qwen_triton.engine.graph_inputs import GraphInputs, MixedGraphInputs
 from qwen_triton.engine.scheduler import ScheduledSequence
 from qwen_triton.layers.attention import AttentionMetadata, cuda_decode_kernel
 from qwen_triton.layers.kv_cache import KVCache
@@ -35,6 +40,9 @@ from qwen_triton.transfer import to_device
 # a multiple of 16), and a first request would wait for those compilations: tens of times a warm
 # engine's TTFT for a 512-token prompt. Decode row counts are compiled by the CUDA-graph captures.
 PREFILL_WARM_UP_LENGTHS = (24, 32, 40, 64, 512)
+# Token counts of the captured mixed-step graphs (up to mixed_graph_max_tokens); a step is padded up to
+# the next one.
+MIXED_GRAPH_TOKENS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
 @dataclass
@@ -57,7 +65,7 @@ class HostStep:
     block_tables: np.ndarray | list[list[int]]  # padded int32 array; per-row lists for a graph replay
     sample_rows: list[int] | None  # None: every row samples
     on_device: list[int]  # rows whose input token is still on rank 0's device (a step launched ahead)
-    graph: bool  # a decode step replayed through a captured CUDA graph
+    graph: str  # "decode" / "mixed": replayed through a captured CUDA graph of that kind; "": eager
 
 
 class ModelRunner:
@@ -72,6 +80,7 @@ class ModelRunner:
         sinks: int = 0,
         cuda_graphs: bool = True,
         max_num_batched_tokens: int | None = None,
+        mixed_graph_max_tokens: int = 0,
         group: TensorParallelGroup | None = None,
         send_step: Callable[[HostStep], None] | None = None,
     ):
@@ -86,11 +95,15 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, GraphInputs]] = {}
         self.graph_sizes: list[int] = []
+        self.mixed_graphs: list[tuple[torch.cuda.CUDAGraph, torch.Tensor, MixedGraphInputs]] = []
         if self.device.type == "cuda" and cuda_decode_kernel() is not None:
             self._compile_decode_variants()
             self._warm_up_prefill(min(max_model_len, max_num_batched_tokens or max_model_len))
             if cuda_graphs:
                 self._capture_graphs(max_num_seqs)
+                if self._mixed_graphs_apply():
+                    limit = min(mixed_graph_max_tokens, max_num_batched_tokens or mixed_graph_max_tokens)
+                    self._capture_mixed_graphs([n for n in MIXED_GRAPH_TOKENS if n <= limit], max_num_seqs)
 
     @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,8 +121,10 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, step: HostStep, device_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run a step written down by `_host_step` (on rank 0, or on another rank that received it)."""
-        if step.graph:
+        if step.graph == "decode":
             hidden, sample_rows = self._replay(step, device_ids)
+        elif step.graph == "mixed":
+            hidden, sample_rows = self._replay_mixed(step, device_ids)
         else:
             inputs = self._prepare(step, device_ids)
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
@@ -121,14 +136,16 @@ class ModelRunner:
     def _host_step(self, scheduled: list[ScheduledSequence], device_ids: torch.Tensor | None) -> HostStep:
         batch = len(scheduled)
         decode = all(item.num_tokens == 1 for item in scheduled)
-        graph = bool(self.graph_sizes) and batch <= self.graph_sizes[-1] and decode
         on_device = self._rows_on_device(scheduled, device_ids)
         if decode:
+            graph = "decode" if self.graph_sizes and batch <= self.graph_sizes[-1] else ""
             host_ids, positions, slots, context_lens = self._decode_rows(scheduled)
             query_lens = [1] * batch
             sample_rows = self._decode_sample_rows(scheduled)
         else:
             host_ids, positions, slots, query_lens, context_lens, sample_rows = self._chunk_rows(scheduled)
+            fits = self.mixed_graphs and self.mixed_graphs[-1][2].fits(len(positions), batch)
+            graph = "mixed" if fits else ""
         tables = [item.seq.block_table for item in scheduled] if graph else self._block_tables(scheduled)
         return HostStep(host_ids, positions, slots, query_lens, context_lens, tables, sample_rows, on_device, graph)
 
@@ -286,14 +303,54 @@ class ModelRunner:
             inputs = GraphInputs(
                 size, self.max_blocks, self.block_size, self.scratch_block, self.device, self.window, self.sinks
             )
-            args = (inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
-            self.model(*args)  # warm up (kernel compilation, autotuning) outside the capture
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self.model(*args)
+            graph, out = self._capture(inputs, pool)
             self.graphs[size] = (graph, out, inputs)
             pool = graph.pool()
+
+    def _capture(self, inputs: GraphInputs | MixedGraphInputs, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """The model's forward over `inputs`, captured (memory from `pool`, None: a new one): (graph, output)."""
+        args = (inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache)
+        self.model(*args)  # warm up (kernel compilation, autotuning) outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = self.model(*args)
+        return graph, out
+
+    def _mixed_graphs_apply(self) -> bool:
+        """Mixed graphs hold kernels.chunked_attention, which attends to whole contexts in float caches."""
+        windowed = self.window or any(getattr(layer.self_attn, "sliding_window", 0) for layer in self.model.layers)
+        return not windowed and self.kv_cache.layer(0)[2] is None
+
+    def _capture_mixed_graphs(self, token_counts: list[int], max_num_seqs: int) -> None:
+        from qwen_triton.kernels.chunked_attention import tokens_per_item
+
+        attn = self.model.layers[0].self_attn
+        block_q = tokens_per_item(attn.num_heads, attn.num_kv_heads)
+        pool = self.graphs[self.graph_sizes[-1]][0].pool() if self.graphs else None
+        captured = []
+        for tokens in reversed(token_counts):  # largest first, so smaller graphs reuse its memory pool
+            inputs = MixedGraphInputs(
+                tokens, max_num_seqs, self.max_blocks, self.block_size, self.scratch_block, self.device, block_q
+            )
+            graph, out = self._capture(inputs, pool)
+            captured.append((graph, out, inputs))
+            pool = graph.pool()
+        self.mixed_graphs = captured[::-1]
+
+    def _replay_mixed(self, step: HostStep, device_ids: torch.Tensor | None):
+        """A mixed step through the graph of the next captured token count: (hidden states of its tokens,
+        rows to sample)."""
+        num_tokens = len(step.positions)
+        graph, out, inputs = next(g for g in self.mixed_graphs if g[2].fits(num_tokens, len(step.query_lens)))
+        inputs.upload(step.input_ids, step.positions, step.slots, step.query_lens, step.context_lens, step.block_tables)
+        if step.on_device:
+            ids = self._input_ids(step.input_ids, step.on_device, device_ids, step.query_lens)
+            if self.group is not None:
+                self.group.broadcast(ids)
+            inputs.input_ids[:num_tokens].copy_(ids)
+        graph.replay()
+        return out[:num_tokens], to_device(step.sample_rows, torch.long, self.device)
 
     def _replay(self, step: HostStep, device_ids: torch.Tensor | None):
         """A decode step through the graph of the next captured size: (hidden states of its rows, rows to

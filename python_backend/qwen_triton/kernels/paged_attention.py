@@ -50,6 +50,16 @@ def _dequant_values(x, dtype, INT8: tl.constexpr):
 
 
 @triton.jit
+def cache_rows(cache_ptr, block, slot, kv_head, dims, mask, stride_block, stride_slot, stride_head):
+    """Rows [positions, dims] of one kv head from a paged cache, each position at (block, slot)."""
+    return tl.load(
+        cache_ptr + block[:, None] * stride_block + slot[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
+        mask=mask,
+        other=0.0,
+    )
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr,
     k_cache_ptr,
@@ -132,16 +142,8 @@ def _paged_decode_kernel(
         block = tl.load(table_row + position // PAGE_SIZE, mask=valid, other=0).to(tl.int64)
         slot = position % PAGE_SIZE
         kv_mask = valid[:, None] & dim_ok[None, :]
-        k = tl.load(
-            k_cache_ptr + block[:, None] * stride_kb + slot[:, None] * stride_kt + kv_head * stride_kh + dims[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        v = tl.load(
-            v_cache_ptr + block[:, None] * stride_vb + slot[:, None] * stride_vt + kv_head * stride_vh + dims[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
+        k = cache_rows(k_cache_ptr, block, slot, kv_head, dims, kv_mask, stride_kb, stride_kt, stride_kh)
+        v = cache_rows(v_cache_ptr, block, slot, kv_head, dims, kv_mask, stride_vb, stride_vt, stride_vh)
         if KV_QUANT:
             # int8 / fp8 values are exact in 16-bit floats; the scales are applied to the
             # scores (K) and to the probabilities (V), one multiply per position.

@@ -1,9 +1,11 @@
 """Paged attention over the KV cache: write new K/V into their slots, then attend.
 
-Two shapes of step:
+Three shapes of step:
 - decode (every sequence adds one token): a batched read of each sequence's blocks; on CUDA the
   Triton kernel in `kernels.paged_attention` reads the blocks in place, elsewhere a padded gather.
-- prefill / mixed (some sequences add a chunk): one-token rows take the decode path, whole fresh prompts
+- mixed steps replayed through a CUDA graph (engine/model_runner.py): every row, decode or chunk, in
+  one launch of `kernels.chunked_attention`, planned on the host before the replay;
+- other prefill / mixed steps (some sequences add a chunk): one-token rows take the decode path, whole fresh prompts
   one causal attention over their own K/V (on CUDA the variable-length flash kernel over the packed
   rows, elsewhere a padded SDPA batch), and continuing chunks gather their context and run SDPA with a
   causal mask that starts at the chunk's offset (see `_mixed`).
@@ -35,6 +37,10 @@ class AttentionMetadata:
     context_lens_cpu: list[int] = field(default_factory=list)
     window: int = 0
     sinks: int = 0
+    # A mixed step captured in a CUDA graph: where each sequence's tokens start (int32 [sequences + 1])
+    # and the work items of kernels.chunked_attention; set, they replace the host-side plan.
+    query_start: torch.Tensor | None = None
+    work_items: torch.Tensor | None = None
     _plan: MixedPlan | None = None
 
     _variants: dict = field(default_factory=dict)
@@ -79,6 +85,8 @@ def paged_attention(
     """q: [num_tokens, num_heads, head_dim], k/v: the same tokens' new keys/values (already in the cache)."""
     if meta.is_decode:
         return _decode(q, cache_layer, meta, scale)
+    if meta.work_items is not None:
+        return _chunked(q, cache_layer, meta, scale)
     return _mixed(q, k, v, cache_layer, meta, scale)
 
 
@@ -99,6 +107,16 @@ def _decode(q, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tens
             sinks=meta.sinks,
         )
     return _decode_gather(q, cache_layer, meta, scale)
+
+
+def _chunked(q, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """A mixed step in one kernel launch over the cache (its launch is fixed: a CUDA graph holds it)."""
+    from qwen_triton.kernels.chunked_attention import chunked_attention
+
+    k_cache, v_cache, _, _ = cache_layer
+    return chunked_attention(
+        q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start, meta.work_items, scale
+    )
 
 
 @functools.cache
