@@ -127,7 +127,8 @@ def test_mixed_step_through_the_graph_kernel_matches_reference(device, dtype, st
     write_kv(k, v, cache_layer, meta.slot_mapping)
     query_lens = [n for _, n in sequences]
     meta.query_start = torch.tensor(np.cumsum([0, *query_lens]), dtype=torch.int32, device=device)
-    meta.work_items = torch.from_numpy(work_items(query_lens, tokens_per_item(HEADS, KV_HEADS))).to(device)
+    chunks, decodes = work_items(query_lens, tokens_per_item(HEADS, KV_HEADS))
+    meta.chunk_items, meta.decode_items = torch.from_numpy(chunks).to(device), torch.from_numpy(decodes).to(device)
     scale = HEAD_DIM**-0.5
     out = paged_attention(q, k, v, cache_layer, meta, scale)
     assert meta._plan is None, "the host-side plan of the eager path is not built"

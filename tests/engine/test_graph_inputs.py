@@ -50,10 +50,11 @@ def test_mixed_inputs_hold_tokens_sequences_and_work_items():
     assert inputs.meta.query_start.tolist() == [0, 1, 4, 4, 4]
     assert inputs.meta.context_lens.tolist() == [21, 13, 1, 1]
     assert inputs.meta.block_tables.tolist() == [[1, 2, 5], [4, 5, 5], [5] * 3, [5] * 3]
-    items = inputs.meta.work_items.tolist()
-    assert items[:3] == [[0, 0], [1, 0], [1, 2]] and all(seq == -1 for seq, _ in items[3:])
-    assert len(items) == 8 // 2 + 4 and not inputs.meta.is_decode
+    chunks, decodes = inputs.meta.chunk_items.tolist(), inputs.meta.decode_items.tolist()
+    assert chunks[:2] == [[1, 0], [1, 2]] and all(seq == -1 for seq, _ in chunks[2:])
+    assert decodes == [[0, 0], [-1, 0], [-1, 0], [-1, 0]]
+    assert len(chunks) == 8 // 2 + 4 and not inputs.meta.is_decode
     inputs.upload([9], [3], [50], [1], [4], [[3]])
     assert inputs.meta.query_start.tolist() == [0, 1, 1, 1, 1]
-    assert inputs.meta.work_items.tolist()[:2] == [[0, 0], [-1, 0]]
+    assert inputs.meta.chunk_items.tolist()[0] == [-1, 0] and inputs.meta.decode_items.tolist()[0] == [0, 0]
     assert inputs.fits(8, 4) and not inputs.fits(9, 1) and not inputs.fits(2, 5)

@@ -23,11 +23,13 @@ def tokens_of(engine, prompts):
 def test_mixed_graphs_keep_the_eager_tokens(tiny_qwen2, prefix_caching):
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     prompts = {f"q{i}": tok.encode(SYSTEM + q) for i, q in enumerate(QUESTIONS)}
-    # A cap of 8 prompt tokens a step while others decode: nearly every step mixes chunks and decode rows.
+    # 128 tokens a step, so the first step leaves prompts waiting, then a cap of 8 prompt tokens a step
+    # while others decode: nearly every later step mixes chunks and decode rows.
     settings = dict(
         device="cuda",
         dtype="float16",
         cuda_graphs=True,
+        max_num_batched_tokens=128,
         max_prefill_tokens_while_decoding=8,
         enable_prefix_caching=prefix_caching,
     )
@@ -38,4 +40,4 @@ def test_mixed_graphs_keep_the_eager_tokens(tiny_qwen2, prefix_caching):
     replay = engine.runner._replay_mixed
     engine.runner._replay_mixed = lambda step, ids: replays.append(len(step.positions)) or replay(step, ids)
     assert tokens_of(engine, prompts) == eager
-    assert len(replays) > 10 and max(replays) > 8, "the run must replay mixed graphs, padded and not"
+    assert len(replays) > 5 and max(replays) > 8, "the run must replay mixed graphs, padded and not"

@@ -60,8 +60,9 @@ def test_chunks_and_decode_rows_match_reference(generator, device, rel_error, he
     )
     block_q = tokens_per_item(heads, kv_heads)
     capacity = max_work_items(len(q), 8, block_q)
-    work = torch.from_numpy(work_items(query_lens, block_q, np.zeros((capacity, 2), np.int32))).to(device)
-    out = chunked_attention(q, k, v, tables, contexts, starts, work, head_dim**-0.5)
+    chunks, decodes = work_items(query_lens, block_q, np.zeros((capacity, 2), np.int32), np.zeros((8, 2), np.int32))
+    chunks, decodes = torch.from_numpy(chunks).to(device), torch.from_numpy(decodes).to(device)
+    out = chunked_attention(q, k, v, tables, contexts, starts, chunks, decodes, head_dim**-0.5)
     expected = reference(q, k, v, tables, query_lens, context_lens, head_dim**-0.5)
     tokens = sum(query_lens)
     assert out.shape == q.shape and out.dtype == dtype
@@ -74,18 +75,20 @@ def test_work_items_cover_every_token_once():
 
     query_lens = [1, 16, 17, 3, 1]
     capacity = max_work_items(sum(query_lens), len(query_lens), 16)
-    table = work_items(query_lens, 16, np.zeros((capacity, 2), np.int32))
-    items = [tuple(row) for row in table if row[0] >= 0]
-    assert items == [(0, 0), (1, 0), (2, 0), (2, 16), (3, 0), (4, 0)]
-    assert (table[len(items) :, 0] == -1).all()
-    assert len(work_items(query_lens, 16)) == len(items)
+    chunks, decodes = work_items(query_lens, 16, np.zeros((capacity, 2), np.int32), np.zeros((5, 2), np.int32))
+    items = [tuple(row) for row in chunks if row[0] >= 0]
+    assert items == [(1, 0), (2, 0), (2, 16), (3, 0)]
+    assert (chunks[len(items) :, 0] == -1).all()
+    assert [tuple(row) for row in decodes] == [(0, 0), (4, 0), (-1, 0), (-1, 0), (-1, 0)]
+    exact_chunks, exact_decodes = work_items(query_lens, 16)
+    assert len(exact_chunks) == len(items) and len(exact_decodes) == 2
 
 
 def test_work_items_refuse_a_table_too_small():
     from qwen_triton.kernels.chunked_attention import work_items
 
-    with pytest.raises(ValueError, match="3 items for a table of 2"):
-        work_items([1, 1, 1], 16, np.zeros((2, 2), np.int32))
+    with pytest.raises(ValueError, match="3 decode items for a table of 2"):
+        work_items([1, 1, 1], 16, np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32))
 
 
 def test_quantized_cache_is_refused(device):
@@ -95,4 +98,4 @@ def test_quantized_cache_is_refused(device):
     cache = torch.zeros(3, 16, 1, 64, dtype=torch.int8, device=device)
     ints = torch.zeros(2, dtype=torch.int32, device=device)
     with pytest.raises(ValueError, match="k_cache/v_cache: dtype torch.int8"):
-        chunked_attention(q, cache, cache, ints.view(2, 1), ints, ints, ints.view(1, 2), 0.1)
+        chunked_attention(q, cache, cache, ints.view(2, 1), ints, ints, ints.view(1, 2), ints.view(1, 2), 0.1)

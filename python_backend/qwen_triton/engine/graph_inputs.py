@@ -183,13 +183,21 @@ class MixedGraphInputs:
             scratch_block,
             device,
             ("query_start", np.int32, torch.int32, (max_seqs + 1,)),
-            ("work_items", np.int32, torch.int32, (max_work_items(tokens, max_seqs, block_q), 2)),
+            ("chunk_items", np.int32, torch.int32, (max_work_items(tokens, max_seqs, block_q), 2)),
+            ("decode_items", np.int32, torch.int32, (min(tokens, max_seqs), 2)),
         )
-        self._image.template["work_items"][:, 0] = -1
+        self._image.template["chunk_items"][:, 0] = -1
+        self._image.template["decode_items"][:, 0] = -1
         views = self._image.to_device()
         self.buffer = self._image.device_bytes
         self.input_ids, self.positions = views["input_ids"], views["positions"]
-        self.meta = _step_meta(views, is_decode=False, query_start=views["query_start"], work_items=views["work_items"])
+        self.meta = _step_meta(
+            views,
+            is_decode=False,
+            query_start=views["query_start"],
+            chunk_items=views["chunk_items"],
+            decode_items=views["decode_items"],
+        )
 
     def fits(self, num_tokens: int, num_seqs: int) -> bool:
         return num_tokens <= self.tokens and num_seqs <= self.max_seqs
@@ -217,5 +225,5 @@ class MixedGraphInputs:
         np.cumsum(query_lens, out=starts[1 : num_seqs + 1])
         starts[num_seqs + 1 :] = num_tokens
         _write_tables(views["block_tables"], block_tables, self.scratch_block)
-        work_items(query_lens, self.block_q, out=views["work_items"])
+        work_items(query_lens, self.block_q, views["chunk_items"], views["decode_items"])
         self._image.upload(pinned)

@@ -1,8 +1,8 @@
-"""Attention of a mixed step in one launch: prompt chunks and decode rows, read in place from the paged cache.
+"""Attention of a mixed step in fixed launches: prompt chunks and decode rows, read in place from the paged cache.
 
 A mixed step holds sequences with one new token (decode) beside sequences with a chunk of prompt
 tokens. Every new token's K/V is already in the cache, so each query attends to the cache positions
-0..its own position, whatever kind of row it is; one kernel serves them all, and its launch depends on
+0..its own position, whatever kind of row it is; one kernel serves them all, and its launches depend on
 nothing but buffer sizes, so a CUDA graph can capture the whole step (the point: an eager step of a 7B
 model costs ~15 ms of host time whatever its tokens, while its GPU work for 256 decode rows and a
 256-token chunk is ~8 ms).
@@ -10,10 +10,12 @@ model costs ~15 ms of host time whatever its tokens, while its GPU work for 256 
 Work split: a *work item* is up to BLOCK_Q consecutive query tokens of one sequence; one program per
 (work item, kv head). A program's rows are its tokens x the GROUP query heads that share the kv head
 (padded to GROUP_PAD), so each K/V row it loads serves the whole group, and the scores and the weighted
-sum are tensor-core dots of BLOCK_Q * GROUP_PAD rows. The host lists the work items (`work_items`) in
-an int32 table [items, 2] of (sequence, first token of the item within the sequence's query); rows of
-the table past the step's items hold sequence -1, and their programs return at once, so a buffer sized
-for the largest step serves every smaller one.
+sum are tensor-core dots of BLOCK_Q * GROUP_PAD rows. Two launches of the one kernel: prompt chunks in
+items of ROWS_PER_PROGRAM rows, one-token rows (decode) in items of one token (16 rows: the smallest
+dot), since a decode row in a 128-row item would compute 16 times the dots it needs, for every key of
+its context. The host lists the items (`work_items`) in two int32 tables [items, 2] of (sequence, first
+token of the item within the sequence's query); rows of a table past the step's items hold sequence
+-1, and their programs return at once, so buffers sized for the largest step serve every smaller one.
 
 No sliding window and float caches only: the callers send other steps down the eager path.
 """
@@ -127,20 +129,26 @@ def tokens_per_item(num_heads: int, num_kv_heads: int) -> int:
     return max(1, ROWS_PER_PROGRAM // group_pad)
 
 
-def work_items(query_lens: list[int], block_q: int, out: np.ndarray | None = None) -> np.ndarray:
-    """The (sequence, first token) table of a step whose sequences add ``query_lens`` tokens each, written
-    into ``out`` ([capacity, 2] int32; rows past the items get sequence -1) or a new exact-size array."""
-    count = sum(-(-n // block_q) for n in query_lens)
+def work_items(
+    query_lens: list[int], block_q: int, chunks: np.ndarray | None = None, decodes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (sequence, first token) tables of a step whose sequences add ``query_lens`` tokens each: items of
+    up to ``block_q`` tokens of the sequences adding several, and one item per sequence adding one. Written
+    into ``chunks`` / ``decodes`` ([capacity, 2] int32; rows past the items get sequence -1), or new arrays
+    of the exact size."""
+    chunk_items = [(seq, first) for seq, n in enumerate(query_lens) if n > 1 for first in range(0, n, block_q)]
+    decode_items = [(seq, 0) for seq, n in enumerate(query_lens) if n == 1]
+    return _table(chunk_items, chunks, "chunk"), _table(decode_items, decodes, "decode")
+
+
+def _table(items: list[tuple[int, int]], out: np.ndarray | None, kind: str) -> np.ndarray:
     if out is None:
-        out = np.empty((count, 2), dtype=np.int32)
-    elif count > len(out):
-        raise ValueError(f"work_items: {count} items for a table of {len(out)}")
-    row = 0
-    for seq, n in enumerate(query_lens):
-        for first in range(0, n, block_q):
-            out[row] = seq, first
-            row += 1
-    out[row:, 0] = -1
+        out = np.empty((len(items), 2), dtype=np.int32)
+    elif len(items) > len(out):
+        raise ValueError(f"work_items: {len(items)} {kind} items for a table of {len(out)}")
+    if items:
+        out[: len(items)] = items
+    out[len(items) :, 0] = -1
     return out
 
 
@@ -157,24 +165,23 @@ def chunked_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     query_start: torch.Tensor,
-    work: torch.Tensor,
+    chunk_items: torch.Tensor,
+    decode_items: torch.Tensor,
     scale: float,
     out: torch.Tensor | None = None,
     *,
     block_n: int = 64,
-    num_warps: int = 8,
-    num_stages: int = 2,
 ) -> torch.Tensor:
     """Causal attention of a step's new tokens over the paged cache; returns [tokens, num_heads, head_dim].
 
     q [tokens, num_heads, head_dim], the tokens of sequence s at rows query_start[s]..query_start[s+1]-1
     (int32 [sequences + 1]); context_lens int32 [sequences]: tokens in the cache after this step (a
     sequence's new tokens are its last query_len positions, already written); block_tables int32
-    [sequences, max_blocks]; work int32 [items, 2] from `work_items` with BLOCK_Q = `tokens_per_item`.
-    k_cache / v_cache [num_blocks, block_size, num_kv_heads, head_dim] in q's dtype. Rows of q no work
-    item covers (padding) are left as ``out`` holds them (zeros when ``out`` is None).
+    [sequences, max_blocks]; chunk_items / decode_items int32 [items, 2] from `work_items` with BLOCK_Q =
+    `tokens_per_item`. k_cache / v_cache [num_blocks, block_size, num_kv_heads, head_dim] in q's dtype.
+    Rows of q no work item covers (padding) are left as ``out`` holds them (zeros when ``out`` is None).
     """
-    tokens, num_heads, head_dim = q.shape
+    _, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_cache.shape
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(f"k_cache/v_cache: dtype {k_cache.dtype} must be q's ({q.dtype}); quantized caches go eager")
@@ -183,22 +190,14 @@ def chunked_attention(
     for name, tensor in (("block_tables", block_tables), ("context_lens", context_lens), ("query_start", query_start)):
         if tensor.dtype != torch.int32:
             raise ValueError(f"{name}: expected int32, got {tensor.dtype}")
-    if work.dtype != torch.int32 or work.dim() != 2 or work.shape[1] != 2 or not work.is_contiguous():
-        raise ValueError(f"work: expected contiguous int32 [items, 2], got {work.dtype} {tuple(work.shape)}")
+    for name, items in (("chunk_items", chunk_items), ("decode_items", decode_items)):
+        if items.dtype != torch.int32 or items.dim() != 2 or items.shape[1] != 2 or not items.is_contiguous():
+            raise ValueError(f"{name}: expected contiguous int32 [items, 2], got {items.dtype} {tuple(items.shape)}")
     group = num_heads // num_kv_heads
-    block_q = tokens_per_item(num_heads, num_kv_heads)
     if out is None:
         out = torch.zeros_like(q)
-    _chunked_attention_kernel[(work.shape[0], num_kv_heads)](
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        query_start,
-        work,
-        out,
-        float(scale) * math.log2(math.e),
+    common = (q, k_cache, v_cache, block_tables, context_lens, query_start)
+    strides = (
         q.stride(0),
         q.stride(1),
         *k_cache.stride()[:3],
@@ -206,14 +205,30 @@ def chunked_attention(
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
+    )
+    shapes = dict(
         GROUP=group,
-        GROUP_PAD=max(1, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim,
         DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
         PAGE_SIZE=page_size,
-        BLOCK_Q=block_q,
         BLOCK_N=block_n,
-        num_warps=num_warps,
-        num_stages=num_stages,
     )
+    launches = (
+        (chunk_items, tokens_per_item(num_heads, num_kv_heads), triton.next_power_of_2(group), 8),
+        (decode_items, 1, max(16, triton.next_power_of_2(group)), 4),
+    )
+    for items, block_q, group_pad, warps in launches:
+        if items.shape[0]:
+            _chunked_attention_kernel[(items.shape[0], num_kv_heads)](
+                *common,
+                items,
+                out,
+                float(scale) * math.log2(math.e),
+                *strides,
+                GROUP_PAD=group_pad,
+                BLOCK_Q=block_q,
+                **shapes,
+                num_warps=warps,
+                num_stages=2,
+            )
     return out

@@ -40,7 +40,8 @@ class AttentionMetadata:
     # A mixed step captured in a CUDA graph: where each sequence's tokens start (int32 [sequences + 1])
     # and the work items of kernels.chunked_attention; set, they replace the host-side plan.
     query_start: torch.Tensor | None = None
-    work_items: torch.Tensor | None = None
+    chunk_items: torch.Tensor | None = None
+    decode_items: torch.Tensor | None = None
     _plan: MixedPlan | None = None
 
     _variants: dict = field(default_factory=dict)
@@ -85,7 +86,7 @@ def paged_attention(
     """q: [num_tokens, num_heads, head_dim], k/v: the same tokens' new keys/values (already in the cache)."""
     if meta.is_decode:
         return _decode(q, cache_layer, meta, scale)
-    if meta.work_items is not None:
+    if meta.chunk_items is not None:
         return _chunked(q, cache_layer, meta, scale)
     return _mixed(q, k, v, cache_layer, meta, scale)
 
@@ -115,7 +116,15 @@ def _chunked(q, cache_layer, meta: AttentionMetadata, scale: float) -> torch.Ten
 
     k_cache, v_cache, _, _ = cache_layer
     return chunked_attention(
-        q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start, meta.work_items, scale
+        q,
+        k_cache,
+        v_cache,
+        meta.block_tables,
+        meta.context_lens,
+        meta.query_start,
+        meta.chunk_items,
+        meta.decode_items,
+        scale,
     )
 
 
