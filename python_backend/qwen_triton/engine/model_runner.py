@@ -4,7 +4,7 @@ On CUDA, pure-decode steps replay CUDA graphs captured for a ladder of batch siz
 up to the next captured size); padding rows write their K/V into a reserved scratch block, so they never
 touch a real sequence's cache. Mixed steps (prompt chunks beside decode rows) of up to
 `mixed_graph_max_tokens` tokens replay graphs captured for a ladder of token counts
-(MIXED_GRAPH_TOKENS), their attention one kernels.chunked_attention launch: eagerly, such a step costs
+(MIXED_GRAPH_TOKENS), their attention in kernels.chunked_attention's fixed launches: eagerly, such a step costs
 the host ~15 ms on a 7B model whatever its tokens, so a small prompt chunk per step (the prefill cap
 that keeps decode flowing) would cost a large step. Larger mixed steps, windowed attention and
 quantized KV caches run eagerly. Graphs need the in-place paged decode kernel: without it (CPU, or no
