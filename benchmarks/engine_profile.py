@@ -15,9 +15,9 @@
   durations include that wait; run with QWEN_TRITON_PDL=0 for the per-kernel table (the replay time is
   right either way).
 - load: gpu_bench.py's concurrent load (N requests of 512 prompt tokens, 256 generated) step by step:
-  the steps that carry prompt tokens against the decode-only ones, the first steps, and the kernel table
-  of the first step that mixes prompt chunks with decode rows, so a slow phase can be told from a slow
-  kernel.
+  the steps that carry prompt tokens against the decode-only ones, the first steps, the slowest steps
+  (what an inter-token p99 is made of), and the kernel tables of the first two steps that mix prompt
+  chunks with decode rows, so a slow phase can be told from a slow kernel.
 """
 
 from __future__ import annotations
@@ -208,6 +208,12 @@ def summarize_load(steps) -> None:
                 f"{statistics.median(times):.1f} | {sum(s[1] or 0 for s in group)} |"
             )
     print("first 12 steps (decode rows, prompt tokens, ms):", [(d, p, round(1e3 * t, 1)) for d, p, t in steps[:12]])
+    # The tail of a load's inter-token latency is its slowest steps: where they fall and what they carry.
+    slowest = sorted(range(len(steps)), key=lambda i: steps[i][2], reverse=True)[:8]
+    print(
+        "slowest 8 steps (index, decode rows, prompt tokens, ms):",
+        [(i, steps[i][0], steps[i][1], round(1e3 * steps[i][2], 1)) for i in sorted(slowest)],
+    )
 
 
 def profile_load(args, checkpoint: Path) -> None:
