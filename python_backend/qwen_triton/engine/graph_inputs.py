@@ -89,14 +89,23 @@ def _step_image(
     return image
 
 
-def _step_meta(views: dict, **fields) -> AttentionMetadata:
-    """Attention metadata over the device views of a step image."""
-    return AttentionMetadata(
-        slot_mapping=views["slot_mapping"],
-        block_tables=views["block_tables"],
-        context_lens=views["context_lens"],
-        **fields,
-    )
+class _CapturedInputs:
+    """What a captured graph reads: the image's device views, as the model's inputs and metadata.
+    `meta_views`: metadata fields that are views of the image (beyond the three every step has);
+    `meta_values`: fixed ones."""
+
+    def __init__(self, image: _InputImage, meta_views: tuple[str, ...] = (), **meta_values):
+        self._image = image
+        views = image.to_device()
+        self.buffer = image.device_bytes
+        self.input_ids, self.positions = views["input_ids"], views["positions"]
+        self.meta = AttentionMetadata(
+            slot_mapping=views["slot_mapping"],
+            block_tables=views["block_tables"],
+            context_lens=views["context_lens"],
+            **{name: views[name] for name in meta_views},
+            **meta_values,
+        )
 
 
 def _write_tables(tables: np.ndarray, block_tables: list[list[int]], scratch_block: int) -> None:
@@ -110,7 +119,7 @@ def _write_tables(tables: np.ndarray, block_tables: list[list[int]], scratch_blo
         rows[holes] = scratch_block
 
 
-class GraphInputs:
+class GraphInputs(_CapturedInputs):
     """Inputs for `size` decode rows with block tables `max_blocks` wide.
 
     Padding rows (past a step's batch) read token 0 at position 0 with one token of context, and write
@@ -128,11 +137,8 @@ class GraphInputs:
         sinks: int = 0,
     ):
         self.size, self.max_blocks, self.scratch_block = size, max_blocks, scratch_block
-        self._image = _step_image(size, size, max_blocks, block_size, scratch_block, device)
-        views = self._image.to_device()
-        self.buffer = self._image.device_bytes
-        self.input_ids, self.positions = views["input_ids"], views["positions"]
-        self.meta = _step_meta(views, is_decode=True, window=window, sinks=sinks)
+        image = _step_image(size, size, max_blocks, block_size, scratch_block, device)
+        super().__init__(image, is_decode=True, window=window, sinks=sinks)
 
     def upload(
         self,
@@ -153,7 +159,7 @@ class GraphInputs:
         self._image.upload(pinned)
 
 
-class MixedGraphInputs:
+class MixedGraphInputs(_CapturedInputs):
     """Inputs for a mixed step of up to `tokens` tokens over up to `max_seqs` sequences (prompt chunks and
     decode rows, attended by kernels.chunked_attention).
 
@@ -175,7 +181,7 @@ class MixedGraphInputs:
         from qwen_triton.kernels.chunked_attention import max_work_items
 
         self.tokens, self.max_seqs, self.scratch_block, self.block_q = tokens, max_seqs, scratch_block, block_q
-        self._image = _step_image(
+        image = _step_image(
             tokens,
             max_seqs,
             max_blocks,
@@ -186,18 +192,9 @@ class MixedGraphInputs:
             ("chunk_items", np.int32, torch.int32, (max_work_items(tokens, max_seqs, block_q), 2)),
             ("decode_items", np.int32, torch.int32, (min(tokens, max_seqs), 2)),
         )
-        self._image.template["chunk_items"][:, 0] = -1
-        self._image.template["decode_items"][:, 0] = -1
-        views = self._image.to_device()
-        self.buffer = self._image.device_bytes
-        self.input_ids, self.positions = views["input_ids"], views["positions"]
-        self.meta = _step_meta(
-            views,
-            is_decode=False,
-            query_start=views["query_start"],
-            chunk_items=views["chunk_items"],
-            decode_items=views["decode_items"],
-        )
+        image.template["chunk_items"][:, 0] = -1
+        image.template["decode_items"][:, 0] = -1
+        super().__init__(image, ("query_start", "chunk_items", "decode_items"), is_decode=False)
 
     def fits(self, num_tokens: int, num_seqs: int) -> bool:
         return num_tokens <= self.tokens and num_seqs <= self.max_seqs

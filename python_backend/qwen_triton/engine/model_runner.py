@@ -344,11 +344,7 @@ class ModelRunner:
         num_tokens = len(step.positions)
         graph, out, inputs = next(g for g in self.mixed_graphs if g[2].fits(num_tokens, len(step.query_lens)))
         inputs.upload(step.input_ids, step.positions, step.slots, step.query_lens, step.context_lens, step.block_tables)
-        if step.on_device:
-            ids = self._input_ids(step.input_ids, step.on_device, device_ids, step.query_lens)
-            if self.group is not None:
-                self.group.broadcast(ids)
-            inputs.input_ids[:num_tokens].copy_(ids)
+        self._tokens_from_device(inputs.input_ids[:num_tokens], step, device_ids)
         graph.replay()
         return out[:num_tokens], to_device(step.sample_rows, torch.long, self.device)
 
@@ -360,10 +356,15 @@ class ModelRunner:
         batch = len(step.positions)
         graph, out, inputs = self.graphs[self.graph_sizes[bisect.bisect_left(self.graph_sizes, batch)]]
         inputs.upload(step.input_ids, step.positions, step.slots, step.context_lens, step.block_tables)
-        if step.on_device and device_ids is not None:
-            inputs.input_ids[:batch].copy_(self._input_ids(step.input_ids, step.on_device, device_ids, [1] * batch))
-        if step.on_device and self.group is not None:
-            self.group.broadcast(inputs.input_ids[:batch])
+        self._tokens_from_device(inputs.input_ids[:batch], step, device_ids)
         graph.replay()
         sample_rows = step.sample_rows
         return out[:batch], None if sample_rows is None else to_device(sample_rows, torch.long, self.device)
+
+    def _tokens_from_device(self, input_ids: torch.Tensor, step: HostStep, device_ids: torch.Tensor | None) -> None:
+        """Into a graph's uploaded token ids, the rows' inputs still on the device (a step launched ahead):
+        from `device_ids` on rank 0, from rank 0's broadcast on the other tensor-parallel ranks."""
+        if step.on_device and device_ids is not None:
+            input_ids.copy_(self._input_ids(step.input_ids, step.on_device, device_ids, step.query_lens))
+        if step.on_device and self.group is not None:
+            self.group.broadcast(input_ids)

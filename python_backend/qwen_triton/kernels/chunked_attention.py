@@ -124,9 +124,13 @@ def _chunked_attention_kernel(
 
 
 def tokens_per_item(num_heads: int, num_kv_heads: int) -> int:
-    """BLOCK_Q: query tokens of one work item for a model's head grouping."""
-    group_pad = max(1, triton.next_power_of_2(num_heads // num_kv_heads))
-    return max(1, ROWS_PER_PROGRAM // group_pad)
+    """BLOCK_Q of the prompt-chunk launch: query tokens of one work item for a model's head grouping."""
+    return max(1, ROWS_PER_PROGRAM // _group_pad(num_heads // num_kv_heads))
+
+
+def _group_pad(group: int) -> int:
+    """The query heads of one kv head, padded to a power of two (the rows of a token in a chunk item)."""
+    return triton.next_power_of_2(group)
 
 
 def work_items(
@@ -214,8 +218,8 @@ def chunked_attention(
         BLOCK_N=block_n,
     )
     launches = (
-        (chunk_items, tokens_per_item(num_heads, num_kv_heads), triton.next_power_of_2(group), 8),
-        (decode_items, 1, max(16, triton.next_power_of_2(group)), 4),
+        (chunk_items, tokens_per_item(num_heads, num_kv_heads), _group_pad(group), 8),
+        (decode_items, 1, max(16, _group_pad(group)), 4),
     )
     for items, block_q, group_pad, warps in launches:
         if items.shape[0]:
