@@ -78,6 +78,7 @@ LINEAR_SHAPES = {  # name: (out_features, in_features)
 GROUP = 128
 SAVE_PROGRESS = lambda: None  # main() replaces it: write the JSON so far (a killed run keeps its numbers)
 # fp8_wo: the weight-only Triton kernel (qm.fp8_linear); fp8: Fp8Linear's _scaled_mm path (W8A8).
+# int4_mma: the tensor-core kernel of kernels/int4_mma.py (int4_linear path="mma"; up to 8 rows).
 # int8_deq / int4_deq: the many-row path (kernels/dequantize.py into a bf16 scratch weight, then cuBLAS).
 LINEAR_COLUMNS = (
     "bf16",
@@ -87,6 +88,7 @@ LINEAR_COLUMNS = (
     "int4",
     "int4_best",
     "int4_deq",
+    "int4_mma",
     "fp8_wo",
     "fp8_wo_best",
     "fp8",
@@ -337,7 +339,7 @@ def make_weights(out_f, in_f):
 
 def stored_form(fmt):
     """The make_weights entry a benchmark format reads: every fp8 variant reads the one Fp8Linear."""
-    return "fp8" if fmt.startswith("fp8") else fmt.removesuffix("_deq")
+    return "fp8" if fmt.startswith("fp8") else fmt.removesuffix("_deq").removesuffix("_mma")
 
 
 def weight_bytes(forms, fmt):
@@ -359,6 +361,11 @@ def linear_call(fmt, forms, x, config=None, path=None, split_k=None):
         m = forms["int4"]
         return lambda: kernels.int4_linear(
             x, m.qweight, m.scales, m.zeros, GROUP, config=config, path=path, split_k=split_k
+        )
+    if fmt == "int4_mma":
+        m = forms["int4"]
+        return lambda: qm.int4_linear(
+            x, m.qweight, m.scales, m.zeros, GROUP, config=config, path="mma", split_k=split_k
         )
     if fmt == "int8_deq":
         m = forms["int8"]
@@ -449,8 +456,8 @@ def bench_linears(rows_list, bandwidth, l2_bytes, rows_out, sweeps, shapes, swee
         for rows in rows_list:
             xs = [torch.randn(rows, in_f, device=DEVICE, dtype=torch.bfloat16) for _ in sets]
             row = dict(shape=name, rows=rows, copies=copies)
-            timed = ("bf16", "int8", "int8_deq", "int4", "int4_deq", "fp8_wo", "fp8", "fp8_mm_only")
-            timed_formats = [f for f in timed if f in FORMATS]
+            timed = ("bf16", "int8", "int8_deq", "int4", "int4_deq", "int4_mma", "fp8_wo", "fp8", "fp8_mm_only")
+            timed_formats = [f for f in timed if f in FORMATS and (f != "int4_mma" or rows <= qm.int4_mma.MAX_ROWS)]
             if BASELINE is not None:
                 timed_formats += [f + "_base" for f in KERNEL_FORMATS if f in FORMATS]
             for fmt in timed_formats:

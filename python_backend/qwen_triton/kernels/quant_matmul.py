@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import dense_gemv, multiprocessor_count
+from . import dense_gemv, int4_mma, multiprocessor_count
 from .common import check_bias, int8_bytes_to_float, k_slices, split_counters, sum_splits
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
@@ -847,9 +847,24 @@ def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, conf
     """y = x @ W^T + bias with W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
 
     ``zeros`` None means symmetric (zero point 8). x [..., in] -> y [..., out] in x's dtype.
-    Overrides as for `int8_linear`.
+    Up to int4_mma.ROUTED_MAX_ROWS rows on CUDA take the tensor-core kernel of kernels/int4_mma.py
+    (``path`` "mma" forces it, up to int4_mma.MAX_ROWS rows), else the kernels here. Overrides as for `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
+    rows_of_x = x.numel() // max(in_features, 1)
+    routed = path is None and rows_of_x <= int4_mma.ROUTED_MAX_ROWS
+    if path == "mma" or (routed and int4_mma.applies(x, rows_of_x, in_features, zeros, group_size)):
+        rows = _as_rows(x, in_features, "int4_linear")
+        if not int4_mma.applies(rows, rows.shape[0], in_features, zeros, group_size):
+            raise ValueError(
+                "path: 'mma' needs CUDA, bf16 / fp16 x of at most 8 rows, integer zero points and a "
+                f"group size of {int4_mma.GROUP_SIZES} dividing the inputs"
+            )
+        check_bias(bias, out_features)
+        y = int4_mma.int4_mma_linear(
+            rows, qweight_packed, scales, zeros, group_size, bias, config=config, split_k=split_k
+        )
+        return y.view(*x.shape[:-1], out_features)
     return _launch(
         x,
         qweight_packed,
