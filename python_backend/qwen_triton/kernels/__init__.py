@@ -1,6 +1,7 @@
 """GPU fast-path kernels (Triton language; int4_mma.py in Gluon, Triton's explicit-layout dialect):
 paged decode attention, weight-only quantized linears (int8, int4, fp8), dense linears for a few rows
-(decode; gate_up with SiLU*up in its epilogue) and the element-wise parts of a decoder layer (add + RMSNorm, rotary, SiLU*up).
+(decode; gate_up with SiLU*up in its epilogue) and the element-wise parts of a decoder layer (add +
+RMSNorm, rotary, SiLU*up).
 
 Importing this package never imports ``triton``: CPU-only code (and CI) can import it freely, ask
 ``kernels_usable(device)`` and fall back to the torch paths. The kernel functions themselves are
