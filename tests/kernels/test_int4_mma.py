@@ -116,3 +116,12 @@ def test_forced_path_names_what_it_needs(generator):
     x9, packed, scales, _ = int4_case(generator, 64, 256, 9, 64, torch.bfloat16)
     with pytest.raises(ValueError, match="path: 'mma'"):
         int4_linear(x9.cuda(), packed.cuda(), scales.cuda(), None, 64, path="mma")
+
+
+def test_routing_keeps_long_rows_on_the_other_kernels(monkeypatch):
+    from qwen_triton.kernels import int4_mma
+
+    monkeypatch.setattr(int4_mma, "ROUTED_MAX_ROWS", 8)
+    assert int4_mma.routed(1, 3584) and int4_mma.routed(8, 8192)
+    assert not int4_mma.routed(9, 3584)
+    assert not int4_mma.routed(1, int4_mma.ROUTED_MAX_IN_FEATURES)  # down_proj's long rows

@@ -37,9 +37,11 @@ from .pdl import launch_options, pdl_enabled
 
 # Rows of x one launch takes: the MMA's N (8); more rows take quant_matmul's GEMM.
 MAX_ROWS = 8
-# Rows that int4_linear sends here unasked (path None): none until a measurement on the GPU shows this
-# kernel ahead of quant_matmul's at the model's shapes (benchmarks/kernel_bench.py; path="mma" forces it).
+# What int4_linear sends here unasked (path None; path="mma" forces it): up to ROUTED_MAX_ROWS rows of
+# x on layers of fewer than ROUTED_MAX_IN_FEATURES inputs; long rows (down_proj) stay on quant_matmul's
+# kernels, whose K steps the splits here do not beat. Set from benchmarks/int4_mma_bench.py on the H200.
 ROUTED_MAX_ROWS = 0
+ROUTED_MAX_IN_FEATURES = 16384
 # Group sizes the kernel takes (one group a step; a step must hold whole 32-byte fragments per row).
 GROUP_SIZES = (64, 128, 256)
 # Launch settings; benchmarks/kernel_bench.py --formats int4 times them against quant_matmul's kernels.
@@ -185,6 +187,11 @@ def _store_y(acc, rows, cols, col_ok, mask, bias_ptr, y_ptr, stride_ym, HAS_BIAS
     if HAS_BIAS:
         acc += gl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(gl.float32)[:, None]
     gl.store(y_ptr + rows[None, :] * stride_ym + cols[:, None], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def routed(rows: int, in_features: int) -> bool:
+    """Whether int4_linear picks this kernel for ``rows`` rows of a layer of ``in_features`` inputs."""
+    return rows <= ROUTED_MAX_ROWS and in_features < ROUTED_MAX_IN_FEATURES
 
 
 def applies(x: torch.Tensor, rows: int, in_features: int, zeros, group_size: int) -> bool:

@@ -847,12 +847,12 @@ def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, conf
     """y = x @ W^T + bias with W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
 
     ``zeros`` None means symmetric (zero point 8). x [..., in] -> y [..., out] in x's dtype.
-    Up to int4_mma.ROUTED_MAX_ROWS rows on CUDA take the tensor-core kernel of kernels/int4_mma.py
+    On CUDA the few rows of int4_mma.routed take the tensor-core kernel of kernels/int4_mma.py
     (``path`` "mma" forces it, up to int4_mma.MAX_ROWS rows), else the kernels here. Overrides as for `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
     rows_of_x = x.numel() // max(in_features, 1)
-    routed = path is None and rows_of_x <= int4_mma.ROUTED_MAX_ROWS
+    routed = path is None and int4_mma.routed(rows_of_x, in_features)
     if path == "mma" or (routed and int4_mma.applies(x, rows_of_x, in_features, zeros, group_size)):
         rows = _as_rows(x, in_features, "int4_linear")
         if not int4_mma.applies(rows, rows.shape[0], in_features, zeros, group_size):
