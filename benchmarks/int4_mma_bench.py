@@ -5,7 +5,7 @@ kernels it would replace (quant_matmul's int4 GEMV / GEMM) and the copy bound, p
 
 Per shape and row count: the bytes' time at the measured copy bandwidth (weights + scales), the
 replaced kernels, int4_mma at its default settings and the best of a sweep of tile shapes (BLOCK_N,
-warps) and K splits, each the best of 5 replays of a CUDA graph of 50 calls (one weight, so L2 holds
+warps), K splits and PREFETCH, each the best of 5 replays of a CUDA graph of 50 calls (one weight, so L2 holds
 part of the small layers: read small-layer figures as upper bounds on speed); the relative error of
 int4_mma against the replaced kernel's output. Needs a CUDA GPU.
 """
@@ -13,6 +13,7 @@ int4_mma against the replaced kernel's output. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -78,11 +79,10 @@ def bench_shape(name, out_f, in_f, rows, bandwidth):
     row["mma_us"] = replay_us(lambda: quant_matmul.int4_linear(x, packed, scales, None, GROUP, path="mma"))
     row["rel_error"] = ((got - expected).norm() / expected.norm()).item()
     sweep = {}
-    for block_n, warps in TILES:
-        for split in SPLITS:
-            config = dict(BLOCK_N=block_n, num_warps=warps)
-            call = lambda: int4_mma.int4_mma_linear(x, packed, scales, None, GROUP, config=config, split_k=split)  # noqa: E731
-            sweep[f"BLOCK_N={block_n} warps={warps} split={split}"] = replay_us(call)
+    for (block_n, warps), split, prefetch in itertools.product(TILES, SPLITS, (False, True)):
+        config = dict(BLOCK_N=block_n, num_warps=warps, PREFETCH=prefetch)
+        call = lambda: int4_mma.int4_mma_linear(x, packed, scales, None, GROUP, config=config, split_k=split)  # noqa: E731
+        sweep[f"BLOCK_N={block_n} warps={warps} split={split} prefetch={prefetch}"] = replay_us(call)
     row["best"], row["best_us"] = min(sweep.items(), key=lambda item: item[1])
     row["sweep"] = sweep
     return row

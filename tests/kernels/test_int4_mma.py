@@ -24,7 +24,7 @@ pointers.update(y_ptr=dtype, part_ptr="fp32", count_ptr="i32")
 signature = {name: "*" + kind for name, kind in pointers.items()}
 signature.update({name: "i32" for name in "M N K k_per_split stride_xm stride_wn stride_sn stride_zn stride_ym".split()})
 constants = dict(GROUP=128, HAS_ZEROS=zeros, HAS_BIAS=True, SPLIT=split, SERIAL=split, F16=dtype == "fp16")
-constants.update(BLOCK_N=64, NW=4, PDL=True)
+constants.update(BLOCK_N=64, NW=4, PREFETCH=split, PDL=True)
 signature.update({name: "constexpr" for name in constants})
 source = GluonASTSource(_int4_mma_kernel, signature, constexprs=constants)
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

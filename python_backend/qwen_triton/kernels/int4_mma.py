@@ -45,7 +45,7 @@ ROUTED_MAX_IN_FEATURES = 16384
 # Group sizes the kernel takes (one group a step; a step must hold whole 32-byte fragments per row).
 GROUP_SIZES = (64, 128, 256)
 # Launch settings; benchmarks/kernel_bench.py --formats int4 times them against quant_matmul's kernels.
-CONFIG = dict(BLOCK_N=128, num_warps=2)
+CONFIG = dict(BLOCK_N=128, num_warps=2, PREFETCH=False)
 WIDE_CONFIG = dict(min_out_features=16384, BLOCK_N=256, num_warps=4)
 # Split K until about this many programs a multiprocessor (at most this many inputs a program).
 PROGRAMS_PER_SM = 3
@@ -107,6 +107,7 @@ def _int4_mma_kernel(
     F16: gl.constexpr,
     BLOCK_N: gl.constexpr,
     NW: gl.constexpr,
+    PREFETCH: gl.constexpr,
     PDL: gl.constexpr,
 ):
     if PDL:
@@ -146,8 +147,11 @@ def _int4_mma_kernel(
     # offsets as whole groups times HALF, so the compiler sees them aligned and loads 8 bytes at a time
     packed = gl.load(w_tile + (k_start // GROUP) * HALF)
     for k0 in range(k_start, k_end, GROUP):
-        # the next step's bytes in flight while this step converts (the last step reloads its own)
-        following = gl.load(w_tile + (gl.minimum(k0 + GROUP, k_end - GROUP) // GROUP) * HALF)
+        if PREFETCH:  # the next step's bytes in flight while this step converts (the last reloads its own)
+            following = gl.load(w_tile + (gl.minimum(k0 + GROUP, k_end - GROUP) // GROUP) * HALF)
+        else:
+            packed = gl.load(w_tile + (k0 // GROUP) * HALF)
+            following = packed
         low, high = _offset_values(packed, F16)
         part = mma_v2(low, gl.load(x_even + k0, mask=b_ok, other=0.0), gl.zeros([BLOCK_N, 8], gl.float32, layout=mma))
         part = mma_v2(high, gl.load(x_even + k0 + 1, mask=b_ok, other=0.0), part)
@@ -251,6 +255,7 @@ def int4_mma_linear(rows, qweight_packed, scales, zeros, group_size, bias=None, 
         F16=rows.dtype == torch.float16,
         BLOCK_N=cfg["BLOCK_N"],
         NW=cfg["num_warps"],
+        PREFETCH=cfg["PREFETCH"],
         PDL=pdl,
         num_warps=cfg["num_warps"],
         **launch_options(pdl),
