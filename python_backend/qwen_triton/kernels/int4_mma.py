@@ -15,8 +15,8 @@ m16n8k16 does the multiply-adds, 256 weights an instruction. No value goes throu
 zero point comes off once per group and row: dot(128 + q, x) - (128 + zero) * sum(x), with sum(x) of
 the group formed once per program step, not per weight. About 2 instructions a weight.
 
-Each program owns BLOCK_N output features and one K slice, one group a step, the next step's packed
-bytes loaded before this step's are converted (two steps in flight per warp). Narrow outputs split K;
+Each program owns BLOCK_N output features and one K slice, one group a step (PREFETCH loads the next
+step's bytes before converting this step's; slower on the H200, so off). Narrow outputs split K;
 the last program of an output tile to finish adds the float32 partials up (common.split_counters), as
 quant_matmul's kernels do. Gluon has no CPU interpreter: elsewhere quant_matmul's Triton kernels run.
 """
@@ -44,7 +44,8 @@ ROUTED_MAX_ROWS = 0
 ROUTED_MAX_IN_FEATURES = 16384
 # Group sizes the kernel takes (one group a step; a step must hold whole 32-byte fragments per row).
 GROUP_SIZES = (64, 128, 256)
-# Launch settings; benchmarks/kernel_bench.py --formats int4 times them against quant_matmul's kernels.
+# Launch settings; benchmarks/int4_mma_bench.py sweeps them beside quant_matmul's kernels. Not yet the
+# sweep's best per layer (docs/benchmarks.md, "int4 on tensor cores at decode rows").
 CONFIG = dict(BLOCK_N=128, num_warps=2, PREFETCH=False)
 WIDE_CONFIG = dict(min_out_features=16384, BLOCK_N=256, num_warps=4)
 # Split K until about this many programs a multiprocessor (at most this many inputs a program).
