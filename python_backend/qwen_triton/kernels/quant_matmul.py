@@ -848,23 +848,23 @@ def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, conf
 
     ``zeros`` None means symmetric (zero point 8). x [..., in] -> y [..., out] in x's dtype.
     On CUDA the few rows of int4_mma.routed take the tensor-core kernel of kernels/int4_mma.py
-    (``path`` "mma" forces it, up to int4_mma.MAX_ROWS rows), else the kernels here. Overrides as for `int8_linear`.
+    (``path`` "mma" forces it, up to int4_mma.MAX_ROWS rows), else the kernels here. Overrides as for
+    `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
-    rows_of_x = x.numel() // max(in_features, 1)
-    routed = path is None and int4_mma.routed(rows_of_x, in_features)
-    if path == "mma" or (routed and int4_mma.applies(x, rows_of_x, in_features, zeros, group_size)):
+    if path == "mma" or (path is None and int4_mma.routed(x.numel() // max(in_features, 1), in_features)):
         rows = _as_rows(x, in_features, "int4_linear")
-        if not int4_mma.applies(rows, rows.shape[0], in_features, zeros, group_size):
-            raise ValueError(
-                "path: 'mma' needs CUDA, bf16 / fp16 x of at most 8 rows, integer zero points and a "
-                f"group size of {int4_mma.GROUP_SIZES} dividing the inputs"
+        if int4_mma.applies(rows, rows.shape[0], in_features, zeros, group_size):
+            check_bias(bias, out_features)
+            y = int4_mma.int4_mma_linear(
+                rows, qweight_packed, scales, zeros, group_size, bias, config=config, split_k=split_k
             )
-        check_bias(bias, out_features)
-        y = int4_mma.int4_mma_linear(
-            rows, qweight_packed, scales, zeros, group_size, bias, config=config, split_k=split_k
-        )
-        return y.view(*x.shape[:-1], out_features)
+            return y.view(*x.shape[:-1], out_features)
+        if path == "mma":
+            raise ValueError(
+                f"path: 'mma' needs CUDA, bf16 / fp16 x of at most {int4_mma.MAX_ROWS} rows, integer zero "
+                f"points and a group size of {int4_mma.GROUP_SIZES} dividing the inputs"
+            )
     return _launch(
         x,
         qweight_packed,
