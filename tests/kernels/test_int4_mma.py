@@ -1,6 +1,8 @@
 """The tensor-core int4 kernel (kernels/int4_mma.py): compiled for Hopper on any machine, and on a CUDA GPU
 against the float64 reference through int4_linear(path="mma")."""
 
+import itertools
+
 import pytest
 import torch
 from kernel_env import HAS_CUDA, needs_kernels
@@ -19,12 +21,12 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from qwen_triton.kernels.int4_mma import _int4_mma_kernel
 
 dtype, zeros, split = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
-pointers = {"x_ptr": dtype, "w_ptr": "u8", "scales_ptr": "fp16", "zeros_ptr": "u8", "bias_ptr": dtype}
+pointers = {"x_ptr": "i32", "w_ptr": "u8", "scales_ptr": "fp16", "zeros_ptr": "u8", "bias_ptr": dtype}
 pointers.update(y_ptr=dtype, part_ptr="fp32", count_ptr="i32")
 signature = {name: "*" + kind for name, kind in pointers.items()}
 signature.update({name: "i32" for name in "M N K k_per_split stride_xm stride_wn stride_sn stride_zn stride_ym".split()})
 constants = dict(GROUP=128, HAS_ZEROS=zeros, HAS_BIAS=True, SPLIT=split, SERIAL=split, F16=dtype == "fp16")
-constants.update(BLOCK_N=64, NW=4, PREFETCH=split, PDL=True)
+constants.update(BLOCK_N=64, NW=4, STEP_GROUPS=4 if split else 1, TILED=not split, PDL=True)
 signature.update({name: "constexpr" for name in constants})
 source = GluonASTSource(_int4_mma_kernel, signature, constexprs=constants)
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -73,7 +75,8 @@ def test_applies_only_where_it_can_run():
 @pytest.mark.parametrize("group", [64, 128, 256])
 def test_matches_the_reference(generator, rel_error, rows, dtype, tolerance, symmetric, group):
     """200 outputs leave a ragged tile of 64 or 128; 1536 inputs split K over several programs, whose
-    partials the last one adds up; bias once after that sum."""
+    partials the last one adds up; bias once after that sum; 1, 2 or 4 groups a step (4 falls back to 2
+    where the groups do not divide by 4)."""
     from kernel_reference import int4_linear_reference
 
     from qwen_triton.kernels import int4_linear, int4_mma
@@ -83,27 +86,52 @@ def test_matches_the_reference(generator, rel_error, rows, dtype, tolerance, sym
     bias = torch.randn(200, generator=generator).to(dtype)
     assert int4_mma.applies(x.cuda(), rows, 1536, zeros, group)
     cuda = [t.cuda() if t is not None else None for t in (x, packed, scales, zeros, bias)]
-    for split_k in (None, 1, 5):
-        out = int4_linear(*cuda[:4], group, cuda[4], split_k=split_k, path="mma")
-        expected = int4_linear_reference(x, packed, scales, zeros, group, bias, dtype=torch.float64)
+    expected = int4_linear_reference(x, packed, scales, zeros, group, bias, dtype=torch.float64)
+    for split_k, step_groups in itertools.product((None, 1, 5), (1, 2, 4)):
+        config = dict(STEP_GROUPS=step_groups)
+        out = int4_linear(*cuda[:4], group, cuda[4], config=config, split_k=split_k, path="mma")
         assert out.shape == (rows, 200) and out.dtype == dtype
-        assert rel_error(out, expected) < tolerance, f"split_k={split_k}"
+        assert rel_error(out, expected) < tolerance, f"split_k={split_k} step_groups={step_groups}"
 
 
 @needs_cuda
 def test_wide_layer_and_3d_input(generator, rel_error):
-    """Past WIDE_CONFIG's outputs the tiles grow; x [batch, 1, in] keeps its leading dimensions."""
+    """A layer of many output tiles and no K split; x [batch, 1, in] keeps its leading dimensions."""
     from kernel_reference import int4_linear_reference
 
-    from qwen_triton.kernels import int4_linear, int4_mma
+    from qwen_triton.kernels import int4_linear
 
-    out_f = int4_mma.WIDE_CONFIG["min_out_features"] + 64
+    out_f = 16384 + 64
     x, packed, scales, _ = int4_case(generator, out_f, 1024, 2, 128, torch.bfloat16)
     out = int4_linear(x.view(2, 1, 1024).cuda(), packed.cuda(), scales.cuda(), None, 128, path="mma")
     assert out.shape == (2, 1, out_f)
     assert (
         rel_error(out.view(2, out_f), int4_linear_reference(x, packed, scales, None, 128, dtype=torch.float64)) < 6e-3
     )
+
+
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_tiled_layout_matches_the_reference(generator, rel_error, rows, symmetric):
+    """int4_layout's tiled blocks (200 outputs: the last block padded) give the row-major layout's result, for
+    ragged tails of groups a step (13 groups) and split K."""
+    from kernel_reference import int4_linear_reference
+
+    from qwen_triton.kernels import int4_layout, int4_mma
+
+    x, packed, scales, zeros = int4_case(generator, 200, 13 * 128, rows, 128, torch.bfloat16)
+    zeros = None if symmetric else zeros
+    expected = int4_linear_reference(x, packed, scales, zeros, 128, dtype=torch.float64)
+    tiled = int4_layout.tiled(packed.cuda(), 128)
+    assert tiled.shape == (4, 13, int4_layout.TILE_ROWS, 64)
+    cuda = [t.cuda() if t is not None else None for t in (x, scales, zeros)]
+    for split_k, step_groups in itertools.product((1, 3), (1, 2, 4)):
+        config = dict(BLOCK_N=64, num_warps=2, STEP_GROUPS=step_groups)
+        out = int4_mma.int4_mma_linear(
+            cuda[0], tiled, cuda[1], cuda[2], 128, config=config, split_k=split_k, tiled=True
+        )
+        assert rel_error(out, expected) < 6e-3, f"split_k={split_k} step_groups={step_groups}"
 
 
 @needs_cuda
@@ -118,10 +146,27 @@ def test_forced_path_names_what_it_needs(generator):
         int4_linear(x9.cuda(), packed.cuda(), scales.cuda(), None, 64, path="mma")
 
 
-def test_routing_keeps_long_rows_on_the_other_kernels(monkeypatch):
+def test_routing_by_rows(monkeypatch):
     from qwen_triton.kernels import int4_mma
 
+    assert int4_mma.routed(1) and not int4_mma.routed(2)  # batch-1 decode, as measured on the H200
     monkeypatch.setattr(int4_mma, "ROUTED_MAX_ROWS", 8)
-    assert int4_mma.routed(1, 3584) and int4_mma.routed(8, 8192)
-    assert not int4_mma.routed(9, 3584)
-    assert not int4_mma.routed(1, int4_mma.ROUTED_MAX_IN_FEATURES)  # down_proj's long rows
+    assert int4_mma.routed(8) and not int4_mma.routed(9)
+
+
+@pytest.mark.parametrize(
+    "out_features, in_features, split_k, step_groups",
+    [
+        (59136, 8192, 1, 4),  # Qwen2.5-72B gate/up: its tiles alone fill the GPU
+        (8192, 8192, 8, 4),  # 72B o_proj: about WARPS_PER_SM warps a multiprocessor
+        (37888, 3584, 2, 4),  # 7B gate/up: 1.8 -> 2 splits (nearest, not floor)
+        (4608, 3584, 14, 2),  # 7B qkv: wants 15 slices, K has 7 steps of 4 groups -> steps of 2
+    ],
+)
+def test_launch_config_splits_k_to_fill_the_gpu(monkeypatch, out_features, in_features, split_k, step_groups):
+    """The rule on an H200's 132 multiprocessors (a CPU test: the rule is host code)."""
+    from qwen_triton.kernels import int4_mma
+
+    monkeypatch.setattr(int4_mma, "multiprocessor_count", lambda index: 132)
+    cfg = int4_mma.launch_config(out_features, in_features, 128, torch.device("cpu"))
+    assert (cfg["split_k"], cfg["STEP_GROUPS"]) == (split_k, step_groups)

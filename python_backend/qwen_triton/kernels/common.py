@@ -1,6 +1,6 @@
 """What the kernel modules share (Triton language and host side): float32 -> 16-bit rounding as torch
-rounds, int8 bytes -> float32, argument checks, and split-K bookkeeping (K slices, per-tile counters, the
-separate sum kernel).
+rounds, int8 bytes -> float32, the int4 -> bf16 / fp16 conversion's PTX, argument checks, and split-K
+bookkeeping (K slices, per-tile counters, the separate sum kernel).
 """
 
 from __future__ import annotations
@@ -10,6 +10,30 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
+
+# Inline PTX for int4 -> bf16 / fp16, four packed bytes (8 weights) per call, exact: the nibbles are
+# masked, PRMT puts each under the exponent byte of MAGIC (bf16 0x43nn = 128 + n, fp16 0x64nn = 1024 + n),
+# and one packed FMA per pair adds $5 / $6, the pair's -(MAGIC's offset + zero point): outputs $0..$3 are
+# (low nibbles - zero, high nibbles - zero), 11 instructions for 8 weights. Both Triton (quant_matmul) and
+# Gluon (int4_mma) kernels pass it to inline_asm_elementwise with pack=4.
+_NIBBLES_PTX = """{
+.reg .b32 lo, hi, magic, one;
+and.b32 lo, $4, 0x0F0F0F0F;
+shr.u32 hi, $4, 4;
+and.b32 hi, hi, 0x0F0F0F0F;
+mov.b32 magic, MAGIC;
+mov.b32 one, ONE;
+prmt.b32 $0, lo, magic, 0x4140;
+prmt.b32 $1, lo, magic, 0x4342;
+prmt.b32 $2, hi, magic, 0x4140;
+prmt.b32 $3, hi, magic, 0x4342;
+fma.rn.TYPE $0, $0, one, $5;
+fma.rn.TYPE $1, $1, one, $6;
+fma.rn.TYPE $2, $2, one, $5;
+fma.rn.TYPE $3, $3, one, $6;
+}"""
+NIBBLES_PTX_BF16 = _NIBBLES_PTX.replace("MAGIC", "0x43434343").replace("ONE", "0x3F803F80").replace("TYPE", "bf16x2")
+NIBBLES_PTX_F16 = _NIBBLES_PTX.replace("MAGIC", "0x64646464").replace("ONE", "0x3C003C00").replace("TYPE", "f16x2")
 
 
 @triton.jit

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .int4_layout import packed_pointers
+
 _OUTPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BLOCK_ROWS = 16
 BLOCK_COLS = 256  # inputs a program column covers (int4: 128 packed bytes of each row)
@@ -45,17 +47,18 @@ def _dequantize_int4_kernel(
     stride_zn,
     GROUP: tl.constexpr,
     HAS_ZEROS: tl.constexpr,
+    TILED: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
 ):
-    """One program: BLOCK_ROWS rows by BLOCK_COLS inputs, read as BLOCK_COLS / 2 packed bytes a row; the
-    low and high nibbles are written interleaved back into input order."""
+    """One program: BLOCK_ROWS rows by BLOCK_COLS inputs, read as BLOCK_COLS / 2 packed bytes a row (from
+    either of int4_layout's layouts); the low and high nibbles are written interleaved back into input order."""
     HALF: tl.constexpr = BLOCK_COLS // 2
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     half = tl.program_id(1) * HALF + tl.arange(0, HALF)  # packed byte j holds inputs 2j and 2j + 1
     row_ok = (rows < N)[:, None]
     in_bytes = row_ok & (2 * half < K)[None, :]
-    packed = tl.load(packed_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :], mask=in_bytes, other=0)
+    packed = tl.load(packed_pointers(packed_ptr, rows, half, K // 2, TILED, GROUP), mask=in_bytes, other=0)
     packed = packed.to(tl.int32)
     group = (2 * half) // GROUP  # both inputs of a byte share its group: GROUP is even
     scale = tl.load(scales_ptr + rows[:, None] * stride_sn + group[None, :], mask=in_bytes, other=0.0)
@@ -99,13 +102,23 @@ def dequantize_int4(
     group_size: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """uint8 [out, in/2] nibbles, scales [out, groups] and zero points [out, groups] (None: symmetric,
-    zero 8) -> the float weight [out, in] in ``dtype``, in storage column order."""
-    if packed.dtype != torch.uint8 or packed.dim() != 2 or not packed.is_contiguous():
-        raise ValueError(f"packed: expected a contiguous uint8 [out, in/2], got {packed.dtype} {tuple(packed.shape)}")
+    """uint8 [out, in/2] nibbles (or int4_layout's tiled 4-D layout), scales [out, groups] and zero points
+    [out, groups] (None: symmetric, zero 8) -> the float weight [out, in] in ``dtype``, in storage column
+    order."""
+    tiled = packed.dim() == 4
+    if packed.dtype != torch.uint8 or packed.dim() not in (2, 4) or not packed.is_contiguous():
+        raise ValueError(
+            f"packed: expected a contiguous uint8 [out, in/2] or a tiled [tiles, groups, rows, group/2], got "
+            f"{packed.dtype} {tuple(packed.shape)}"
+        )
     if group_size <= 0 or group_size % 2:
         raise ValueError(f"group_size: {group_size} must be a positive even number (a byte holds two inputs)")
-    n, k = packed.shape[0], packed.shape[1] * 2
+    if tiled and (packed.shape[3] != group_size // 2 or packed.shape[0] * packed.shape[2] < scales.shape[0]):
+        raise ValueError(
+            f"packed: a tiled weight of {tuple(packed.shape)} does not hold scales' rows in groups of {group_size}"
+        )
+    n = scales.shape[0] if tiled else packed.shape[0]
+    k = packed.shape[1] * packed.shape[3] * 2 if tiled else packed.shape[1] * 2
     groups = -(-k // group_size)
     if tuple(scales.shape) != (n, groups) or (zeros is not None and tuple(zeros.shape) != (n, groups)):
         raise ValueError(f"scales / zeros: expected shape [{n}, {groups}] for {k} inputs in groups of {group_size}")
@@ -123,6 +136,7 @@ def dequantize_int4(
         zeros_arg.stride(0),
         GROUP=group_size,
         HAS_ZEROS=zeros is not None,
+        TILED=tiled,
         BLOCK_ROWS=BLOCK_ROWS,
         BLOCK_COLS=BLOCK_COLS,
     )

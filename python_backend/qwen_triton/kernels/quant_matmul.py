@@ -22,8 +22,8 @@ Two kernel shapes per format:
 - GEMM (more rows, and int4 on longer layers, padded to 16): tensor-core dots on weights
   converted to the activations' dtype (int8, int4 q - zero and e4m3 values are all exact in
   bf16/fp16); scales are applied to the dot's float32 result. int4 on CUDA converts two nibbles per
-  instruction with inline PTX (`_NIBBLES_PTX`, ~1.4 instructions per weight against ~7 in the float32
-  path, which left int4 instruction-bound), feeds the low nibbles (even inputs) and high nibbles (odd
+  instruction with inline PTX (common's `NIBBLES_PTX_*`, ~1.4 instructions per weight against ~7 in
+  the float32 path, which left int4 instruction-bound), feeds the low nibbles (even inputs) and high nibbles (odd
   inputs) to two dots against x's even and odd columns, and reads two groups per K step; the
   step's scales and zero points are loaded one step ahead.
   The CPU interpreter (and float32 x, and float zero points) take a pure-Triton conversion.
@@ -43,8 +43,17 @@ import torch
 import triton
 import triton.language as tl
 
-from . import dense_gemv, int4_mma, multiprocessor_count
-from .common import check_bias, int8_bytes_to_float, k_slices, split_counters, sum_splits
+from . import dense_gemv, int4_layout, int4_mma, multiprocessor_count
+from .common import (
+    NIBBLES_PTX_BF16,
+    NIBBLES_PTX_F16,
+    check_bias,
+    int8_bytes_to_float,
+    k_slices,
+    split_counters,
+    sum_splits,
+)
+from .int4_layout import packed_pointers
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 # Up to this many rows of x the GEMV kernels (one program column per row) run; above, the
@@ -95,33 +104,10 @@ def _byte_tile(
         return int8_bytes_to_float(w)
 
 
-# Inline PTX for the int4 -> bf16 / fp16 conversion, the inner loop's cost: four packed bytes per
-# call (8 weights). The nibbles are masked, PRMT puts each under the exponent byte of MAGIC (bf16
-# 0x43nn = 128 + n, fp16 0x64nn = 1024 + n: exact), and one packed FMA per pair subtracts MAGIC +
-# zero point, passed in pairs as $5 / $6 (negated). 11 instructions for 8 weights, against ~7 per
-# weight for the float32 magic-number path (which leaves int4 instruction-bound).
-_NIBBLES_PTX = """{
-.reg .b32 lo, hi, magic, one;
-and.b32 lo, $4, 0x0F0F0F0F;
-shr.u32 hi, $4, 4;
-and.b32 hi, hi, 0x0F0F0F0F;
-mov.b32 magic, MAGIC;
-mov.b32 one, ONE;
-prmt.b32 $0, lo, magic, 0x4140;
-prmt.b32 $1, lo, magic, 0x4342;
-prmt.b32 $2, hi, magic, 0x4140;
-prmt.b32 $3, hi, magic, 0x4342;
-fma.rn.TYPE $0, $0, one, $5;
-fma.rn.TYPE $1, $1, one, $6;
-fma.rn.TYPE $2, $2, one, $5;
-fma.rn.TYPE $3, $3, one, $6;
-}"""
-_NIBBLES_BF16 = tl.constexpr(
-    _NIBBLES_PTX.replace("MAGIC", "0x43434343").replace("ONE", "0x3F803F80").replace("TYPE", "bf16x2")
-)
-_NIBBLES_F16 = tl.constexpr(
-    _NIBBLES_PTX.replace("MAGIC", "0x64646464").replace("ONE", "0x3C003C00").replace("TYPE", "f16x2")
-)
+# The int4 -> bf16 / fp16 conversion, the inner loop's cost (common.py owns the PTX): 11 instructions for
+# 8 weights, against ~7 per weight for the float32 magic-number path (which leaves int4 instruction-bound).
+_NIBBLES_BF16 = tl.constexpr(NIBBLES_PTX_BF16)
+_NIBBLES_F16 = tl.constexpr(NIBBLES_PTX_F16)
 
 # The int4 GEMV's conversion, to float32: PRMT puts each nibble in byte 2 under 0x43 in byte 3 (and zero
 # bytes below), the bits of the float32 128 + n (one unit of 128.0's mantissa sits at bit 16). 11
@@ -231,6 +217,8 @@ def _int4_dot(
     PACKED_CVT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    TILED: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     """float32 [BLOCK_M, BLOCK_N] = x [BLOCK_M, BLOCK_K] @ ((q - zero) * scale)^T for inputs k0.. of
     one group (BLOCK_K divides GROUP): dots on q - zero (exact in x's dtype), the scale applied to
@@ -238,7 +226,7 @@ def _int4_dot(
     the same way instead of interleaving the weights (a dot sums over k in any order)."""
     half = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     mask = col_ok[:, None] if EVEN_K else col_ok[:, None] & (2 * half < K)[None, :]
-    packed = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wn + half[None, :], mask=mask, other=0)
+    packed = tl.load(packed_pointers(w_ptr, cols, half, stride_wn, TILED, GROUP), mask=mask, other=0)
     low, high = _int4_values(packed, zero, x.dtype, PACKED_CVT)
     x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_K // 2, 2]))
     # Two independent dots, not one accumulating into the other: half as long a chain of dependent
@@ -467,6 +455,7 @@ def _gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
+    TILED: tl.constexpr = False,
 ):
     """Tensor-core dots on weight tiles converted to x's dtype (int8 values, int4 q - zero and e4m3
     values are exact in bf16/fp16); scales multiply the dots' float32 results."""
@@ -515,6 +504,8 @@ def _gemm_kernel(
                     PACKED_CVT,
                     BLOCK_M,
                     SUB_K,
+                    TILED,
+                    GROUP,
                 )
         else:
             x = _x_tile(x_rows, row_ok, k0, K, EVEN_K, BLOCK_K)
@@ -660,9 +651,26 @@ def _packed_cvt_applies(x: torch.Tensor, zeros) -> bool:
     return x.is_cuda and x.dtype in _PACKED_CVT_DTYPES and (zeros is None or not zeros.dtype.is_floating_point)
 
 
-def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_features, name, config, path, split_k):
+def _launch(
+    x,
+    weight,
+    scale,
+    zeros,
+    bias,
+    *,
+    fmt,
+    group_size,
+    out_features,
+    in_features,
+    name,
+    config,
+    path,
+    split_k,
+    tiled=False,
+):
     """Shared host side of int8_linear / fp8_linear / int4_linear: pick kernel, tiles and K split;
-    launch. ``fmt`` is "int8", "fp8" or "int4"."""
+    launch. ``fmt`` is "int8", "fp8" or "int4"; ``tiled``: an int4 weight in int4_layout's tiled layout
+    (the GEMM only)."""
     check_bias(bias, out_features)
     rows = _as_rows(x, in_features, name)
     m = rows.shape[0]
@@ -718,7 +726,7 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
     else:
         kernel, x_arg, stride_xm = _gemm_kernel, rows, rows.stride(0)
         cfg.setdefault("PACKED_CVT", fmt == "int4" and _packed_cvt_applies(x, zeros))
-        cfg.update(FMT=fmt)
+        cfg.update(FMT=fmt, TILED=tiled)
     pdl = pdl_enabled(x.device)
     kernel[(grid_n, grid_m, split_k)](
         x_arg,
@@ -734,7 +742,7 @@ def _launch(x, weight, scale, zeros, bias, *, fmt, group_size, out_features, in_
         in_features,
         k_per_split,
         stride_xm,
-        weight.stride(0),
+        in_features // 2 if tiled else weight.stride(0),  # tiled: a row's bytes (packed_pointers' row_bytes)
         scale.stride(0),
         zeros_arg.stride(0),
         y.stride(0),
@@ -822,9 +830,12 @@ def _per_channel_linear(fmt, dtype, x, qweight, scale, bias, config, path, split
 
 
 def _check_int4(qweight_packed, scales, zeros, group_size):
+    if qweight_packed.dim() == 4:  # int4_layout's tiled layout
+        return _check_tiled_int4(qweight_packed, scales, zeros, group_size)
     if qweight_packed.dtype != torch.uint8 or qweight_packed.dim() != 2 or qweight_packed.stride(1) != 1:
         raise ValueError(
-            f"qweight_packed: expected a row-contiguous uint8 [out, in/2], got "
+            f"qweight_packed: expected a row-contiguous uint8 [out, in/2] or int4_layout's tiled "
+            f"[tiles, groups, {int4_layout.TILE_ROWS}, group_size/2], got "
             f"{qweight_packed.dtype} {tuple(qweight_packed.shape)}"
         )
     if group_size < 32 or group_size & (group_size - 1):
@@ -843,21 +854,38 @@ def _check_int4(qweight_packed, scales, zeros, group_size):
     return out_features, in_features
 
 
+def _check_tiled_int4(qweight_packed, scales, zeros, group_size):
+    tiles, groups, rows, half = qweight_packed.shape
+    out_features = scales.shape[0] if scales.dim() == 2 else -1
+    expected = (triton.cdiv(out_features, int4_layout.TILE_ROWS), groups, int4_layout.TILE_ROWS, group_size // 2)
+    if qweight_packed.dtype != torch.uint8 or not qweight_packed.is_contiguous() or qweight_packed.shape != expected:
+        raise ValueError(
+            f"qweight_packed: a tiled int4 weight for scales {tuple(scales.shape)} and group_size {group_size} is "
+            f"a contiguous uint8 {expected}, got {qweight_packed.dtype} {tuple(qweight_packed.shape)}"
+        )
+    row_major_shape = torch.empty(out_features, groups * half, dtype=torch.uint8, device="meta")
+    return _check_int4(row_major_shape, scales, zeros, group_size)
+
+
 def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, config=None, path=None, split_k=None):
     """y = x @ W^T + bias with W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
 
     ``zeros`` None means symmetric (zero point 8). x [..., in] -> y [..., out] in x's dtype.
-    On CUDA the few rows of int4_mma.routed take the tensor-core kernel of kernels/int4_mma.py
-    (``path`` "mma" forces it, up to int4_mma.MAX_ROWS rows), else the kernels here. Overrides as for
-    `int8_linear`.
+    ``qweight_packed`` is row-major [out, in/2] or int4_layout's tiled layout (4-D; CUDA kernels only: the
+    tiled weight takes int4_mma or the GEMM, never the GEMV). On CUDA the few rows of int4_mma.routed take
+    the tensor-core kernel of kernels/int4_mma.py (``path`` "mma" forces it, up to int4_mma.MAX_ROWS
+    rows), else the kernels here. Overrides as for `int8_linear`.
     """
     out_features, in_features = _check_int4(qweight_packed, scales, zeros, group_size)
-    if path == "mma" or (path is None and int4_mma.routed(x.numel() // max(in_features, 1), in_features)):
+    tiled = qweight_packed.dim() == 4
+    if tiled and path == "gemv":
+        raise ValueError("path: 'gemv' reads row-major weights only; a tiled int4 weight takes 'mma' or 'gemm'")
+    if path == "mma" or (path is None and int4_mma.routed(x.numel() // max(in_features, 1))):
         rows = _as_rows(x, in_features, "int4_linear")
         if int4_mma.applies(rows, rows.shape[0], in_features, zeros, group_size):
             check_bias(bias, out_features)
             y = int4_mma.int4_mma_linear(
-                rows, qweight_packed, scales, zeros, group_size, bias, config=config, split_k=split_k
+                rows, qweight_packed, scales, zeros, group_size, bias, config=config, split_k=split_k, tiled=tiled
             )
             return y.view(*x.shape[:-1], out_features)
         if path == "mma":
@@ -877,6 +905,7 @@ def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, conf
         in_features=in_features,
         name="int4_linear",
         config=config,
-        path=path,
+        path="gemm" if tiled else path,
         split_k=split_k,
+        tiled=tiled,
     )
