@@ -165,3 +165,22 @@ def test_a_tensor_parallel_rank_loads_exactly_its_slices(untied_checkpoint):
 def half(tensor: torch.Tensor, size: int, rank: int) -> torch.Tensor:
     """Rank `rank`'s half of the first `size` rows."""
     return tensor[rank * size // 2 : (rank + 1) * size // 2]
+
+
+def test_streamed_int4_into_the_tiled_layout(untied_checkpoint, monkeypatch):
+    """Where int4 weights are stored tiled (CUDA; forced here on CPU for every real device, as CUDA does:
+    never on meta, where the loader builds the model), the loader tiles each allocated module and writes its
+    row blocks into the tiles: the same bytes as quantizing the float model, the same greedy tokens."""
+    from qwen_triton.quantization.formats import GroupwiseLinear
+
+    reference = engine(untied_checkpoint)
+    quantize_model(reference.model, "int4")
+    monkeypatch.setattr(GroupwiseLinear, "_tiles", staticmethod(lambda qweight, *args: not qweight.is_meta))
+    streamed = engine(untied_checkpoint, "int4")
+    want = dict(reference.model.named_modules())
+    tiled = [(name, m) for name, m in streamed.model.named_modules() if isinstance(m, GroupwiseLinear)]
+    assert tiled and all(m.qweight.dim() == 4 for _, m in tiled)
+    for name, module in tiled:
+        assert torch.equal(module.row_major_qweight(), want[name].qweight), name
+        assert torch.equal(module.scales, want[name].scales), name
+    assert greedy_tokens(streamed) == greedy_tokens(reference)

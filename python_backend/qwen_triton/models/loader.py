@@ -52,7 +52,7 @@ from qwen_triton.models.memory import (
     tensor_bytes,
 )
 from qwen_triton.models.qwen2 import DecoderModel, RotaryEmbedding
-from qwen_triton.quantization.formats import QuantizedLinear
+from qwen_triton.quantization.formats import GroupwiseLinear, QuantizedLinear
 from qwen_triton.quantization.prequantized import prequantized_config, read_fused_projection
 from qwen_triton.quantization.spec import QuantFormat, parse_spec
 from qwen_triton.quantization.streaming import empty_quantized_linear, quantize_rows_into
@@ -248,6 +248,8 @@ def materialize(model: DecoderModel, device: torch.device) -> None:
         tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if any(t.is_meta for t in tensors):
             module.to_empty(device=device, recurse=False)
+            if isinstance(module, GroupwiseLinear):
+                module.use_device_layout()
     if tied_head:
         model.lm_head.weight = model.embed_tokens.weight
     model.to(device)

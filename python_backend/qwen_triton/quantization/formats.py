@@ -44,6 +44,10 @@ def _gpu_kernels_usable(x: torch.Tensor) -> bool:
 # weight (models/memory.py). Evidence: benchmarks/kernel_bench.py's *_deq columns.
 DEQUANTIZED_MATMUL_MIN_ROWS = 512
 
+# 4-bit group-wise weights on CUDA are stored in the tiled layout (GroupwiseLinear says why); False keeps
+# them row-major (benchmarks compare the two).
+TILE_INT4_ON_CUDA = True
+
 
 def _rows(x: torch.Tensor, in_features: int) -> int:
     return x.numel() // in_features
@@ -207,6 +211,10 @@ class GroupwiseLinear(QuantizedLinear):
 
     `in_perm` (optional, int64 [in]) serves GPTQ act-order checkpoints: stored column j holds input
     feature in_perm[j], so that each group is contiguous in storage.
+
+    4-bit weights given on a CUDA device where the kernels run are kept in kernels/int4_layout.py's tiled
+    layout (``qweight`` 4-D), which the decode-row kernel streams near the copy rate; ``row_major_qweight``
+    gives the [out, in/2] bytes back.
     """
 
     def __init__(
@@ -227,10 +235,42 @@ class GroupwiseLinear(QuantizedLinear):
         super().__init__(in_features, out_features, bias)
         self.bits = bits
         self.group_size = group_size
-        self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
+        qweight = qweight.to(torch.uint8).contiguous()
+        if self._tiles(qweight, bits, group_size, in_features):
+            from qwen_triton.kernels import int4_layout
+
+            qweight = int4_layout.tiled(qweight, group_size)
+        self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales.contiguous())
         self.register_buffer("zeros", zeros.to(torch.uint8).contiguous())
         self.register_buffer("in_perm", None if in_perm is None else in_perm.to(torch.int64).contiguous())
+
+    @staticmethod
+    def _tiles(qweight: torch.Tensor, bits: int, group_size: int, in_features: int) -> bool:
+        """Tiled where every int4 kernel of the device reads it: CUDA with the kernels, whole groups of a
+        size the tiled layout takes."""
+        if not (TILE_INT4_ON_CUDA and bits == 4 and qweight.is_cuda and kernels.kernels_usable(qweight.device)):
+            return False
+        from qwen_triton.kernels import int4_layout
+
+        whole_groups = in_features % group_size == 0 and qweight.shape[1] * 2 == in_features
+        return group_size in int4_layout.GROUP_SIZES and whole_groups
+
+    def use_device_layout(self) -> None:
+        """Store qweight in the layout its device's kernels read: a module built on meta and allocated on
+        CUDA (the streaming loader) is row-major until this tiles it."""
+        if self.qweight.dim() == 2 and self._tiles(self.qweight, self.bits, self.group_size, self.in_features):
+            from qwen_triton.kernels import int4_layout
+
+            self.qweight = int4_layout.tiled(self.qweight, self.group_size)
+
+    def row_major_qweight(self) -> torch.Tensor:
+        """The packed bytes [out, in/2] (4-bit) or [out, in] (8-bit), whatever the stored layout."""
+        if self.qweight.dim() == 2:
+            return self.qweight
+        from qwen_triton.kernels import int4_layout
+
+        return int4_layout.row_major(self.qweight, self.out_features)
 
     @property
     def format_name(self) -> str:  # type: ignore[override]
@@ -289,7 +329,7 @@ class GroupwiseLinear(QuantizedLinear):
 
     def unpacked_qweight(self) -> torch.Tensor:
         """uint8 [out, in] in storage column order."""
-        return unpack_nibbles(self.qweight) if self.bits == 4 else self.qweight
+        return unpack_nibbles(self.row_major_qweight()) if self.bits == 4 else self.qweight
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         q = self.unpacked_qweight().float()
@@ -428,7 +468,7 @@ def concat_out_features(linears: list[nn.Module]) -> nn.Module:
         if not same:
             raise ValueError("cannot fuse group-wise linears with different bits, group size or act-order")
         return GroupwiseLinear(
-            cat("qweight"),
+            torch.cat([m.row_major_qweight() for m in linears]),  # re-tiled by the constructor
             cat("scales"),
             cat("zeros"),
             first.bits,

@@ -76,4 +76,11 @@ def quantize_rows_into(module: QuantizedLinear, first_row: int, rows: torch.Tens
     """Quantize float weight rows [n, in] and store them as output rows first_row .. first_row + n of `module`."""
     part = quantize_weight(rows, fmt)
     for name in _ROW_TENSORS[type(module)]:
-        getattr(module, name)[first_row : first_row + rows.shape[0]].copy_(getattr(part, name))
+        if name != "qweight" or not isinstance(module, GroupwiseLinear):
+            getattr(module, name)[first_row : first_row + rows.shape[0]].copy_(getattr(part, name))
+        elif module.qweight.dim() == 4:  # int4_layout's tiled layout (CUDA)
+            from qwen_triton.kernels import int4_layout
+
+            int4_layout.write_rows(module.qweight, first_row, part.row_major_qweight())
+        else:  # the module's and the part's layouts may differ: the part's rows row-major
+            module.qweight[first_row : first_row + rows.shape[0]].copy_(part.row_major_qweight())
