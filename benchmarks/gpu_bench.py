@@ -3,7 +3,8 @@
 Runs on one CUDA GPU (the device machine), random weights at real Qwen2.5 shapes. In one run:
   1. the two ceilings: device-to-device copy bandwidth, bf16 matmul rate;
   2. a correctness gate: tiny Qwen2 on CUDA, greedy tokens of the engine (CUDA graphs + paged kernel)
-     equal to transformers, and CUDA-graph decode equal to eager decode;
+     equal to transformers, and CUDA-graph decode equal to eager decode; where a token differs, HF's
+     logit gap between its pick and the engine's (a near tie or a wrong result);
   3. per shape: batch-1 decode tok/s per weight format beside its bandwidth bound and HF eager bf16;
      throughput at 16/64/256 concurrent requests (512 prompt, 256 generated): output tok/s, TTFT and
      inter-token latency p50/p99 beside the bound that counts weights + KV bytes per step; TTFT of one
@@ -298,8 +299,6 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
         ].tolist()
         for p in prompts
     ]
-    del reference
-    release()
     results = {}
     for name, settings in {
         "fp32_graphs": dict(dtype="float32"),
@@ -327,9 +326,32 @@ def correctness_gate(tokenizer_dir: Path, root: Path) -> dict:
         "fp32_eager_eq_hf": results["fp32_eager"] == expected,
         "bf16_graphs_eq_eager": results["bf16_graphs"] == results["bf16_eager"],
         "graphs_captured": results["fp32_graphs_graphs_captured"],
+        "fp32_graphs_differences": first_differences(reference, prompts, expected, results["fp32_graphs"]),
+        "fp32_eager_differences": first_differences(reference, prompts, expected, results["fp32_eager"]),
     }
+    del reference
+    release()
     log("correctness gate:", gate)
     return gate
+
+
+def first_differences(reference, prompts, expected, got) -> list[dict]:
+    """Where the engine's greedy tokens leave HF's: per differing prompt, the first such token and HF's
+    logit gap between its own pick and the engine's there. A gap near float32 rounding is a near tie
+    (an fp32 kernel's summation order decides it); a large one is a wrong result."""
+    differences = []
+    for i, (want, have) in enumerate(zip(expected, got)):
+        if want == have:
+            continue
+        at = next((j for j, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+        if at == min(len(want), len(have)):
+            differences.append(dict(prompt=i, token=at, hf_logit_gap=None))  # lengths differ
+            continue
+        with torch.no_grad():
+            logits = reference(torch.tensor([prompts[i] + want[:at]], device="cuda")).logits[0, -1].double()
+        gap = (logits[want[at]] - logits[have[at]]).item()
+        differences.append(dict(prompt=i, token=at, hf_logit=logits[want[at]].item(), hf_logit_gap=gap))
+    return differences
 
 
 def bench_shape(
@@ -512,6 +534,7 @@ def main() -> int:
     log("ceilings:", report["ceilings"])
     if not args.skip_gate:
         report["gate"] = correctness_gate(args.tokenizer, root)
+        args.out.write_text(json.dumps(report, indent=1))
     for shape in filter(None, args.shapes.split(",")):  # --shapes '' runs the gate alone
         checkpoint = make_checkpoint(shape, args.tokenizer, root)
         report["shapes"].append(
