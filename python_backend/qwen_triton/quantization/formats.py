@@ -214,7 +214,8 @@ class GroupwiseLinear(QuantizedLinear):
 
     4-bit weights given on a CUDA device where the kernels run are kept in kernels/int4_layout.py's tiled
     layout (``qweight`` 4-D), which the decode-row kernel streams near the copy rate; ``row_major_qweight``
-    gives the [out, in/2] bytes back.
+    gives the [out, in/2] bytes back. ``device_layout=False`` keeps them row-major (a block of rows that
+    the streaming loader copies into a tiled module).
     """
 
     def __init__(
@@ -227,6 +228,7 @@ class GroupwiseLinear(QuantizedLinear):
         bias: torch.Tensor | None = None,
         in_features: int | None = None,
         in_perm: torch.Tensor | None = None,
+        device_layout: bool = True,
     ):
         if bits not in (4, 8):
             raise ValueError(f"group-wise quantization supports 4 or 8 bits, got {bits}")
@@ -236,7 +238,7 @@ class GroupwiseLinear(QuantizedLinear):
         self.bits = bits
         self.group_size = group_size
         qweight = qweight.to(torch.uint8).contiguous()
-        if self._tiles(qweight, bits, group_size, in_features):
+        if device_layout and self._tiles(qweight, bits, group_size, in_features):
             from qwen_triton.kernels import int4_layout
 
             qweight = int4_layout.tiled(qweight, group_size)
@@ -302,6 +304,7 @@ class GroupwiseLinear(QuantizedLinear):
         group_size: int = 128,
         symmetric: bool = False,
         scale_dtype: torch.dtype = torch.float16,
+        device_layout: bool = True,
     ) -> GroupwiseLinear:
         out_features, in_features = weight.shape
         groups = _split_groups(weight.detach().float(), group_size)  # [out, G, group]
@@ -325,7 +328,10 @@ class GroupwiseLinear(QuantizedLinear):
         q = torch.round(groups / scale[..., None] + zero[..., None]).clamp(0, qmax)
         q = q.flatten(1)[:, :in_features]
         packed = pack_nibbles(q) if bits == 4 else q.to(torch.uint8)
-        return cls(packed, scale.to(scale_dtype), zero.to(torch.uint8), bits, group_size, bias, in_features)
+        zero = zero.to(torch.uint8)
+        return cls(
+            packed, scale.to(scale_dtype), zero, bits, group_size, bias, in_features, device_layout=device_layout
+        )
 
     def unpacked_qweight(self) -> torch.Tensor:
         """uint8 [out, in] in storage column order."""

@@ -63,24 +63,25 @@ def empty_quantized_linear(
     )
 
 
-def quantize_weight(weight: torch.Tensor, fmt: QuantFormat) -> QuantizedLinear:
-    """A float weight [out, in] -> its quantized module in `fmt` (no bias), computed where the weight is."""
+def quantize_weight(weight: torch.Tensor, fmt: QuantFormat, device_layout: bool = True) -> QuantizedLinear:
+    """A float weight [out, in] -> its quantized module in `fmt` (no bias), computed where the weight is;
+    ``device_layout=False``: group-wise bytes row-major whatever the device (GroupwiseLinear)."""
     cls = quantized_class(fmt)
     if cls is not GroupwiseLinear:
         return cls.from_float(weight)
     bits = 4 if fmt.kind == "int4" else 8
-    return GroupwiseLinear.from_float(weight, bits=bits, group_size=fmt.group_size, symmetric=fmt.symmetric)
+    return GroupwiseLinear.from_float(
+        weight, bits=bits, group_size=fmt.group_size, symmetric=fmt.symmetric, device_layout=device_layout
+    )
 
 
 def quantize_rows_into(module: QuantizedLinear, first_row: int, rows: torch.Tensor, fmt: QuantFormat) -> None:
     """Quantize float weight rows [n, in] and store them as output rows first_row .. first_row + n of `module`."""
-    part = quantize_weight(rows, fmt)
+    part = quantize_weight(rows, fmt, device_layout=False)  # row-major: its rows go into the module's layout
     for name in _ROW_TENSORS[type(module)]:
-        if name != "qweight" or not isinstance(module, GroupwiseLinear):
-            getattr(module, name)[first_row : first_row + rows.shape[0]].copy_(getattr(part, name))
-        elif module.qweight.dim() == 4:  # int4_layout's tiled layout (CUDA)
+        if name == "qweight" and module.qweight.dim() == 4:  # GroupwiseLinear's tiled int4 layout (CUDA)
             from qwen_triton.kernels import int4_layout
 
-            int4_layout.write_rows(module.qweight, first_row, part.row_major_qweight())
-        else:  # the module's and the part's layouts may differ: the part's rows row-major
-            module.qweight[first_row : first_row + rows.shape[0]].copy_(part.row_major_qweight())
+            int4_layout.write_rows(module.qweight, first_row, part.qweight)
+        else:
+            getattr(module, name)[first_row : first_row + rows.shape[0]].copy_(getattr(part, name))
