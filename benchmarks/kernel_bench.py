@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from qwen_triton.kernels import common as kernel_common
 from qwen_triton.kernels import dense_gemv as dg
 from qwen_triton.kernels import dequantize
 from qwen_triton.kernels import paged_attention as pa
@@ -718,10 +719,10 @@ def check_dense_graphs(results):
     """Graph replays with new inputs: the split-K tile counters must be back at zero after each; and
     the path taken when a graph is captured before the counters exist (a separate sum kernel)."""
     weight, b, x = dense_case(3584, 18944, False, 1)
-    counters = dg.split_counters
+    counters = kernel_common.split_counters
     for fallback in (False, True):
         if fallback:
-            dg.split_counters = lambda device, tiles: None
+            kernel_common.split_counters = lambda device, tiles: None
         try:
             call = dense_call("gemv", weight, b, x, split_k=4)
             call()  # compile outside the capture
@@ -730,7 +731,7 @@ def check_dense_graphs(results):
             with torch.cuda.graph(graph):
                 out = call()
         finally:
-            dg.split_counters = counters
+            kernel_common.split_counters = counters
         for replay in range(3):
             x.copy_(torch.randn_like(x))
             graph.replay()

@@ -89,6 +89,16 @@ def split_counters(device: torch.device, tiles: int):
     return counters if tiles <= counters.numel() else None
 
 
+def split_partials(y: torch.Tensor, split_k: int, tiles: int, serial: bool = True):
+    """(float32 partials [split_k, rows, out], per-tile counters) for a launch splitting K into split_k
+    slices; (y, None) unsplit. Counters are None where the launch is not SERIAL or they cannot be had
+    (split_counters): then sum_splits adds the partials up after the launch."""
+    if split_k == 1:
+        return y, None
+    part = torch.empty(split_k, *y.shape, dtype=torch.float32, device=y.device)
+    return part, split_counters(y.device, tiles) if serial else None
+
+
 @triton.jit
 def _sum_splits_kernel(
     part_ptr, bias_ptr, y_ptr, M, N, splits, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr

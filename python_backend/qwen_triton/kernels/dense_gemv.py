@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from . import multiprocessor_count
-from .common import check_bias, int8_bytes_to_float, k_slices, round_to_dtype, split_counters, sum_splits
+from .common import check_bias, int8_bytes_to_float, k_slices, round_to_dtype, split_partials, sum_splits
 from .pdl import launch_options, pdl_enabled, wait_for_previous_kernel
 
 # Rows of x that one launch handles (one float32 accumulator tile per row); more rows are chunked.
@@ -546,10 +546,7 @@ def _launch(rows, weight, scale, bias, y, *, weight_kind, config, split_k):
     if split_k is None:
         split_k = rule_split or choose_split(tiles, in_features, block_k, rows.device)
     k_per_split, split_k = k_slices(in_features, split_k, block_k)
-    part = counters = None
-    if split_k > 1:
-        part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=rows.device)
-        counters = split_counters(rows.device, tiles)
+    part, counters = split_partials(y, split_k, tiles)
     bias_arg = bias if bias is not None else weight
     pdl = pdl_enabled(rows.device)
     _dense_gemv_kernel[(tiles, split_k)](
@@ -558,7 +555,7 @@ def _launch(rows, weight, scale, bias, y, *, weight_kind, config, split_k):
         scale if scale is not None else weight,
         bias_arg,
         y,
-        part if part is not None else y,
+        part,
         counters if counters is not None else y,
         out_features,
         in_features,

@@ -37,7 +37,7 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import multiprocessor_count
-from .common import NIBBLES_PTX_BF16, NIBBLES_PTX_F16, k_slices, split_counters, sum_splits
+from .common import NIBBLES_PTX_BF16, NIBBLES_PTX_F16, k_slices, split_partials, sum_splits
 from .int4_layout import GROUP_SIZES, TILE_ROWS
 from .pdl import launch_options, pdl_enabled
 
@@ -302,8 +302,7 @@ def int4_mma_linear(
     split_k = min(cfg["split_k"], triton.cdiv(in_features // group_size, step_groups))
     k_per_split, split_k = k_slices(in_features, split_k, group_size * step_groups)
     y = torch.empty(m, out_features, dtype=rows.dtype, device=rows.device)
-    part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=rows.device) if split_k > 1 else y
-    counters = split_counters(rows.device, tiles) if split_k > 1 else None
+    part, counters = split_partials(y, split_k, tiles)
     pdl = pdl_enabled(rows.device)
     _int4_mma_kernel[(tiles, split_k)](
         rows.view(torch.int32),  # pairs of inputs as words (in_features is even: whole groups)

@@ -50,7 +50,7 @@ from .common import (
     check_bias,
     int8_bytes_to_float,
     k_slices,
-    split_counters,
+    split_partials,
     sum_splits,
 )
 from .int4_layout import packed_pointers
@@ -715,8 +715,7 @@ def _launch(
             fmt,
         )
     k_per_split, split_k = k_slices(in_features, split_k, block_k)
-    part = torch.empty(split_k, m, out_features, dtype=torch.float32, device=x.device) if split_k > 1 else y
-    counters = split_counters(x.device, grid_n * grid_m) if split_k > 1 and cfg.get("SERIAL") else None
+    part, counters = split_partials(y, split_k, grid_n * grid_m, serial=cfg.get("SERIAL", False))
     cfg["SERIAL"] = counters is not None
     zeros_arg = zeros if zeros is not None else scale
     if gemv and fmt == "int4":
