@@ -27,6 +27,8 @@ LOAD = [
     "--output-tokens-mean", "8",
     "--request-count", str(REQUESTS), "--concurrency", str(CONCURRENCY),
     "--streaming",
+    # perf_analyzer's own output in the run's: under load on CI it once exited 0 with an empty export file
+    "--verbose",
 ]  # fmt: skip
 
 
