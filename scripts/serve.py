@@ -401,6 +401,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def reap_orphans(own_child: int) -> list[int]:
+    """Wait for every exited process re-parented to this one, except ``own_child`` (tritonserver, whose
+    exit status its Popen reads); return their pids. PID 1 of a container inherits every orphan (a stub or
+    a compiler worker whose parent died) and nothing else waits for them: unreaped, each stays a zombie in
+    the pod's process table. WNOWAIT peeks first, so ``own_child``'s status is never taken."""
+    reaped = []
+    while True:
+        try:
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if exited is None or exited.si_pid == own_child:  # none exited, or only tritonserver so far
+            return reaped
+        os.waitpid(exited.si_pid, 0)
+        reaped.append(exited.si_pid)
+
+
 def read_instance_states(control_dir: Path) -> dict[str, dict]:
     """Each instance's last `.alive` report (a file caught mid-rename is skipped until the next round)."""
     states = {}
@@ -432,6 +449,7 @@ class Supervisor:
 
     def __init__(self, process: subprocess.Popen, control_dir: Path, drain_timeout: float, server_url: str):
         self.process = process
+        self.reaps_orphans = os.getpid() == 1  # a container's init: orphans are ours to wait for
         self.control_dir = control_dir
         self.drain_timeout = drain_timeout
         self.server_url = server_url  # tritonserver's HTTP endpoint, e.g. http://127.0.0.1:8000
@@ -500,6 +518,8 @@ class Supervisor:
             failure = None if self.stopping else engine_failure(self.control_dir)
             if failure is not None:
                 return self._take_down(failure)
+            if self.reaps_orphans:
+                reap_orphans(self.process.pid)
             time.sleep(SUPERVISE_SECONDS)
         return code
 
