@@ -85,7 +85,12 @@ def write_packed(float_dir: Path, out: Path, method: str) -> Path:
 
 
 def greedy_tokens(model_dir: Path, **settings) -> list[list[int]]:
-    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", device="cpu", max_model_len=256, **settings))
+    return engine_tokens(
+        LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", device="cpu", max_model_len=256, **settings))
+    )
+
+
+def engine_tokens(engine: LLMEngine) -> list[list[int]]:
     prompts = [[(31 * i + 7 * j) % 49152 for j in range(20)] for i in range(3)]
     for i, ids in enumerate(prompts):
         engine.add_request(f"p{i}", ids, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
@@ -110,3 +115,27 @@ def test_requantizing_a_packed_checkpoint_is_refused(float_checkpoint, tmp_path)
     packed = write_packed(float_checkpoint, tmp_path / "gptq", "gptq")
     with pytest.raises(ValueError, match="already gptq"):
         LLMEngine(EngineConfig(model=str(packed), device="cpu", max_model_len=256, quantization="int8"))
+
+
+def test_a_packed_checkpoint_moved_to_the_device_takes_the_devices_layout(float_checkpoint, tmp_path, monkeypatch):
+    """GPTQ / AWQ projections are built row-major on the host and moved in; on CUDA the int4 kernels read
+    the tiled layout (kernels/int4_layout.py). Here the host builds row-major and the device (CPU, forced)
+    tiles: every packed projection must arrive tiled, with the same tokens."""
+    from qwen_triton.models import loader
+    from qwen_triton.quantization.formats import GroupwiseLinear
+
+    packed = write_packed(float_checkpoint, tmp_path / "awq", "awq")
+    expected = greedy_tokens(packed)
+    read_on_the_host = loader.read_fused_projection
+
+    def row_major_on_the_host(*args):
+        with monkeypatch.context() as host:
+            host.setattr(GroupwiseLinear, "_tiles", staticmethod(lambda *_: False))
+            return read_on_the_host(*args)
+
+    monkeypatch.setattr(loader, "read_fused_projection", row_major_on_the_host)
+    monkeypatch.setattr(GroupwiseLinear, "_tiles", staticmethod(lambda qweight, *_: not qweight.is_meta))
+    engine = LLMEngine(EngineConfig(model=str(packed), dtype="float32", device="cpu", max_model_len=256))
+    projections = [m for m in engine.model.modules() if isinstance(m, GroupwiseLinear)]
+    assert projections and all(m.qweight.dim() == 4 for m in projections)
+    assert engine_tokens(engine) == expected

@@ -451,13 +451,16 @@ class _PackedView(Mapping):
 def stream_prequantized(
     model: DecoderModel, reader: CheckpointReader, quant_config: dict, device, dtype, progress: LoadProgress
 ) -> None:
-    """Each fused projection of each layer built from its packed tensors on the host, then moved in."""
+    """Each fused projection of each layer built from its packed tensors on the host, then moved in (and
+    stored in the layout the device's kernels read)."""
     view = _PackedView(reader, progress)
     for i, layer in enumerate(model.layers):
         for linear in DECODER_LINEARS:
             prefixes = [f"model.layers.{i}.{source}" for source in linear.sources]
-            module = read_fused_projection(view, prefixes, quant_config, dtype)
-            _set_submodule(layer, linear.target, module.to(device))
+            module = read_fused_projection(view, prefixes, quant_config, dtype).to(device)
+            if isinstance(module, GroupwiseLinear):
+                module.use_device_layout()
+            _set_submodule(layer, linear.target, module)
 
 
 def _packed_layer_bytes(reader: CheckpointReader, num_layers: int) -> tuple[int, int]:
