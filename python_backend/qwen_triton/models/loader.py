@@ -52,7 +52,7 @@ from qwen_triton.models.memory import (
     tensor_bytes,
 )
 from qwen_triton.models.qwen2 import DecoderModel, RotaryEmbedding
-from qwen_triton.quantization.formats import GroupwiseLinear, QuantizedLinear
+from qwen_triton.quantization.formats import QuantizedLinear
 from qwen_triton.quantization.prequantized import prequantized_config, read_fused_projection
 from qwen_triton.quantization.spec import QuantFormat, parse_spec
 from qwen_triton.quantization.streaming import empty_quantized_linear, quantize_rows_into
@@ -247,9 +247,7 @@ def materialize(model: DecoderModel, device: torch.device) -> None:
             continue
         tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if any(t.is_meta for t in tensors):
-            module.to_empty(device=device, recurse=False)
-            if isinstance(module, GroupwiseLinear):
-                module.use_device_layout()
+            module.to_empty(device=device, recurse=False)  # a GroupwiseLinear takes the device's layout
     if tied_head:
         model.lm_head.weight = model.embed_tokens.weight
     model.to(device)
@@ -451,16 +449,14 @@ class _PackedView(Mapping):
 def stream_prequantized(
     model: DecoderModel, reader: CheckpointReader, quant_config: dict, device, dtype, progress: LoadProgress
 ) -> None:
-    """Each fused projection of each layer built from its packed tensors on the host, then moved in (and
-    stored in the layout the device's kernels read)."""
+    """Each fused projection of each layer built from its packed tensors on the host, then moved in (which
+    stores it in the layout the device's kernels read)."""
     view = _PackedView(reader, progress)
     for i, layer in enumerate(model.layers):
         for linear in DECODER_LINEARS:
             prefixes = [f"model.layers.{i}.{source}" for source in linear.sources]
-            module = read_fused_projection(view, prefixes, quant_config, dtype).to(device)
-            if isinstance(module, GroupwiseLinear):
-                module.use_device_layout()
-            _set_submodule(layer, linear.target, module)
+            module = read_fused_projection(view, prefixes, quant_config, dtype)
+            _set_submodule(layer, linear.target, module.to(device))
 
 
 def _packed_layer_bytes(reader: CheckpointReader, num_layers: int) -> tuple[int, int]:

@@ -212,8 +212,8 @@ class GroupwiseLinear(QuantizedLinear):
     `in_perm` (optional, int64 [in]) serves GPTQ act-order checkpoints: stored column j holds input
     feature in_perm[j], so that each group is contiguous in storage.
 
-    4-bit weights given on a CUDA device where the kernels run are kept in kernels/int4_layout.py's tiled
-    layout (``qweight`` 4-D), which the decode-row kernel streams near the copy rate; ``row_major_qweight``
+    4-bit weights given on, or moved to, a CUDA device where the kernels run are kept in
+    kernels/int4_layout.py's tiled layout (``qweight`` 4-D), which the decode-row kernel streams near the copy rate; ``row_major_qweight``
     gives the [out, in/2] bytes back. ``device_layout=False`` keeps them row-major (a block of rows that
     the streaming loader copies into a tiled module).
     """
@@ -237,15 +237,19 @@ class GroupwiseLinear(QuantizedLinear):
         super().__init__(in_features, out_features, bias)
         self.bits = bits
         self.group_size = group_size
-        qweight = qweight.to(torch.uint8).contiguous()
-        if device_layout and self._tiles(qweight, bits, group_size, in_features):
-            from qwen_triton.kernels import int4_layout
-
-            qweight = int4_layout.tiled(qweight, group_size)
-        self.register_buffer("qweight", qweight)
+        self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
         self.register_buffer("scales", scales.contiguous())
         self.register_buffer("zeros", zeros.to(torch.uint8).contiguous())
         self.register_buffer("in_perm", None if in_perm is None else in_perm.to(torch.int64).contiguous())
+        if device_layout:
+            self.use_device_layout()
+
+    def _apply(self, fn, recurse=True):
+        """Every move (`to`, `cuda`, `to_empty`) goes through here: a module arriving on CUDA takes the
+        layout the device's kernels read."""
+        module = super()._apply(fn, recurse)
+        self.use_device_layout()
+        return module
 
     @staticmethod
     def _tiles(qweight: torch.Tensor, bits: int, group_size: int, in_features: int) -> bool:
@@ -259,8 +263,7 @@ class GroupwiseLinear(QuantizedLinear):
         return group_size in int4_layout.GROUP_SIZES and whole_groups
 
     def use_device_layout(self) -> None:
-        """Store qweight in the layout its device's kernels read: a module built on meta and allocated on
-        CUDA (the streaming loader) is row-major until this tiles it."""
+        """Store qweight in the layout its device's kernels read (row-major bytes on CUDA become tiled)."""
         if self.qweight.dim() == 2 and self._tiles(self.qweight, self.bits, self.group_size, self.in_features):
             from qwen_triton.kernels import int4_layout
 
