@@ -829,17 +829,31 @@ def _per_channel_linear(fmt, dtype, x, qweight, scale, bias, config, path, split
 
 
 def _check_int4(qweight_packed, scales, zeros, group_size):
+    """(out_features, in_features) of a valid int4 weight (row-major or tiled) with its scales and zeros."""
     if qweight_packed.dim() == 4:  # int4_layout's tiled layout
-        return _check_tiled_int4(qweight_packed, scales, zeros, group_size)
-    if qweight_packed.dtype != torch.uint8 or qweight_packed.dim() != 2 or qweight_packed.stride(1) != 1:
+        out_features = scales.shape[0] if scales.dim() == 2 else -1
+        groups, half = qweight_packed.shape[1], qweight_packed.shape[3]
+        expected = (triton.cdiv(out_features, int4_layout.TILE_ROWS), groups, int4_layout.TILE_ROWS, group_size // 2)
+        if (
+            qweight_packed.dtype != torch.uint8
+            or not qweight_packed.is_contiguous()
+            or qweight_packed.shape != expected
+        ):
+            raise ValueError(
+                f"qweight_packed: a tiled int4 weight for scales {tuple(scales.shape)} and group_size {group_size} "
+                f"is a contiguous uint8 {expected}, got {qweight_packed.dtype} {tuple(qweight_packed.shape)}"
+            )
+        in_features = groups * half * 2
+    elif qweight_packed.dtype != torch.uint8 or qweight_packed.dim() != 2 or qweight_packed.stride(1) != 1:
         raise ValueError(
             f"qweight_packed: expected a row-contiguous uint8 [out, in/2] or int4_layout's tiled "
             f"[tiles, groups, {int4_layout.TILE_ROWS}, group_size/2], got "
             f"{qweight_packed.dtype} {tuple(qweight_packed.shape)}"
         )
+    else:
+        out_features, in_features = qweight_packed.shape[0], qweight_packed.shape[1] * 2
     if group_size < 32 or group_size & (group_size - 1):
         raise ValueError(f"group_size: {group_size} not supported by the int4 kernels; use a power of two >= 32")
-    out_features, in_features = qweight_packed.shape[0], qweight_packed.shape[1] * 2
     groups = triton.cdiv(in_features, group_size)
     if tuple(scales.shape) != (out_features, groups) or scales.stride(1) != 1:
         raise ValueError(
@@ -851,19 +865,6 @@ def _check_int4(qweight_packed, scales, zeros, group_size):
             f"zeros: expected a row-contiguous [{out_features}, {groups}] like scales, got {tuple(zeros.shape)}"
         )
     return out_features, in_features
-
-
-def _check_tiled_int4(qweight_packed, scales, zeros, group_size):
-    tiles, groups, rows, half = qweight_packed.shape
-    out_features = scales.shape[0] if scales.dim() == 2 else -1
-    expected = (triton.cdiv(out_features, int4_layout.TILE_ROWS), groups, int4_layout.TILE_ROWS, group_size // 2)
-    if qweight_packed.dtype != torch.uint8 or not qweight_packed.is_contiguous() or qweight_packed.shape != expected:
-        raise ValueError(
-            f"qweight_packed: a tiled int4 weight for scales {tuple(scales.shape)} and group_size {group_size} is "
-            f"a contiguous uint8 {expected}, got {qweight_packed.dtype} {tuple(qweight_packed.shape)}"
-        )
-    row_major_shape = torch.empty(out_features, groups * half, dtype=torch.uint8, device="meta")
-    return _check_int4(row_major_shape, scales, zeros, group_size)
 
 
 def int4_linear(x, qweight_packed, scales, zeros, group_size, bias=None, *, config=None, path=None, split_k=None):
